@@ -1,0 +1,228 @@
+//! `fs`: read-only access to granted roots.
+//!
+//! A `file-ref` names a root and a relative path. The path is checked
+//! lexically (no absolute paths, no `..`), then canonicalised and checked
+//! again, so a symlink inside a root cannot lead out of it. Reads go
+//! through `spawn_blocking` because PDATA is usually a network share.
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Resource;
+
+use super::StageState;
+use crate::bindings::fs::{Entry, EntryKind, Host, HostFile};
+use crate::bindings::types::{FileRef, HostError};
+
+/// Largest single `read`.
+pub const MAX_READ: u32 = 4 << 20;
+
+/// An open file handed to a guest as a `file` resource.
+pub struct OpenFile {
+    file: Arc<std::fs::File>,
+    size: u64,
+}
+
+/// Resolves `r` to a real path inside its root, or says why not.
+pub fn resolve(state: &StageState, r: &FileRef) -> Result<PathBuf, HostError> {
+    let ctx = &state.ctx;
+    let root = match ctx.fs_roots.get(&r.root) {
+        Some(root) => root,
+        None if state.current_file.as_ref().is_some_and(|c| c.root == r.root && c.path == r.path) => ctx
+            .all_fs_roots
+            .get(&r.root)
+            .ok_or_else(|| HostError::NotFound(format!("no fs root named `{}` in this pipeline", r.root)))?,
+        None => {
+            return Err(ctx.denied(
+                &format!("read fs root `{}`", r.root),
+                &format!("add `grants.fs.{} = \"/path\"`", r.root),
+            ))
+        }
+    };
+    resolve_in(root, &r.root, &r.path)
+}
+
+/// Joins a relative, `/`-separated path to a canonical root, refusing
+/// anything that would leave it.
+pub fn resolve_in(root: &Path, root_name: &str, rel: &str) -> Result<PathBuf, HostError> {
+    let rel_path = Path::new(rel);
+    for c in rel_path.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => {
+                return Err(HostError::Denied(format!(
+                    "path `{rel}` leaves fs root `{root_name}` (absolute paths and `..` are refused)"
+                )))
+            }
+        }
+    }
+    let joined = root.join(rel_path);
+    let real = joined.canonicalize().map_err(|e| io_error(&format!("`{root_name}:{rel}`"), e))?;
+    if !real.starts_with(root) {
+        return Err(HostError::Denied(format!("path `{rel}` leads out of fs root `{root_name}` through a link")));
+    }
+    Ok(real)
+}
+
+pub fn io_error(what: &str, e: std::io::Error) -> HostError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => HostError::NotFound(format!("{what} does not exist")),
+        std::io::ErrorKind::PermissionDenied => {
+            HostError::Failed(format!("{what}: permission denied by the operating system"))
+        }
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => {
+            HostError::Unavailable(format!("{what}: {e}"))
+        }
+        _ => HostError::Failed(format!("{what}: {e}")),
+    }
+}
+
+fn entry(name: String, md: &std::fs::Metadata) -> Entry {
+    let kind = if md.is_file() {
+        EntryKind::File
+    } else if md.is_dir() {
+        EntryKind::Directory
+    } else {
+        EntryKind::Other
+    };
+    let modified = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    Entry { name, kind, size: md.len(), modified }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HostError> + Send + 'static) -> Result<T, HostError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))
+}
+
+/// Hex SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n_total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        n_total += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((hex::encode(h.finalize()), n_total))
+}
+
+impl Host for StageState {
+    async fn roots(&mut self) -> Vec<String> {
+        self.ctx.fs_roots.keys().cloned().collect()
+    }
+
+    async fn list_dir(&mut self, dir: FileRef) -> Result<Vec<Entry>, HostError> {
+        let path = resolve(self, &dir)?;
+        let what = format!("`{}:{}`", dir.root, dir.path);
+        self.bounded(
+            "listing a directory",
+            blocking(move || {
+                let mut out = Vec::new();
+                for e in std::fs::read_dir(&path).map_err(|e| io_error(&what, e))? {
+                    let e = e.map_err(|e| io_error(&what, e))?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // follow links to report what they point at (still checked on open)
+                    let md = match std::fs::metadata(e.path()) {
+                        Ok(md) => md,
+                        Err(_) => e.metadata().map_err(|e| io_error(&what, e))?,
+                    };
+                    out.push(entry(name, &md));
+                }
+                out.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(out)
+            }),
+        )
+        .await
+    }
+
+    async fn stat(&mut self, target: FileRef) -> Result<Entry, HostError> {
+        let path = resolve(self, &target)?;
+        let what = format!("`{}:{}`", target.root, target.path);
+        let name = Path::new(&target.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.bounded(
+            "stat",
+            blocking(move || {
+                let md = std::fs::metadata(&path).map_err(|e| io_error(&what, e))?;
+                Ok(entry(name, &md))
+            }),
+        )
+        .await
+    }
+
+    async fn sha256(&mut self, target: FileRef) -> Result<String, HostError> {
+        let path = resolve(self, &target)?;
+        let what = format!("`{}:{}`", target.root, target.path);
+        self.bounded("hashing a file", blocking(move || sha256_file(&path).map(|(h, _)| h).map_err(|e| io_error(&what, e))))
+            .await
+    }
+
+    async fn open(&mut self, target: FileRef) -> Result<Resource<OpenFile>, HostError> {
+        let path = resolve(self, &target)?;
+        let what = format!("`{}:{}`", target.root, target.path);
+        let open = self
+            .bounded(
+                "opening a file",
+                blocking(move || {
+                    let f = std::fs::File::open(&path).map_err(|e| io_error(&what, e))?;
+                    let md = f.metadata().map_err(|e| io_error(&what, e))?;
+                    if !md.is_file() {
+                        return Err(HostError::Invalid(format!("{what} is not a file")));
+                    }
+                    Ok(OpenFile { file: Arc::new(f), size: md.len() })
+                }),
+            )
+            .await?;
+        self.table
+            .push(open)
+            .map_err(|e| HostError::Failed(format!("too many open files in this instance: {e}")))
+    }
+}
+
+impl HostFile for StageState {
+    async fn size(&mut self, this: Resource<OpenFile>) -> u64 {
+        self.table.get(&this).map(|f| f.size).unwrap_or(0)
+    }
+
+    async fn read(&mut self, this: Resource<OpenFile>, offset: u64, len: u32) -> Result<Vec<u8>, HostError> {
+        let f = self.table.get(&this).map_err(|e| HostError::Invalid(format!("bad file handle: {e}")))?;
+        let file = f.file.clone();
+        let len = len.min(MAX_READ).min(f.size.saturating_sub(offset) as u32);
+        self.bounded(
+            "reading a file",
+            blocking(move || {
+                let mut buf = vec![0u8; len as usize];
+                let mut done = 0usize;
+                while done < buf.len() {
+                    let n = file
+                        .read_at(&mut buf[done..], offset + done as u64)
+                        .map_err(|e| io_error("reading", e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                buf.truncate(done);
+                Ok(buf)
+            }),
+        )
+        .await
+    }
+
+    async fn drop(&mut self, this: Resource<OpenFile>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! `http`: outbound requests to allow-listed hosts only.
+//!
+//! The allow-list is checked on the parsed URL (scheme, host, port), not on
+//! the string. Redirects are not followed: a redirect to another host
+//! would step around the allow-list, so the plugin sees the 3xx instead.
+//! Each request is bounded by the smaller of its own timeout and what is
+//! left of the calling plugin's deadline.
+
+use std::time::Duration;
+
+use super::StageState;
+use crate::bindings::http::{Host, Request, Response};
+use crate::bindings::types::HostError;
+
+/// Largest response body handed to a guest.
+pub const MAX_BODY: usize = 16 << 20;
+/// Timeout when the plugin gives none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One client per pipeline: connection pooling across instances.
+#[derive(Clone)]
+pub struct Client(reqwest::Client);
+
+impl Client {
+    pub fn new() -> Self {
+        let c = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("TLS backend available");
+        Client(c)
+    }
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Is `url` on the allow-list? Entries are `host` (any port) or `host:port`.
+pub fn allowed(allow: &[String], url: &url::Url) -> bool {
+    let Some(host) = url.host_str() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let port = url.port_or_known_default();
+    allow.iter().any(|a| {
+        let a = a.trim_start_matches('[');
+        match a.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || a.contains("]:") => {
+                h.trim_end_matches(']') == host && p.parse::<u16>().ok() == port
+            }
+            _ => a.trim_end_matches(']') == host,
+        }
+    })
+}
+
+impl Host for StageState {
+    async fn send(&mut self, req: Request) -> Result<Response, HostError> {
+        let url = url::Url::parse(&req.url).map_err(|e| HostError::Invalid(format!("bad URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(HostError::Invalid(format!("scheme `{}` is not allowed (http or https)", url.scheme())));
+        }
+        let host_port = match (url.host_str(), url.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => return Err(HostError::Invalid("URL has no host".into())),
+        };
+        if !allowed(&self.ctx.grants.http, &url) {
+            return Err(self.ctx.denied(
+                &format!("connect to `{host_port}`"),
+                &format!("add \"{}\" to `grants.http`", url.host_str().unwrap_or_default()),
+            ));
+        }
+        let method = reqwest::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| HostError::Invalid(format!("bad HTTP method `{}`", req.method)))?;
+        let timeout = req
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms as u64))
+            .unwrap_or(DEFAULT_TIMEOUT)
+            .min(self.remaining());
+        let mut b = self.ctx.http.0.request(method, url).timeout(timeout);
+        for (k, v) in &req.headers {
+            b = b.header(k, v);
+        }
+        if let Some(body) = req.body {
+            b = b.body(body);
+        }
+        let fut = async move {
+            let resp = b.send().await.map_err(|e| transport_error(&host_port, e))?;
+            let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            let mut body = Vec::new();
+            let mut resp = resp;
+            while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&host_port, e))? {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(HostError::Failed(format!("response from {host_port} is larger than {MAX_BODY} bytes")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Response { status, headers, body })
+        };
+        self.bounded("an HTTP request", fut).await
+    }
+}
+
+fn transport_error(host: &str, e: reqwest::Error) -> HostError {
+    if e.is_timeout() {
+        HostError::Unavailable(format!("request to {host} timed out"))
+    } else if e.is_connect() {
+        HostError::Unavailable(format!("cannot connect to {host}: {}", root_cause(&e)))
+    } else {
+        HostError::Unavailable(format!("request to {host} failed: {}", root_cause(&e)))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allowed;
+
+    #[test]
+    fn allow_list() {
+        let allow = vec!["pms.example.com".to_string(), "127.0.0.1:8080".to_string()];
+        let ok = |u: &str| allowed(&allow, &url::Url::parse(u).unwrap());
+        assert!(ok("https://pms.example.com/resolve"));
+        assert!(ok("http://PMS.example.com:9000/x"));
+        assert!(ok("http://127.0.0.1:8080/x"));
+        assert!(!ok("http://127.0.0.1:8081/x"));
+        assert!(!ok("https://pms.example.com.evil.net/"));
+        assert!(!ok("https://evil.net/?pms.example.com"));
+        assert!(!ok("https://pms.example.com@evil.net/"));
+    }
+}

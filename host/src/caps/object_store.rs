@@ -1,0 +1,327 @@
+//! `object-store`: the destination a store stage writes to.
+//!
+//! Plugins decide, the host moves: a plugin names a key and a `file-ref`,
+//! and the bytes go from disk to the store here, streamed, hashed on the
+//! way, never through the guest. Backends implement [`ObjectStore`]; the
+//! local-folder backend lives here, S3 comes as another implementation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::fs::{io_error, resolve};
+use super::StageState;
+use crate::bindings::object_store::{Host, Listing, ObjectInfo};
+use crate::bindings::types::{FileRef, HostError};
+use crate::config::ObjectStoreGrant;
+
+/// Largest `put-bytes` body.
+pub const MAX_PUT_BYTES: usize = 1 << 20;
+/// Longest key (as on S3).
+pub const MAX_KEY: usize = 1024;
+
+pub type Metadata = Vec<(String, String)>;
+
+/// A place objects are written to and read back from.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// For messages: `fs:/srv/store`, `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, HostError>;
+    async fn put_file(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
+        -> Result<ObjectInfo, HostError>;
+    async fn put_bytes(&self, key: &str, body: Vec<u8>, content_type: &str, metadata: Metadata)
+        -> Result<ObjectInfo, HostError>;
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, HostError>;
+    /// Checks the store is usable (for `ferry check`).
+    async fn probe(&self) -> Result<(), HostError>;
+}
+
+/// Builds the backend a grant names.
+pub fn open(grant: &ObjectStoreGrant) -> Arc<dyn ObjectStore> {
+    match grant {
+        ObjectStoreGrant::Fs { path } => Arc::new(FsStore { root: path.clone() }),
+    }
+}
+
+/// Checks a key is a clean relative `/`-separated path.
+pub fn check_key(key: &str) -> Result<(), HostError> {
+    let bad = |why: &str| Err(HostError::Invalid(format!("object key `{key}` {why}")));
+    if key.is_empty() {
+        return bad("is empty");
+    }
+    if key.len() > MAX_KEY {
+        return bad(&format!("is longer than {MAX_KEY} bytes"));
+    }
+    if key.contains('\\') || key.chars().any(|c| c.is_control()) {
+        return bad("contains a backslash or control character");
+    }
+    for seg in key.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return bad("has an empty, `.` or `..` segment");
+        }
+    }
+    Ok(())
+}
+
+fn check_metadata(md: &Metadata) -> Result<(), HostError> {
+    for (k, v) in md {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(HostError::Invalid(format!("metadata key `{k}` must be lowercase ascii letters, digits or -")));
+        }
+        if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(HostError::Invalid(format!("metadata value of `{k}` must be printable ascii (percent-encode it)")));
+        }
+    }
+    Ok(())
+}
+
+/// A local folder. Object bytes live at `root/key`; what S3 would keep as
+/// object attributes (checksum, user metadata) lives in
+/// `root/.ferry/meta/key.json`. Writes go to a temporary file first and are
+/// renamed into place, so a crash never leaves a half-written object under
+/// its final name.
+pub struct FsStore {
+    pub root: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FsMeta {
+    size: u64,
+    sha256: String,
+    content_type: String,
+    metadata: Metadata,
+}
+
+impl FsStore {
+    fn object_path(&self, key: &str) -> Result<PathBuf, HostError> {
+        check_key(key)?;
+        if key == ".ferry" || key.starts_with(".ferry/") {
+            return Err(HostError::Invalid(format!("object key `{key}` is reserved")));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn meta_path(&self, key: &str) -> PathBuf {
+        self.root.join(".ferry").join("meta").join(format!("{key}.json"))
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root.join(".ferry").join("tmp").join(format!("{}-{n}", std::process::id()))
+    }
+
+    async fn write_meta(&self, key: &str, meta: &FsMeta) -> Result<(), HostError> {
+        let path = self.meta_path(key);
+        let json = serde_json::to_vec_pretty(meta).expect("serialisable");
+        self.atomic_write(&path, &json).await
+    }
+
+    async fn atomic_write(&self, dest: &Path, bytes: &[u8]) -> Result<(), HostError> {
+        let tmp = self.tmp_path();
+        let what = dest.display().to_string();
+        create_parent(&tmp).await?;
+        create_parent(dest).await?;
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| io_error(&what, e))?;
+        f.write_all(bytes).await.map_err(|e| io_error(&what, e))?;
+        f.sync_all().await.map_err(|e| io_error(&what, e))?;
+        drop(f);
+        tokio::fs::rename(&tmp, dest).await.map_err(|e| io_error(&what, e))
+    }
+}
+
+async fn create_parent(p: &Path) -> Result<(), HostError> {
+    if let Some(parent) = p.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io_error(&parent.display().to_string(), e))?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FsStore {
+    fn describe(&self) -> String {
+        format!("fs:{}", self.root.display())
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, HostError> {
+        let path = self.object_path(key)?;
+        let md = match tokio::fs::metadata(&path).await {
+            Ok(md) if md.is_file() => md,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(key, e)),
+        };
+        let meta: Option<FsMeta> = tokio::fs::read(self.meta_path(key))
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|m: &FsMeta| m.size == md.len());
+        Ok(Some(match meta {
+            Some(m) => ObjectInfo { key: key.to_owned(), size: m.size, sha256: Some(m.sha256), metadata: m.metadata },
+            // bytes without their record (crash between the two writes, or
+            // a file put there by hand): the checksum is unknown
+            None => ObjectInfo { key: key.to_owned(), size: md.len(), sha256: None, metadata: vec![] },
+        }))
+    }
+
+    async fn put_file(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
+        -> Result<ObjectInfo, HostError> {
+        let dest = self.object_path(key)?;
+        let what = source.display().to_string();
+        let tmp = self.tmp_path();
+        create_parent(&tmp).await?;
+        let mut src = tokio::fs::File::open(source).await.map_err(|e| io_error(&what, e))?;
+        let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| io_error(key, e))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = src.read(&mut buf).await.map_err(|e| io_error(&what, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).await.map_err(|e| io_error(key, e))?;
+            size += n as u64;
+        }
+        out.sync_all().await.map_err(|e| io_error(key, e))?;
+        drop(out);
+        let sha256 = hex::encode(hasher.finalize());
+        create_parent(&dest).await?;
+        tokio::fs::rename(&tmp, &dest).await.map_err(|e| io_error(key, e))?;
+        let meta = FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
+        self.write_meta(key, &meta).await?;
+        Ok(ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata })
+    }
+
+    async fn put_bytes(&self, key: &str, body: Vec<u8>, content_type: &str, metadata: Metadata)
+        -> Result<ObjectInfo, HostError> {
+        let dest = self.object_path(key)?;
+        let sha256 = hex::encode(Sha256::digest(&body));
+        let size = body.len() as u64;
+        self.atomic_write(&dest, &body).await?;
+        let meta = FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
+        self.write_meta(key, &meta).await?;
+        Ok(ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata })
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, HostError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        let mut keys = tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                let rd = match std::fs::read_dir(&dir) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error(&dir.display().to_string(), e)),
+                };
+                for e in rd.flatten() {
+                    let p = e.path();
+                    let rel = p.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
+                    if rel == ".ferry" {
+                        continue;
+                    }
+                    let ft = match e.file_type() {
+                        Ok(ft) => ft,
+                        Err(_) => continue,
+                    };
+                    if ft.is_dir() {
+                        // descend only where keys can still match the prefix
+                        let as_dir = format!("{rel}/");
+                        if as_dir.starts_with(&prefix) || prefix.starts_with(&as_dir) {
+                            stack.push(p);
+                        }
+                    } else if ft.is_file() && rel.starts_with(&prefix) {
+                        keys.push(rel);
+                    }
+                }
+            }
+            Ok(keys)
+        })
+        .await
+        .unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))?;
+        keys.sort();
+        if let Some(c) = &cursor {
+            keys.retain(|k| k > c);
+        }
+        let limit = limit.clamp(1, 1000) as usize;
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let mut objects = Vec::with_capacity(keys.len());
+        for k in &keys {
+            if let Some(info) = self.head(k).await? {
+                objects.push(info);
+            }
+        }
+        let next_cursor = if more { keys.last().cloned() } else { None };
+        Ok(Listing { objects, next_cursor })
+    }
+
+    async fn probe(&self) -> Result<(), HostError> {
+        let dir = self.root.join(".ferry");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_error(&self.root.display().to_string(), e))?;
+        let probe = dir.join("probe");
+        tokio::fs::write(&probe, b"ok").await.map_err(|e| io_error(&probe.display().to_string(), e))?;
+        tokio::fs::remove_file(&probe).await.ok();
+        Ok(())
+    }
+}
+
+impl StageState {
+    fn store(&self) -> Result<Arc<dyn ObjectStore>, HostError> {
+        self.ctx.object_store.clone().ok_or_else(|| {
+            self.ctx.denied("use an object store", "add `grants.object_store = { kind = \"fs\", path = \"...\" }`")
+        })
+    }
+}
+
+impl Host for StageState {
+    async fn head(&mut self, key: String) -> Result<Option<ObjectInfo>, HostError> {
+        let store = self.store()?;
+        check_key(&key)?;
+        self.bounded("an object-store head", async move { store.head(&key).await }).await
+    }
+
+    async fn put_file(&mut self, key: String, source: FileRef, content_type: String, metadata: Metadata)
+        -> Result<ObjectInfo, HostError> {
+        let store = self.store()?;
+        check_key(&key)?;
+        check_metadata(&metadata)?;
+        let path = resolve(self, &source)?;
+        self.bounded("an object-store upload", async move {
+            store.put_file(&key, &path, &content_type, metadata).await
+        })
+        .await
+    }
+
+    async fn put_bytes(&mut self, key: String, body: Vec<u8>, content_type: String, metadata: Metadata)
+        -> Result<ObjectInfo, HostError> {
+        let store = self.store()?;
+        check_key(&key)?;
+        check_metadata(&metadata)?;
+        if body.len() > MAX_PUT_BYTES {
+            return Err(HostError::Invalid(format!(
+                "put-bytes body is {} bytes; the limit is {MAX_PUT_BYTES} (use put-file for files)",
+                body.len()
+            )));
+        }
+        self.bounded("an object-store upload", async move {
+            store.put_bytes(&key, body, &content_type, metadata).await
+        })
+        .await
+    }
+
+    async fn list_objects(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> Result<Listing, HostError> {
+        let store = self.store()?;
+        self.bounded("an object-store listing", async move { store.list(&prefix, cursor, limit).await }).await
+    }
+}

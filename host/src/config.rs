@@ -1,0 +1,576 @@
+//! The pipeline file: what a clinic writes to choose and wire its stages.
+//!
+//! Parsing is kept apart from the running topology (as in Vector): this
+//! module turns TOML into validated plain data with every path resolved
+//! and every `${ENV}` substituted, and knows nothing of wasmtime. Every
+//! struct denies unknown keys, so a typo is an error that names the key and
+//! its line instead of a setting silently ignored.
+//!
+//! A whole pipeline:
+//!
+//! ```toml
+//! [pipeline]
+//! name = "demo"
+//! plugin_path = ["../target/plugins"]   # where bare plugin names are looked up
+//!
+//! [connections.sidexis]
+//! kind = "sqlite"
+//! path = "../target/demo/site/sidexis.db"
+//!
+//! [source]
+//! plugin = "sidexis"                     # sidexis.wasm on the plugin path
+//! grants.fs = { pdata = "../target/demo/site/PDATA" }
+//! grants.sql = ["sidexis"]
+//! config = { pdata_root = "pdata", connection = "sidexis" }
+//!
+//! [extractor]
+//! plugin = "dicom-meta"
+//!
+//! [resolver]
+//! plugin = "csv-resolver"
+//! grants.fs = { maps = "../target/demo/site" }
+//! config = { root = "maps", path = "card-map.csv" }
+//!
+//! [store]
+//! plugin = "fs-store"
+//! grants.object_store = { kind = "fs", path = "../target/demo/store" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors reading a pipeline file. Each names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read pipeline file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// `[pipeline]`: the pipeline's name and shared settings.
+///
+/// ```toml
+/// [pipeline]
+/// name = "sidexis-demo"
+/// plugin_path = ["plugins"]  # relative to this file; also $FERRY_PLUGIN_DIR
+/// queue_depth = 64           # items buffered between two stages
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    pub name: String,
+    #[serde(default)]
+    pub plugin_path: Vec<PathBuf>,
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+}
+
+fn default_queue_depth() -> usize {
+    64
+}
+
+/// Options common to every stage (the one wrapper, as in Vector).
+///
+/// ```toml
+/// [extractor]
+/// plugin = "dicom-meta"            # a name on the plugin path, or a path to a .wasm
+/// concurrency = 4                  # instances working in parallel
+/// retries = 2                      # extra attempts on retryable errors within a run
+/// limits = { memory = "128MiB", timeout = "30s" }
+/// grants.fs = { pdata = "/mnt/PDATA" }
+/// config = { }                     # handed to the plugin's configure() as JSON
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    pub plugin: String,
+    #[serde(default)]
+    pub grants: Grants,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_concurrency() -> usize {
+    2
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// What a stage may touch. Everything not named here is denied.
+///
+/// ```toml
+/// [source.grants]
+/// fs = { pdata = "//server/PDATA" }      # read-only roots, by name
+/// sql = ["sidexis"]                      # names from [connections]
+/// http = ["pms.example.com", "127.0.0.1:8080"]  # allowed hosts (host or host:port)
+/// object_store = { kind = "fs", path = "/srv/ferry/store" }
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    #[serde(default)]
+    pub fs: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    pub sql: Vec<String>,
+    #[serde(default)]
+    pub http: Vec<String>,
+    #[serde(default)]
+    pub object_store: Option<ObjectStoreGrant>,
+}
+
+/// Where a store stage's objects go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum ObjectStoreGrant {
+    /// A local folder: `{ kind = "fs", path = "/srv/ferry/store" }`.
+    #[serde(rename = "fs")]
+    Fs { path: PathBuf },
+}
+
+/// Per-call limits a plugin instance runs under.
+///
+/// ```toml
+/// limits = { memory = "256MiB", timeout = "60s" }
+/// ```
+/// `memory` caps the instance's linear memory; `timeout` is the deadline of
+/// one call (one page of a scan, one item, one batch), host I/O included.
+/// A call over either limit is stopped, its instance discarded, and the
+/// item fails with an error saying which limit it hit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_memory", deserialize_with = "de_bytes")]
+    pub memory: u64,
+    #[serde(default = "default_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory: default_memory(), timeout: default_timeout() }
+    }
+}
+
+fn default_memory() -> u64 {
+    256 << 20
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A named database connection, granted to stages by name.
+///
+/// ```toml
+/// [connections.sidexis]
+/// kind = "sqlite"
+/// path = "sidexis.db"     # opened read-only
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum ConnectionConfig {
+    #[serde(rename = "sqlite")]
+    Sqlite { path: PathBuf },
+}
+
+/// The whole pipeline file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    pipeline: PipelineSection,
+    #[serde(default)]
+    connections: BTreeMap<String, ConnectionConfig>,
+    source: StageConfig,
+    #[serde(default)]
+    extractor: Option<StageConfig>,
+    resolver: StageConfig,
+    store: StageConfig,
+}
+
+/// The four stage roles, in pipeline order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Source,
+    Extractor,
+    Resolver,
+    Store,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Source, Role::Extractor, Role::Resolver, Role::Store];
+
+    /// The section name in the pipeline file.
+    pub fn section(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Extractor => "extractor",
+            Role::Resolver => "resolver",
+            Role::Store => "store",
+        }
+    }
+
+    /// The WIT world a plugin in this role implements.
+    pub fn world(self) -> &'static str {
+        match self {
+            Role::Source => "source-plugin",
+            Role::Extractor => "extractor-plugin",
+            Role::Resolver => "resolver-plugin",
+            Role::Store => "store-plugin",
+        }
+    }
+
+    /// The interface the world exports.
+    pub fn export(self) -> &'static str {
+        self.section()
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.section())
+    }
+}
+
+/// A stage ready to be instantiated: plugin found, paths absolute.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub role: Role,
+    /// The `.wasm` file.
+    pub plugin: PathBuf,
+    pub grants: Grants,
+    pub limits: Limits,
+    pub concurrency: usize,
+    pub retries: u32,
+    /// The `config` table as JSON, for the plugin's `configure`.
+    pub config_json: String,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub name: String,
+    pub queue_depth: usize,
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    pub stages: Vec<Stage>,
+}
+
+impl Pipeline {
+    pub fn stage(&self, role: Role) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.role == role)
+    }
+
+    /// Every fs root granted to any stage, by name. Used to open the file of
+    /// the item a stage is processing, which it may read without a grant.
+    pub fn fs_roots(&self) -> BTreeMap<String, PathBuf> {
+        let mut roots = BTreeMap::new();
+        for s in &self.stages {
+            for (k, v) in &s.grants.fs {
+                roots.insert(k.clone(), v.clone());
+            }
+        }
+        roots
+    }
+
+    /// Reads and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses `text` as if read from `path`; `env` looks up `${VARS}`.
+    pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Pipeline, ConfigError> {
+        let raw: RawPipeline = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("{}", e).trim_end().replace("TOML parse error", "error"),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_owned(), key, message };
+        let subst = |key: &str, s: &str| interpolate(s, env).map_err(|m| invalid(key.to_owned(), m));
+        let subst_path = |key: &str, p: &Path| -> Result<PathBuf, ConfigError> {
+            let s = subst(key, &p.to_string_lossy())?;
+            Ok(base.join(s))
+        };
+
+        if raw.pipeline.name.trim().is_empty() {
+            return Err(invalid("pipeline.name".into(), "must not be empty".into()));
+        }
+        if raw.pipeline.queue_depth == 0 {
+            return Err(invalid("pipeline.queue_depth".into(), "must be at least 1".into()));
+        }
+
+        let mut connections = BTreeMap::new();
+        for (name, c) in raw.connections {
+            let key = format!("connections.{name}");
+            let c = match c {
+                ConnectionConfig::Sqlite { path } => {
+                    ConnectionConfig::Sqlite { path: subst_path(&format!("{key}.path"), &path)? }
+                }
+            };
+            connections.insert(name, c);
+        }
+
+        let mut plugin_path: Vec<PathBuf> = Vec::new();
+        if let Some(dir) = std::env::var_os("FERRY_PLUGIN_DIR") {
+            plugin_path.push(PathBuf::from(dir));
+        }
+        for (i, p) in raw.pipeline.plugin_path.iter().enumerate() {
+            plugin_path.push(subst_path(&format!("pipeline.plugin_path[{i}]"), p)?);
+        }
+
+        let sections = [
+            (Role::Source, Some(raw.source)),
+            (Role::Extractor, raw.extractor),
+            (Role::Resolver, Some(raw.resolver)),
+            (Role::Store, Some(raw.store)),
+        ];
+        let mut stages = Vec::new();
+        let mut fs_names: BTreeMap<String, (Role, PathBuf)> = BTreeMap::new();
+        for (role, section) in sections {
+            let Some(s) = section else { continue };
+            let sec = role.section();
+            let plugin = find_plugin(&s.plugin, &base, &plugin_path)
+                .map_err(|m| invalid(format!("{sec}.plugin"), m))?;
+            if s.concurrency == 0 {
+                return Err(invalid(format!("{sec}.concurrency"), "must be at least 1".into()));
+            }
+            if s.limits.memory < (1 << 20) {
+                return Err(invalid(format!("{sec}.limits.memory"), "must be at least 1MiB".into()));
+            }
+            let mut grants = Grants::default();
+            for (name, p) in &s.grants.fs {
+                check_name(name).map_err(|m| invalid(format!("{sec}.grants.fs.{name}"), m))?;
+                let p = subst_path(&format!("{sec}.grants.fs.{name}"), p)?;
+                if let Some((other, op)) = fs_names.get(name) {
+                    if *op != p {
+                        return Err(invalid(
+                            format!("{sec}.grants.fs.{name}"),
+                            format!(
+                                "the root name `{name}` is granted as {} in [{other}] and as {} here; \
+                                 a root name must mean one folder in the whole pipeline",
+                                op.display(),
+                                p.display()
+                            ),
+                        ));
+                    }
+                }
+                fs_names.insert(name.clone(), (role, p.clone()));
+                grants.fs.insert(name.clone(), p);
+            }
+            for c in &s.grants.sql {
+                if !connections.contains_key(c) {
+                    let known: Vec<_> = connections.keys().map(String::as_str).collect();
+                    return Err(invalid(
+                        format!("{sec}.grants.sql"),
+                        format!(
+                            "no connection named `{c}`; define [connections.{c}] (defined: {})",
+                            if known.is_empty() { "none".into() } else { known.join(", ") }
+                        ),
+                    ));
+                }
+            }
+            grants.sql = s.grants.sql.clone();
+            for (i, h) in s.grants.http.iter().enumerate() {
+                let key = format!("{sec}.grants.http[{i}]");
+                let h = subst(&key, h)?;
+                if h.is_empty() || h.contains('/') || h.contains('*') {
+                    return Err(invalid(key, format!("`{h}` is not a host name or host:port (no scheme, path or wildcard)")));
+                }
+                grants.http.push(h.to_ascii_lowercase());
+            }
+            grants.object_store = match &s.grants.object_store {
+                None => None,
+                Some(ObjectStoreGrant::Fs { path }) => {
+                    Some(ObjectStoreGrant::Fs { path: subst_path(&format!("{sec}.grants.object_store.path"), path)? })
+                }
+            };
+            let mut cfg = toml::Value::Table(s.config.clone());
+            interpolate_value(&mut cfg, &format!("{sec}.config"), env).map_err(|(k, m)| invalid(k, m))?;
+            let config_json = serde_json::to_string(&cfg).expect("TOML values are valid JSON");
+            stages.push(Stage {
+                role,
+                plugin,
+                grants,
+                limits: s.limits,
+                concurrency: s.concurrency,
+                retries: s.retries,
+                config_json,
+            });
+        }
+
+        Ok(Pipeline {
+            path: path.to_owned(),
+            name: raw.pipeline.name,
+            queue_depth: raw.pipeline.queue_depth,
+            connections,
+            stages,
+        })
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a valid grant name (use letters, digits, - and _)"))
+    }
+}
+
+/// Finds a plugin: a path (contains `/` or ends in `.wasm`) relative to the
+/// pipeline file, or a bare name looked up as `NAME.wasm` on the plugin path.
+fn find_plugin(name: &str, base: &Path, plugin_path: &[PathBuf]) -> Result<PathBuf, String> {
+    if name.contains('/') || name.ends_with(".wasm") {
+        let p = base.join(name);
+        return if p.is_file() { Ok(p) } else { Err(format!("plugin file {} does not exist", p.display())) };
+    }
+    for dir in plugin_path {
+        let p = dir.join(format!("{name}.wasm"));
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let searched: Vec<String> = plugin_path.iter().map(|p| p.display().to_string()).collect();
+    Err(format!(
+        "no plugin `{name}.wasm` in the plugin path ({}); build the stock plugins with `cargo xtask plugins`, \
+         or set [pipeline] plugin_path / $FERRY_PLUGIN_DIR",
+        if searched.is_empty() { "empty".into() } else { searched.join(", ") }
+    ))
+}
+
+/// Replaces `${VAR}` with the environment variable's value; `$${` is a
+/// literal `${`. A missing variable is an error (never an empty secret).
+pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail.find('}').ok_or_else(|| "unterminated `${` (write `$${` for a literal)".to_string())?;
+            let var = &tail[..end];
+            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{var}}}` is not a valid environment variable reference"));
+            }
+            let value = env(var).ok_or_else(|| format!("environment variable {var} is not set"))?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn interpolate_value(
+    v: &mut toml::Value,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    match v {
+        toml::Value::String(s) => *s = interpolate(s, env).map_err(|m| (key.to_owned(), m))?,
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                interpolate_value(x, &format!("{key}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                interpolate_value(x, &format!("{key}.{k}"), env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_bytes(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// `"64MiB"`, `"1GiB"`, `"512KiB"`, `"1000000"` (bytes).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like \"256MiB\""))?;
+    let mul: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => return Err(format!("unknown size unit `{u}` in `{s}` (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like \"30s\""))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        u => return Err(format!("unknown duration unit `{u}` in `{s}` (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("`{s}` must be more than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation() {
+        let env = |k: &str| (k == "PW").then(|| "s3cret".to_string());
+        assert_eq!(interpolate("a${PW}b", &env).unwrap(), "as3cretb");
+        assert_eq!(interpolate("$${PW}", &env).unwrap(), "${PW}");
+        assert_eq!(interpolate("cost $5", &env).unwrap(), "cost $5");
+        assert_eq!(interpolate("${NOPE}", &env).unwrap_err(), "environment variable NOPE is not set");
+        assert!(interpolate("${PW", &env).is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert!(parse_bytes("64 parsecs").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("0s").is_err());
+    }
+}

@@ -1,0 +1,504 @@
+//! The running topology: stages connected by bounded queues.
+//!
+//! ```text
+//! source ──queue──▶ extractor ×N ──queue──▶ resolver (batches) ×N ──queue──▶ store ×N
+//! ```
+//!
+//! The source is paged, so a scan of 50,000 images never sits in memory;
+//! bounded queues give back-pressure, so a slow store slows the scan
+//! instead of filling RAM. Each item ends in exactly one outcome, counted
+//! in the [`Summary`]. Patient attachment is decided here, not in a plugin,
+//! so every resolver gets the same rule: an item is stored only when every
+//! key that resolves agrees on one guid.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bindings::resolver_world::exports::ferry::pipeline::resolver::Resolution;
+use crate::bindings::source_world::exports::ferry::pipeline::source::NoticeOutcome;
+use crate::bindings::store_world::exports::ferry::pipeline::store::StoreOutcome;
+use crate::bindings::types::{Item, Metadata, PatientKey};
+use crate::stage::{CallError, StagePool};
+
+/// How one item (or one entry the source reported) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Written to the destination in this run.
+    Stored,
+    /// Already at the destination, identical; nothing written.
+    Unchanged,
+    /// Deliberately left out by the source (no card id, stray file).
+    Skipped,
+    /// No key of the item resolved to a patient.
+    Unresolved,
+    /// Keys resolved to different patients (or one key to several):
+    /// never stored until a person sorts it out.
+    Quarantined,
+    /// Something went wrong; the detail says what.
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] =
+        [Outcome::Stored, Outcome::Unchanged, Outcome::Skipped, Outcome::Unresolved, Outcome::Quarantined, Outcome::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Stored => "stored",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Skipped => "skipped",
+            Outcome::Unresolved => "unresolved",
+            Outcome::Quarantined => "quarantined",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// One line of the run report. `subject` is the source's item id or the
+/// path a notice is about; `detail` explains (no PHI), `location` is where
+/// a stored item went.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub subject: String,
+    pub outcome: Outcome,
+    pub detail: String,
+    pub patient_guid: Option<String>,
+    pub location: Option<String>,
+}
+
+/// Live counters of a run, readable while it goes on (progress bar).
+#[derive(Default)]
+pub struct Summary {
+    scanned: AtomicU64,
+    counts: [AtomicU64; 6],
+    reports: Mutex<Vec<Report>>,
+    /// Problems not tied to one item (the scan stopped, ...).
+    errors: Mutex<Vec<String>>,
+    interrupted: AtomicBool,
+}
+
+impl Summary {
+    pub fn scanned(&self) -> u64 {
+        self.scanned.load(Ordering::Relaxed)
+    }
+
+    pub fn count(&self, o: Outcome) -> u64 {
+        self.counts[o as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn reports(&self) -> Vec<Report> {
+        self.reports.lock().unwrap().clone()
+    }
+
+    /// The report of one subject, if any.
+    pub fn report(&self, subject: &str) -> Option<Report> {
+        self.reports.lock().unwrap().iter().find(|r| r.subject == subject).cloned()
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Did anything fail (an item, or the scan itself)?
+    pub fn has_failures(&self) -> bool {
+        self.count(Outcome::Failed) > 0 || !self.errors.lock().unwrap().is_empty()
+    }
+
+    /// `done: scanned=N stored=N unchanged=N skipped=N unresolved=N quarantined=N failed=N`
+    pub fn line(&self) -> String {
+        let mut s = format!("done: scanned={}", self.scanned());
+        for o in Outcome::ALL {
+            s.push_str(&format!(" {}={}", o.as_str(), self.count(o)));
+        }
+        if self.interrupted() {
+            s.push_str(" (interrupted)");
+        }
+        s
+    }
+
+    fn record(&self, r: Report) {
+        match r.outcome {
+            Outcome::Failed => tracing::warn!(item = %r.subject, "failed: {}", r.detail),
+            Outcome::Quarantined => tracing::warn!(item = %r.subject, "quarantined: {}", r.detail),
+            Outcome::Unresolved => tracing::info!(item = %r.subject, "unresolved: {}", r.detail),
+            Outcome::Skipped => tracing::debug!(item = %r.subject, "skipped: {}", r.detail),
+            Outcome::Stored | Outcome::Unchanged => {
+                tracing::debug!(item = %r.subject, location = r.location.as_deref().unwrap_or(""), "{}", r.outcome.as_str())
+            }
+        }
+        self.counts[r.outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.reports.lock().unwrap().push(r);
+    }
+
+    fn item(&self, item: &Item, outcome: Outcome, detail: impl Into<String>) {
+        self.record(Report { subject: item.id.clone(), outcome, detail: detail.into(), patient_guid: None, location: None });
+    }
+
+    fn error(&self, e: String) {
+        tracing::error!("{e}");
+        self.errors.lock().unwrap().push(e);
+    }
+}
+
+/// The stages of a pipeline, ready to run.
+pub struct Stages {
+    pub source: Arc<StagePool>,
+    pub extractor: Option<Arc<StagePool>>,
+    pub resolver: Arc<StagePool>,
+    pub store: Arc<StagePool>,
+}
+
+/// Run settings taken from the pipeline file.
+#[derive(Clone)]
+pub struct Settings {
+    pub queue_depth: usize,
+    pub extractor_concurrency: usize,
+    pub resolver_concurrency: usize,
+    pub store_concurrency: usize,
+    pub source_retries: u32,
+    pub extractor_retries: u32,
+    pub resolver_retries: u32,
+    pub store_retries: u32,
+    /// Distinct patient keys per resolver call.
+    pub resolve_batch: usize,
+}
+
+/// Calls `f` again on retryable errors, with exponential backoff.
+async fn with_retries<T, F, Fut>(retries: u32, cancel: &CancellationToken, mut f: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Err(e) if e.retryable() && attempt < retries && !cancel.is_cancelled() => {
+                let backoff = Duration::from_millis(200 * (1 << attempt.min(6)));
+                tracing::debug!("retrying in {backoff:?}: {e}");
+                tokio::time::sleep(backoff).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A guid is used in object keys and URLs: keep it to a safe alphabet.
+pub fn valid_guid(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= 128
+        && !g.starts_with('.')
+        && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// What to do with an item, given the resolutions of its keys.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    Attach(String),
+    Unresolved(String),
+    Quarantine(String),
+    Invalid(String),
+}
+
+/// The attachment rule: every key that resolves must agree on one guid;
+/// a key resolving to several patients quarantines the item; keys the
+/// PMS does not know (or the resolver does not handle) are ignored when
+/// another key resolves, because they say nothing against it.
+pub fn decide(keys: &[PatientKey], answers: &HashMap<(String, String), Resolution>) -> Decision {
+    let mut guids: Vec<&str> = Vec::new();
+    for k in keys {
+        match answers.get(&(k.scheme.clone(), k.value.clone())) {
+            Some(Resolution::Resolved(g)) => {
+                if !valid_guid(g) {
+                    return Decision::Invalid(format!(
+                        "the resolver returned an unusable patient guid for a `{}` key (allowed: letters, digits, - _ .)",
+                        k.scheme
+                    ));
+                }
+                if !guids.contains(&g.as_str()) {
+                    guids.push(g);
+                }
+            }
+            Some(Resolution::Ambiguous(gs)) => {
+                return Decision::Quarantine(format!("a `{}` key belongs to {} patients in the PMS", k.scheme, gs.len()))
+            }
+            _ => {}
+        }
+    }
+    match guids.len() {
+        1 => Decision::Attach(guids[0].to_owned()),
+        0 => {
+            let schemes: Vec<&str> = keys.iter().map(|k| k.scheme.as_str()).collect();
+            Decision::Unresolved(if keys.is_empty() {
+                "the source gave no patient keys".into()
+            } else {
+                format!("no key resolved to a patient ({} keys tried: {})", keys.len(), schemes.join(", "))
+            })
+        }
+        n => Decision::Quarantine(format!("the item's card ids resolve to {n} different patients")),
+    }
+}
+
+/// Runs one pass over the source. Returns when every item has an outcome,
+/// or, after `cancel`, when the items already scanned have drained.
+pub async fn run_once(stages: &Stages, settings: &Settings, cancel: CancellationToken, summary: Arc<Summary>) {
+    let depth = settings.queue_depth;
+    let (to_extract, extract_rx) = mpsc::channel::<Item>(depth);
+    let (to_resolve, resolve_rx) = mpsc::channel::<(Item, Metadata)>(depth);
+    let (to_store, store_rx) = mpsc::channel::<(Item, Metadata, String)>(depth);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // source: page after page until done or cancelled
+    {
+        let source = stages.source.clone();
+        let summary = summary.clone();
+        let cancel = cancel.clone();
+        let retries = settings.source_retries;
+        tasks.spawn(async move {
+            let mut cursor: Option<String> = None;
+            loop {
+                if cancel.is_cancelled() {
+                    summary.interrupted.store(true, Ordering::Relaxed);
+                    break;
+                }
+                let page = with_retries(retries, &cancel, || source.scan(cursor.clone())).await;
+                let page = match page {
+                    Ok(p) => p,
+                    Err(e) => {
+                        summary.error(format!("scan stopped: {e}"));
+                        break;
+                    }
+                };
+                for n in page.notices {
+                    summary.scanned.fetch_add(1, Ordering::Relaxed);
+                    let outcome = match n.outcome {
+                        NoticeOutcome::Skip => Outcome::Skipped,
+                        NoticeOutcome::Fail => Outcome::Failed,
+                    };
+                    summary.record(Report { subject: n.subject, outcome, detail: n.reason, patient_guid: None, location: None });
+                }
+                for item in page.items {
+                    summary.scanned.fetch_add(1, Ordering::Relaxed);
+                    if to_extract.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                if page.next_cursor.is_none() {
+                    break;
+                }
+                if page.next_cursor == cursor {
+                    summary.error(format!(
+                        "scan stopped: {} returned the same cursor twice (plugin bug)",
+                        source.context().who()
+                    ));
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+        });
+    }
+
+    // extractor workers (or a pass-through when the pipeline has none)
+    let extract_rx = Arc::new(tokio::sync::Mutex::new(extract_rx));
+    for _ in 0..settings.extractor_concurrency.max(1) {
+        let rx = extract_rx.clone();
+        let tx = to_resolve.clone();
+        let extractor = stages.extractor.clone();
+        let summary = summary.clone();
+        let cancel = cancel.clone();
+        let retries = settings.extractor_retries;
+        tasks.spawn(async move {
+            loop {
+                let Some(item) = rx.lock().await.recv().await else { return };
+                let metadata = match &extractor {
+                    None => Ok(Vec::new()),
+                    Some(x) => with_retries(retries, &cancel, || x.extract(&item)).await,
+                };
+                match metadata {
+                    Ok(md) => {
+                        if tx.send((item, md)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => summary.item(&item, Outcome::Failed, format!("extract: {e}")),
+                }
+            }
+        });
+    }
+    drop(to_resolve);
+
+    // resolver workers: take what is queued (up to a batch), ask once per
+    // distinct key, decide per item
+    let resolve_rx = Arc::new(tokio::sync::Mutex::new(resolve_rx));
+    for _ in 0..settings.resolver_concurrency.max(1) {
+        let rx = resolve_rx.clone();
+        let tx = to_store.clone();
+        let resolver = stages.resolver.clone();
+        let summary = summary.clone();
+        let cancel = cancel.clone();
+        let retries = settings.resolver_retries;
+        let batch_size = settings.resolve_batch.max(1);
+        tasks.spawn(async move {
+            loop {
+                let mut batch = Vec::new();
+                {
+                    let mut rx = rx.lock().await;
+                    let Some(first) = rx.recv().await else { return };
+                    batch.push(first);
+                    while batch.len() < batch_size {
+                        match rx.try_recv() {
+                            Ok(x) => batch.push(x),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                let mut keys: Vec<PatientKey> = Vec::new();
+                for (item, _) in &batch {
+                    for k in &item.patient_keys {
+                        if !keys.iter().any(|x| x.scheme == k.scheme && x.value == k.value) {
+                            keys.push(k.clone());
+                        }
+                    }
+                }
+                let answers = if keys.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    with_retries(retries, &cancel, || resolver.resolve(&keys)).await
+                };
+                let answers = match answers {
+                    Ok(a) if a.len() == keys.len() => a,
+                    Ok(a) => {
+                        let msg = format!(
+                            "resolve: {} answered {} resolutions for {} keys (plugin bug)",
+                            resolver.context().who(),
+                            a.len(),
+                            keys.len()
+                        );
+                        for (item, _) in &batch {
+                            summary.item(item, Outcome::Failed, msg.clone());
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        for (item, _) in &batch {
+                            summary.item(item, Outcome::Failed, format!("resolve: {e}"));
+                        }
+                        continue;
+                    }
+                };
+                let answers: HashMap<(String, String), Resolution> =
+                    keys.into_iter().map(|k| (k.scheme, k.value)).zip(answers).collect();
+                for (item, md) in batch {
+                    match decide(&item.patient_keys, &answers) {
+                        Decision::Attach(guid) => {
+                            if tx.send((item, md, guid)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Decision::Unresolved(why) => summary.item(&item, Outcome::Unresolved, why),
+                        Decision::Quarantine(why) => summary.item(&item, Outcome::Quarantined, why),
+                        Decision::Invalid(why) => summary.item(&item, Outcome::Failed, format!("resolve: {why}")),
+                    }
+                }
+            }
+        });
+    }
+    drop(to_store);
+
+    // store workers
+    let store_rx = Arc::new(tokio::sync::Mutex::new(store_rx));
+    for _ in 0..settings.store_concurrency.max(1) {
+        let rx = store_rx.clone();
+        let store = stages.store.clone();
+        let summary = summary.clone();
+        let cancel = cancel.clone();
+        let retries = settings.store_retries;
+        tasks.spawn(async move {
+            loop {
+                let Some((item, md, guid)) = rx.lock().await.recv().await else { return };
+                match with_retries(retries, &cancel, || store.store(&item, &md, &guid)).await {
+                    Ok(stored) => {
+                        let outcome = match stored.outcome {
+                            StoreOutcome::Stored => Outcome::Stored,
+                            StoreOutcome::Unchanged => Outcome::Unchanged,
+                        };
+                        summary.record(Report {
+                            subject: item.id.clone(),
+                            outcome,
+                            detail: String::new(),
+                            patient_guid: Some(guid),
+                            location: Some(stored.location),
+                        });
+                    }
+                    Err(e) => summary.record(Report {
+                        subject: item.id.clone(),
+                        outcome: Outcome::Failed,
+                        detail: format!("store: {e}"),
+                        patient_guid: Some(guid),
+                        location: None,
+                    }),
+                }
+            }
+        });
+    }
+
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            summary.error(format!("internal error: a pipeline task failed: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str, v: &str) -> PatientKey {
+        PatientKey { scheme: s.into(), value: v.into() }
+    }
+
+    fn answers(list: &[(&str, &str, Resolution)]) -> HashMap<(String, String), Resolution> {
+        list.iter().map(|(s, v, r)| ((s.to_string(), v.to_string()), r.clone())).collect()
+    }
+
+    #[test]
+    fn attachment_rule() {
+        let keys = [key("sidexis-id", "17"), key("card-id", "A"), key("card-id", "B")];
+        let a = answers(&[
+            ("sidexis-id", "17", Resolution::Unsupported),
+            ("card-id", "A", Resolution::Resolved("g1".into())),
+            ("card-id", "B", Resolution::Resolved("g1".into())),
+        ]);
+        assert_eq!(decide(&keys, &a), Decision::Attach("g1".into()));
+
+        let a = answers(&[
+            ("card-id", "A", Resolution::Resolved("g1".into())),
+            ("card-id", "B", Resolution::NotFound),
+        ]);
+        assert_eq!(decide(&keys, &a), Decision::Attach("g1".into()));
+
+        let a = answers(&[
+            ("card-id", "A", Resolution::Resolved("g1".into())),
+            ("card-id", "B", Resolution::Resolved("g2".into())),
+        ]);
+        assert!(matches!(decide(&keys, &a), Decision::Quarantine(_)));
+
+        let a = answers(&[("card-id", "A", Resolution::Ambiguous(vec!["g1".into(), "g2".into()]))]);
+        assert!(matches!(decide(&keys, &a), Decision::Quarantine(_)));
+
+        let a = answers(&[("card-id", "A", Resolution::NotFound)]);
+        assert!(matches!(decide(&keys, &a), Decision::Unresolved(_)));
+
+        let a = answers(&[("card-id", "A", Resolution::Resolved("../etc".into()))]);
+        assert!(matches!(decide(&keys, &a), Decision::Invalid(_)));
+    }
+}

@@ -1,0 +1,408 @@
+//! ferry source for Dentsply Sirona Sidexis.
+//!
+//! Sidexis keeps its images on a share (`PDATA`) with one folder per patient,
+//! `P_0000{SidexisPatientId}`, holding files `0000_{imageId}.dcm`, and keeps
+//! who is who in its database: the patient table maps `SidexisPatientId` to
+//! the `CardId` (the practice-management id), the image table maps `ImageId`
+//! to the image's name. This source walks the share a page of patient
+//! folders at a time and turns every image into an item whose patient keys
+//! are the Sidexis id and the card ids.
+//!
+//! The scan logic is written against the small [`Site`] trait so that it
+//! can be tested without a host; [`HostSite`] is the real one.
+use std::collections::{BTreeMap, BTreeSet};
+
+use ferry_plugin_sdk::fs::{self, EntryKind};
+use ferry_plugin_sdk::sql::{self, SqlValue};
+use ferry_plugin_sdk::types::{FileRef, HostError, Item, PatientKey, StageError};
+use ferry_plugin_sdk::{parse_config, permanent, serde, Context, Slot};
+
+use __ferry_exports::source::{Guest, Notice, NoticeOutcome, Page};
+
+/// The stage's `[config]` table.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(crate = "ferry_plugin_sdk::serde", deny_unknown_fields, default)]
+pub struct Config {
+    /// Name of the fs grant holding the PDATA share.
+    pub pdata_root: String,
+    /// Name of the SQL connection to the Sidexis database.
+    pub connection: String,
+    pub patient_table: String,
+    pub patient_id_column: String,
+    pub card_id_column: String,
+    pub image_table: String,
+    pub image_id_column: String,
+    pub image_name_column: String,
+    /// Patient folders per `scan` call.
+    pub folders_per_page: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pdata_root: "pdata".into(),
+            connection: "sidexis".into(),
+            patient_table: "patient".into(),
+            patient_id_column: "SidexisPatientId".into(),
+            card_id_column: "CardId".into(),
+            image_table: "mediabase".into(),
+            image_id_column: "ImageId".into(),
+            image_name_column: "ImageName".into(),
+            folders_per_page: 50,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates the JSON config.
+    pub fn parse(json: &str) -> Result<Config, StageError> {
+        let config: Config = parse_config(json)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), StageError> {
+        // These are spliced into SQL text: only plain identifiers get in.
+        for (key, value) in [
+            ("patient_table", &self.patient_table),
+            ("patient_id_column", &self.patient_id_column),
+            ("card_id_column", &self.card_id_column),
+            ("image_table", &self.image_table),
+            ("image_id_column", &self.image_id_column),
+            ("image_name_column", &self.image_name_column),
+        ] {
+            if !is_sql_identifier(value) {
+                return Err(permanent(format!(
+                    "invalid [config] {key} = {value:?}: expected an SQL identifier \
+                     (letters, digits and `_`, optionally `schema.` and `[brackets]`)"
+                )));
+            }
+        }
+        if self.pdata_root.is_empty() {
+            return Err(permanent("invalid [config] pdata_root: must name an fs grant"));
+        }
+        if self.connection.is_empty() {
+            return Err(permanent("invalid [config] connection: must name an sql connection"));
+        }
+        if self.folders_per_page == 0 {
+            return Err(permanent("invalid [config] folders_per_page: must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// `name`, `[name]`, `schema.name`, `[schema].[name]`, ... where each name
+/// is letters, digits and `_` (not starting with a digit unless bracketed).
+pub fn is_sql_identifier(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.len() > 2 {
+        return false;
+    }
+    parts.iter().all(|part| {
+        let (inner, bracketed) = match part.strip_prefix('[').and_then(|p| p.strip_suffix(']')) {
+            Some(inner) => (inner, true),
+            None => (*part, false),
+        };
+        !inner.is_empty()
+            && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && (bracketed || !inner.starts_with(|c: char| c.is_ascii_digit()))
+    })
+}
+
+/// `P_000017` → `17`: `P_` then one or more ASCII digits, leading zeros
+/// stripped (`P_0000` → `0`). `None` for anything else.
+pub fn patient_folder_id(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("P_")?;
+    parse_digits(digits)
+}
+
+/// `0000_42.dcm` (extension case-insensitive) → `42`. `None` otherwise.
+pub fn image_file_id(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("0000_")?;
+    let dot = rest.len().checked_sub(4)?;
+    if !rest.is_char_boundary(dot) || !rest[dot..].eq_ignore_ascii_case(".dcm") {
+        return None;
+    }
+    parse_digits(&rest[..dot])
+}
+
+/// One or more ASCII digits that fit an SQL integer (i64).
+fn parse_digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let trimmed = s.trim_start_matches('0');
+    if trimmed.is_empty() {
+        return Some(0);
+    }
+    trimmed.parse::<u64>().ok().filter(|&n| n <= i64::MAX as u64)
+}
+
+/// A directory entry as the scan needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+}
+
+/// What the scan needs from the host.
+pub trait Site {
+    fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, HostError>;
+    fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, HostError>;
+}
+
+/// The real site: the host's `fs` and `sql` capabilities.
+pub struct HostSite<'a> {
+    pub config: &'a Config,
+}
+
+impl Site for HostSite<'_> {
+    fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, HostError> {
+        let dir = FileRef { root: self.config.pdata_root.clone(), path: path.to_string() };
+        Ok(fs::list_dir(&dir)?
+            .into_iter()
+            .map(|e| DirEntry { name: e.name, kind: e.kind, size: e.size })
+            .collect())
+    }
+
+    fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, HostError> {
+        Ok(sql::query(&self.config.connection, statement, params)?.rows)
+    }
+}
+
+/// Image ids per query (SQL Server allows 2100 parameters, old SQLite 999).
+const IDS_PER_QUERY: usize = 200;
+
+fn notice(subject: &str, outcome: NoticeOutcome, reason: impl Into<String>) -> Notice {
+    Notice { subject: subject.to_string(), outcome, reason: reason.into() }
+}
+
+/// One page of the scan, after the top-level entry named `cursor`.
+pub fn scan_page(config: &Config, site: &mut dyn Site, cursor: Option<&str>) -> Result<Page, StageError> {
+    let mut top = site
+        .list_dir("")
+        .context(format_args!("listing the PDATA root (grant `{}`)", config.pdata_root))?;
+    // The host sorts by name already; sort anyway so that the cursor
+    // comparison below and the order agree whatever the host does.
+    top.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut page = Page { items: Vec::new(), notices: Vec::new(), next_cursor: None };
+    let mut folders = 0u32;
+    let mut last: Option<&str> = None;
+    let mut remaining = top.iter().filter(|e| cursor.is_none_or(|c| e.name.as_str() > c)).peekable();
+    while let Some(entry) = remaining.peek() {
+        let id = match (entry.kind, patient_folder_id(&entry.name)) {
+            (EntryKind::Directory, Some(id)) => Some(id),
+            _ => None,
+        };
+        if id.is_some() && folders == config.folders_per_page {
+            // Page full and another patient folder waits: stop before it.
+            page.next_cursor = last.map(str::to_string);
+            return Ok(page);
+        }
+        let entry = remaining.next().expect("peeked");
+        last = Some(&entry.name);
+        match id {
+            Some(id) => {
+                folders += 1;
+                scan_patient_folder(config, site, &entry.name, id, &mut page)?;
+            }
+            None => page.notices.push(notice(&entry.name, NoticeOutcome::Skip, "not a Sidexis patient folder")),
+        }
+    }
+    Ok(page)
+}
+
+/// What the patient table says about one patient.
+enum Patient {
+    Missing,
+    NoCardId,
+    Cards(Vec<String>),
+}
+
+fn scan_patient_folder(
+    config: &Config,
+    site: &mut dyn Site,
+    folder: &str,
+    patient_id: u64,
+    page: &mut Page,
+) -> Result<(), StageError> {
+    let entries = match site.list_dir(folder) {
+        Ok(entries) => entries,
+        Err(e @ HostError::Unavailable(_)) => return Err(e).context(format_args!("listing {folder}")),
+        Err(e) => {
+            // Gone since the root was listed, or unreadable: a person should look.
+            let e: StageError = e.into();
+            page.notices.push(notice(folder, NoticeOutcome::Fail, format!("cannot list folder: {}", e.message)));
+            return Ok(());
+        }
+    };
+
+    // Sort the folder's entries into images and the rest.
+    let mut images: Vec<(u64, DirEntry, String)> = Vec::new();
+    for entry in entries {
+        let path = format!("{folder}/{}", entry.name);
+        match (entry.kind, image_file_id(&entry.name)) {
+            (EntryKind::File, Some(image_id)) => images.push((image_id, entry, path)),
+            (EntryKind::Directory, _) => {
+                page.notices.push(notice(&path, NoticeOutcome::Skip, "subdirectory in a patient folder"))
+            }
+            _ => page.notices.push(notice(&path, NoticeOutcome::Skip, "not a Sidexis image file")),
+        }
+    }
+    images.sort_by(|a, b| a.2.cmp(&b.2));
+    if images.is_empty() {
+        return Ok(());
+    }
+
+    let cards = match patient(config, site, patient_id)? {
+        Patient::Cards(cards) => cards,
+        Patient::Missing => {
+            let reason = format!(
+                "no row in {} table for {} {patient_id}",
+                config.patient_table, config.patient_id_column
+            );
+            for (_, _, path) in &images {
+                page.notices.push(notice(path, NoticeOutcome::Fail, reason.clone()));
+            }
+            return Ok(());
+        }
+        Patient::NoCardId => {
+            for (_, _, path) in &images {
+                page.notices.push(notice(path, NoticeOutcome::Skip, "patient has no CardId"));
+            }
+            return Ok(());
+        }
+    };
+
+    let ids: BTreeSet<u64> = images.iter().map(|(id, _, _)| *id).collect();
+    let names = image_names(config, site, &ids)?;
+
+    let mut keys = vec![PatientKey { scheme: "sidexis-id".into(), value: patient_id.to_string() }];
+    keys.extend(cards.into_iter().map(|value| PatientKey { scheme: "card-id".into(), value }));
+
+    for (image_id, entry, path) in images {
+        let Some(name) = names.get(&image_id) else {
+            page.notices.push(notice(
+                &path,
+                NoticeOutcome::Fail,
+                format!("no row in {} table for {} {image_id}", config.image_table, config.image_id_column),
+            ));
+            continue;
+        };
+        let display_name = if name.is_empty() { entry.name.clone() } else { name.clone() };
+        page.items.push(Item {
+            id: path.clone(),
+            patient_keys: keys.clone(),
+            display_name,
+            file: FileRef { root: config.pdata_root.clone(), path },
+            size: entry.size,
+            attributes: vec![
+                ("sidexis.patient-id".into(), patient_id.to_string()),
+                ("sidexis.image-id".into(), image_id.to_string()),
+            ],
+        });
+    }
+    Ok(())
+}
+
+fn patient(config: &Config, site: &mut dyn Site, patient_id: u64) -> Result<Patient, StageError> {
+    let statement = format!(
+        "SELECT {} FROM {} WHERE {} = @P1",
+        config.card_id_column, config.patient_table, config.patient_id_column
+    );
+    let rows = site
+        .query(&statement, &[SqlValue::Integer(patient_id as i64)])
+        .context(format_args!("reading the {} table", config.patient_table))?;
+    if rows.is_empty() {
+        return Ok(Patient::Missing);
+    }
+    let cards: BTreeSet<String> = rows
+        .iter()
+        .filter_map(|row| row.first().and_then(value_text))
+        .filter(|card| !card.is_empty())
+        .collect();
+    Ok(if cards.is_empty() { Patient::NoCardId } else { Patient::Cards(cards.into_iter().collect()) })
+}
+
+/// Image names by id, for the ids the table knows (trimmed; may be empty).
+fn image_names(
+    config: &Config,
+    site: &mut dyn Site,
+    ids: &BTreeSet<u64>,
+) -> Result<BTreeMap<u64, String>, StageError> {
+    let ids: Vec<u64> = ids.iter().copied().collect();
+    let mut names: BTreeMap<u64, String> = BTreeMap::new();
+    for chunk in ids.chunks(IDS_PER_QUERY) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("@P{i}")).collect();
+        let statement = format!(
+            "SELECT {}, {} FROM {} WHERE {} IN ({})",
+            config.image_id_column,
+            config.image_name_column,
+            config.image_table,
+            config.image_id_column,
+            placeholders.join(", ")
+        );
+        let params: Vec<SqlValue> = chunk.iter().map(|&id| SqlValue::Integer(id as i64)).collect();
+        let rows = site
+            .query(&statement, &params)
+            .context(format_args!("reading the {} table", config.image_table))?;
+        for row in rows {
+            let Some(id) = row.first().and_then(value_id) else { continue };
+            let name = row.get(1).and_then(value_text).unwrap_or_default();
+            // Several rows for one id: prefer a non-empty name, then the
+            // smallest, so the result does not depend on row order.
+            let better = match names.get(&id) {
+                None => true,
+                Some(old) => old.is_empty() || (!name.is_empty() && name < *old),
+            };
+            if better {
+                names.insert(id, name);
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// A text-ish SQL value, trimmed (integers become their decimal form).
+fn value_text(v: &SqlValue) -> Option<String> {
+    match v {
+        SqlValue::Text(s) => Some(s.trim().to_string()),
+        SqlValue::Integer(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// An id column, integer or text.
+fn value_id(v: &SqlValue) -> Option<u64> {
+    match v {
+        SqlValue::Integer(n) => u64::try_from(*n).ok(),
+        SqlValue::Text(s) => s.trim().parse().ok(),
+        SqlValue::Real(r) if r.fract() == 0.0 && *r >= 0.0 => Some(*r as u64),
+        _ => None,
+    }
+}
+
+static CONFIG: Slot<Config> = Slot::new();
+
+struct Sidexis;
+
+impl Guest for Sidexis {
+    fn configure(config: String) -> Result<(), StageError> {
+        CONFIG.set(Config::parse(&config)?);
+        Ok(())
+    }
+
+    fn scan(cursor: Option<String>) -> Result<Page, StageError> {
+        CONFIG.with(|config| {
+            let config = config.clone();
+            scan_page(&config, &mut HostSite { config: &config }, cursor.as_deref())
+        })?
+    }
+}
+
+ferry_plugin_sdk::source_plugin!(Sidexis, wit = "../.wit-dev");
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,57 @@
+//! Test support for ferry.
+//!
+//! Ferry's end-to-end behaviour depends on what a Sidexis 4 installation
+//! looks like, and real installations hold patient data that can never be
+//! checked in. This crate therefore *generates* installations:
+//!
+//! * [`SiteBuilder`] writes a synthetic site — a `PDATA` share of DICOM
+//!   files, a SQLite `sidexis.db` with Sidexis' `patient` and `mediabase`
+//!   tables, and the practice system's `card-map.csv` — deterministically,
+//!   and returns a [`Site`] that knows every path, checksum and expected
+//!   outcome;
+//! * [`demo_site`] is the standard demo practice (also written by the
+//!   `demo-site` binary for `cargo xtask demo`);
+//! * [`plugin_dir`] finds the built WASM plugins.
+
+mod demo;
+mod dicom;
+mod site;
+
+use std::path::PathBuf;
+
+pub use demo::{demo_guid, demo_site, DEMO_EXPECTED};
+pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};
+pub use site::{
+    guid, image_file_name, patient_folder, ExpectedCounts, Fate, ImageKind, ImageSpec, PatientSpec,
+    Site, SiteBuilder, SiteImage, SourceFailure, MARKER_FILE,
+};
+
+/// The workspace root (the directory of the root `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Where the built plugins are: `$FERRY_PLUGIN_DIR`, or
+/// `<workspace>/target/plugins` (where `cargo xtask plugins` puts them).
+///
+/// Panics if `sidexis.wasm` is not there, so that a test fails with the
+/// fix rather than with a confusing load error.
+pub fn plugin_dir() -> PathBuf {
+    let dir = std::env::var_os("FERRY_PLUGIN_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("plugins"));
+    if !dir.join("sidexis.wasm").is_file() {
+        panic!(
+            "plugins not built: run `cargo xtask plugins` (no sidexis.wasm in {})",
+            dir.display()
+        );
+    }
+    dir
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+//! Project chores: `cargo xtask <plugins|test|demo|check>`.
+//!
+//! Why an xtask and not a shell script: building the guest plugins needs a
+//! wasm target, and a fresh machine may have only rustup's stable host
+//! toolchain. This picks, in order: an installed rustup wasm target; one
+//! that `rustup target add` can fetch; Debian's `rustc-web` + `rust-web-src`
+//! building `std` from source (installed with apt-get when we are root).
+//! Then it turns each core module into a component with `wit-component`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("plugins") => build_plugins(&root).map(|_| ()),
+        Some("test") => test(&root, &args[1..]),
+        Some("demo") => demo(&root),
+        Some("check") => {
+            build_plugins(&root)?;
+            cargo(&root, &["run", "--quiet", "-p", "ferry", "--", "check", "pipelines/demo.toml"], &[])
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 plugins   build every plugin in plugins/ into target/plugins/*.wasm\n  \
+                 test      build plugins, then run every test (extra args go to cargo test)\n  \
+                 demo      build plugins, generate a synthetic Sidexis site, run pipelines/demo.toml\n  \
+                 check     build plugins, then `ferry check pipelines/demo.toml`"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn plugin_out_dir(root: &Path) -> PathBuf {
+    root.join("target").join("plugins")
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    let out = build_plugins(root)?;
+    let mut args = vec!["test", "--workspace"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(root, &args, &[("FERRY_PLUGIN_DIR", out.as_os_str().to_owned())])
+}
+
+fn demo(root: &Path) -> Result<()> {
+    let out = build_plugins(root)?;
+    let demo = root.join("target").join("demo");
+    eprintln!("==> generating a synthetic Sidexis site in {}", demo.join("site").display());
+    cargo(
+        root,
+        &["run", "--quiet", "-p", "ferry-tests", "--bin", "demo-site", "--", "target/demo/site"],
+        &[],
+    )?;
+    eprintln!("==> running pipelines/demo.toml");
+    let status = Command::new(env_or("CARGO", "cargo"))
+        .current_dir(root)
+        .args(["run", "--quiet", "-p", "ferry", "--", "run", "pipelines/demo.toml"])
+        .env("FERRY_PLUGIN_DIR", &out)
+        .status()
+        .context("running ferry")?;
+    eprintln!(
+        "\nLook at:\n  {}/images/<patientGuid>/   the stored images and their .json sidecars\n  \
+         pipelines/demo.toml           the pipeline that did it\n  \
+         {}/site/                      the synthetic PDATA share, sidexis.db and card-map.csv\n\
+         Run `cargo xtask demo` again: nothing new is stored.",
+        demo.join("store").display(),
+        demo.display()
+    );
+    if !status.success() {
+        bail!("ferry run failed ({status})");
+    }
+    Ok(())
+}
+
+fn env_or(key: &str, default: &str) -> OsString {
+    std::env::var_os(key).unwrap_or_else(|| default.into())
+}
+
+fn cargo(root: &Path, args: &[&str], envs: &[(&str, OsString)]) -> Result<()> {
+    let mut cmd = Command::new(env_or("CARGO", "cargo"));
+    cmd.current_dir(root).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// How to compile for the wasm target on this machine.
+enum Toolchain {
+    /// rustup has the target: plain cargo.
+    Rustup,
+    /// Debian rustc-web with std built from source.
+    BuildStd { rustc: PathBuf, linker: PathBuf },
+}
+
+fn rustup_has_target() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET))
+        .unwrap_or(false)
+}
+
+fn pick_toolchain() -> Result<Toolchain> {
+    if std::env::var_os("FERRY_FORCE_BUILD_STD").is_none() {
+        if rustup_has_target() {
+            return Ok(Toolchain::Rustup);
+        }
+        eprintln!("==> trying `rustup target add {WASM_TARGET}`");
+        let added = Command::new("rustup").args(["target", "add", WASM_TARGET]).status();
+        if matches!(added, Ok(s) if s.success()) && rustup_has_target() {
+            return Ok(Toolchain::Rustup);
+        }
+        eprintln!("==> rustup could not add {WASM_TARGET}; using Debian rustc-web with -Zbuild-std");
+    }
+    let rustc = PathBuf::from("/usr/bin/rustc");
+    let std_src = Path::new("/usr/lib/rustlib/src/rust/library");
+    if !rustc.exists() || !std_src.exists() {
+        apt_install(&["rustc-web", "rust-web-src"])?;
+    }
+    // rust-lld ships with every rustup host toolchain.
+    let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().context("rustc --print sysroot")?;
+    let sysroot = PathBuf::from(String::from_utf8(sysroot.stdout)?.trim());
+    let host = Command::new("rustc").args(["-vV"]).output().context("rustc -vV")?;
+    let host = String::from_utf8(host.stdout)?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .context("no host triple in rustc -vV")?;
+    let linker = sysroot.join("lib/rustlib").join(host).join("bin/rust-lld");
+    if !linker.exists() {
+        bail!("rust-lld not found at {}; install a rustup toolchain", linker.display());
+    }
+    Ok(Toolchain::BuildStd { rustc, linker })
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    eprintln!("==> apt-get install {}", pkgs.join(" "));
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let run = |args: &[&str]| -> Result<()> {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.extend_from_slice(args);
+        let status = Command::new(all[0])
+            .args(&all[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .with_context(|| format!("running {}", all.join(" ")))?;
+        if !status.success() {
+            bail!(
+                "`{}` failed; install {} by hand or `rustup target add {WASM_TARGET}`",
+                all.join(" "),
+                pkgs.join(" ")
+            );
+        }
+        Ok(())
+    };
+    run(&["apt-get", "update", "-qq"])?;
+    let mut install = vec!["apt-get", "install", "-y", "-qq"];
+    install.extend_from_slice(pkgs);
+    run(&install)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Plugin crates: every `cdylib` package in the guest workspace.
+fn plugin_crates(root: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let plugins = root.join("plugins");
+    let mut dirs = vec![plugins.clone(), plugins.join("fixtures")];
+    dirs.retain(|d| d.is_dir());
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir)? {
+            let manifest = entry?.path().join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+            if !text.contains("cdylib") {
+                continue;
+            }
+            let name = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name = ").map(|v| v.trim_matches('"').to_owned()))
+                .with_context(|| format!("no package name in {}", manifest.display()))?;
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn build_plugins(root: &Path) -> Result<PathBuf> {
+    let toolchain = pick_toolchain()?;
+    let crates = plugin_crates(root)?;
+    let target_dir = root.join("target");
+    let mut cmd = Command::new(env_or("CARGO", "cargo"));
+    cmd.current_dir(root.join("plugins"))
+        .args(["build", "--release", "--target", WASM_TARGET, "--target-dir"])
+        .arg(&target_dir);
+    for c in &crates {
+        cmd.args(["-p", c]);
+    }
+    // Don't let the host workspace's flags leak into the guest build.
+    cmd.env_remove("RUSTFLAGS").env_remove("CARGO_ENCODED_RUSTFLAGS");
+    match &toolchain {
+        Toolchain::Rustup => {}
+        Toolchain::BuildStd { rustc, linker } => {
+            cmd.arg("-Zbuild-std=std,panic_abort")
+                .env("RUSTC", rustc)
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", linker);
+        }
+    }
+    eprintln!("==> building {} plugins for {WASM_TARGET}", crates.len());
+    let status = cmd.status().context("running cargo build for plugins")?;
+    if !status.success() {
+        bail!("building plugins failed ({status})");
+    }
+    let out = plugin_out_dir(root);
+    std::fs::create_dir_all(&out)?;
+    let built = target_dir.join(WASM_TARGET).join("release");
+    for c in &crates {
+        let module = built.join(format!("{}.wasm", c.replace('-', "_")));
+        let bytes = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+        let component = wit_component::ComponentEncoder::default()
+            .module(&bytes)
+            .and_then(|e| e.validate(true).encode())
+            .with_context(|| format!("turning {} into a component", module.display()))?;
+        let dest = out.join(format!("{c}.wasm"));
+        // Only rewrite on change so the host's compile cache stays warm.
+        if std::fs::read(&dest).ok().as_deref() != Some(&component[..]) {
+            std::fs::write(&dest, &component)?;
+        }
+        eprintln!("    {:<24} {:>8} KiB", format!("{c}.wasm"), component.len() / 1024);
+    }
+    Ok(out)
+}
