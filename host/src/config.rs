@@ -303,7 +303,7 @@ impl Pipeline {
         let subst = |key: &str, s: &str| interpolate(s, env).map_err(|m| invalid(key.to_owned(), m));
         let subst_path = |key: &str, p: &Path| -> Result<PathBuf, ConfigError> {
             let s = subst(key, &p.to_string_lossy())?;
-            Ok(base.join(s))
+            Ok(clean(&base.join(s)))
         };
 
         if raw.pipeline.name.trim().is_empty() {
@@ -325,7 +325,7 @@ impl Pipeline {
         }
 
         let mut plugin_path: Vec<PathBuf> = Vec::new();
-        if let Some(dir) = std::env::var_os("FERRY_PLUGIN_DIR") {
+        if let Some(dir) = env("FERRY_PLUGIN_DIR").filter(|d| !d.is_empty()) {
             plugin_path.push(PathBuf::from(dir));
         }
         for (i, p) in raw.pipeline.plugin_path.iter().enumerate() {
@@ -420,6 +420,29 @@ impl Pipeline {
             stages,
         })
     }
+}
+
+/// Removes `.` and `..` lexically, so messages show plain paths.
+fn clean(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !matches!(out.components().next_back(), None | Some(Component::ParentDir | Component::RootDir)) {
+                    out.pop();
+                } else if !out.has_root() {
+                    out.push("..");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 fn check_name(name: &str) -> Result<(), String> {

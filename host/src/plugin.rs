@@ -73,7 +73,7 @@ impl Plugin {
             .into_iter()
             .find(|r| self.exports.iter().any(|e| e.starts_with(&format!("{PACKAGE}/{}@", r.export()))));
         let hint = match other {
-            Some(r) if r != role => format!("it is a {r} plugin: put it in the [{r}] section"),
+            Some(r) if r != role => format!("it exports the {r} world: put it in the [{r}] section"),
             Some(_) => format!("it was built against another version of {PACKAGE}; rebuild it against {VERSION}"),
             None => format!("build it with the ferry plugin SDK's `{}_plugin!` macro", role.section()),
         };

@@ -220,14 +220,16 @@ impl StagePool {
                 _ => {}
             }
         }
-        let text = format!("{e:#}");
-        if text.contains("forcing a memory growth failure") || text.contains("memory growth") {
+        // the root cause, without the wasm backtrace wasmtime puts on top
+        let text = e.chain().last().map(|c| c.to_string()).unwrap_or_else(|| e.to_string());
+        if text.contains("growing memory") || text.contains("memory growth") {
             return format!(
                 "{who} was stopped during {during}: it tried to use more than its {} MiB memory limit (limits.memory)",
                 self.limits.memory >> 20
             );
         }
-        format!("{who} crashed during {during}: {}", first_line(&text))
+        let hint = if text.contains("unreachable") { " (the plugin panicked or aborted)" } else { "" };
+        format!("{who} crashed during {during}: {}{hint}", first_line(&text))
     }
 
     /// Runs one export call on an instance with a fresh deadline; returns

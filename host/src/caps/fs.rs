@@ -29,6 +29,7 @@ pub struct OpenFile {
 /// Resolves `r` to a real path inside its root, or says why not.
 pub fn resolve(state: &StageState, r: &FileRef) -> Result<PathBuf, HostError> {
     let ctx = &state.ctx;
+    check_relative(&r.root, &r.path)?;
     let root = match ctx.fs_roots.get(&r.root) {
         Some(root) => root,
         None if state.current_file.as_ref().is_some_and(|c| c.root == r.root && c.path == r.path) => ctx
@@ -48,8 +49,18 @@ pub fn resolve(state: &StageState, r: &FileRef) -> Result<PathBuf, HostError> {
 /// Joins a relative, `/`-separated path to a canonical root, refusing
 /// anything that would leave it.
 pub fn resolve_in(root: &Path, root_name: &str, rel: &str) -> Result<PathBuf, HostError> {
-    let rel_path = Path::new(rel);
-    for c in rel_path.components() {
+    check_relative(root_name, rel)?;
+    let joined = root.join(rel);
+    let real = joined.canonicalize().map_err(|e| io_error(&format!("`{root_name}:{rel}`"), e))?;
+    if !real.starts_with(root) {
+        return Err(HostError::Denied(format!("path `{rel}` leads out of fs root `{root_name}` through a link")));
+    }
+    Ok(real)
+}
+
+/// Refuses absolute paths and `..` before anything touches the disk.
+fn check_relative(root_name: &str, rel: &str) -> Result<(), HostError> {
+    for c in Path::new(rel).components() {
         match c {
             Component::Normal(_) | Component::CurDir => {}
             _ => {
@@ -59,12 +70,7 @@ pub fn resolve_in(root: &Path, root_name: &str, rel: &str) -> Result<PathBuf, Ho
             }
         }
     }
-    let joined = root.join(rel_path);
-    let real = joined.canonicalize().map_err(|e| io_error(&format!("`{root_name}:{rel}`"), e))?;
-    if !real.starts_with(root) {
-        return Err(HostError::Denied(format!("path `{rel}` leads out of fs root `{root_name}` through a link")));
-    }
-    Ok(real)
+    Ok(())
 }
 
 pub fn io_error(what: &str, e: std::io::Error) -> HostError {

@@ -251,7 +251,7 @@ impl Guest for CsvResolver {
     }
 }
 
-ferry_plugin_sdk::resolver_plugin!(CsvResolver, wit = "../.wit-dev");
+ferry_plugin_sdk::resolver_plugin!(CsvResolver, wit = "../../wit");
 
 #[cfg(test)]
 mod tests;

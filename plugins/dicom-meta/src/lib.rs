@@ -212,7 +212,7 @@ impl Guest for DicomMeta {
     }
 }
 
-ferry_plugin_sdk::extractor_plugin!(DicomMeta, wit = "../.wit-dev");
+ferry_plugin_sdk::extractor_plugin!(DicomMeta, wit = "../../wit");
 
 #[cfg(test)]
 mod tests;

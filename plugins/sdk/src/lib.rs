@@ -14,11 +14,21 @@
 //! A minimal extractor:
 //!
 //! ```ignore
-//! use ferry_plugin_sdk::{types::*, extractor_plugin};
+//! use ferry_plugin_sdk::types::{Item, Metadata, StageError, Value};
 //! struct Sizes;
-//! impl ferry_plugin_sdk::exports::extractor::Guest for Sizes { /* ... */ }
-//! extractor_plugin!(Sizes, wit = "../../wit");
+//! // `__ferry_exports` is the module the macro below generates.
+//! impl __ferry_exports::extractor::Guest for Sizes {
+//!     fn configure(_config: String) -> Result<(), StageError> { Ok(()) }
+//!     fn extract(item: Item) -> Result<Metadata, StageError> {
+//!         Ok(vec![("size".into(), Value::Integer(item.size as i64))])
+//!     }
+//! }
+//! ferry_plugin_sdk::extractor_plugin!(Sizes, wit = "../../wit");
 //! ```
+//!
+//! State decided in `configure` lives in a static [`Slot`]. The plugin's
+//! pure logic compiles natively too (capability calls panic there, logging
+//! goes to stderr), so `cargo test` in `plugins/` runs plugin unit tests.
 //!
 //! Why macros instead of a trait in this crate: `wit-bindgen` embeds the
 //! world a component exports as a custom section; generating all four
@@ -34,7 +44,7 @@ pub use wit_bindgen;
 pub mod bindings {
     //! Raw bindings of the `capabilities` world (imports only).
     wit_bindgen::generate!({
-        path: "../.wit-dev",
+        path: "../../wit",
         world: "capabilities",
         generate_unused_types: true,
     });
@@ -144,9 +154,9 @@ macro_rules! __plugin {
     };
 }
 
-/// Exports `$ty` (implementing `__ferry_exports::source::Guest`) as a
-/// source plugin. `wit` is the path to ferry's `wit/` folder, relative to
-/// the plugin crate's `Cargo.toml`.
+/// Exports `$ty` (a type name implementing `__ferry_exports::source::Guest`)
+/// as a source plugin. `wit` is the path to ferry's `wit/` folder, relative
+/// to the plugin crate's `Cargo.toml`.
 #[macro_export]
 macro_rules! source_plugin {
     ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("source-plugin", $ty, $wit); };

@@ -402,7 +402,7 @@ impl Guest for Sidexis {
     }
 }
 
-ferry_plugin_sdk::source_plugin!(Sidexis, wit = "../.wit-dev");
+ferry_plugin_sdk::source_plugin!(Sidexis, wit = "../../wit");
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,220 @@
+use super::*;
+
+#[test]
+fn sanitising() {
+    assert_eq!(sanitise("Pano 2021/01\\02"), "Pano 2021_01_02");
+    assert_eq!(sanitise("a\u{0}b\nc\u{7f}"), "a_b_c_");
+    assert_eq!(sanitise("..hidden"), "hidden");
+    assert_eq!(sanitise("."), "_");
+    assert_eq!(sanitise(".."), "_");
+    assert_eq!(sanitise(""), "_");
+    assert_eq!(sanitise("   "), "_");
+    assert_eq!(sanitise("Zahn 16: Röntgen?"), "Zahn 16_ Röntgen_");
+    assert_eq!(sanitise("名前.dcm"), "名前.dcm");
+    assert_eq!(sanitise("trailing. . "), "trailing");
+}
+
+#[test]
+fn extensions() {
+    assert_eq!(extension("P_1/0000_2.DCM"), ".dcm");
+    assert_eq!(extension("P_1/0000_2"), "");
+    assert_eq!(extension("P_1.x/file"), "");
+    assert_eq!(extension(".bashrc"), "");
+    assert_eq!(extension("a.tar gz"), "");
+}
+
+#[test]
+fn templates() {
+    assert!(Template::parse("images/{patientGuid}/{imageName}").is_ok());
+    assert!(Template::parse("{modality}-{itemId}").is_ok());
+    let e = Template::parse("images/{patientGUID}/{imageName}").unwrap_err();
+    assert!(e.message.contains("{patientGUID}"), "{}", e.message);
+    for bad in ["images/{imageName", "images/}{imageName}", "/{imageName}", "a//{imageName}", "{imageName}/", "../{imageName}", "images", "{a{imageName}}"] {
+        assert!(Template::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn keys() {
+    let k = Key::new("images/g/Pano", ".dcm").unwrap();
+    assert_eq!(k.render("").unwrap(), "images/g/Pano.dcm");
+    assert_eq!(k.render("~abcd1234").unwrap(), "images/g/Pano~abcd1234.dcm");
+    let k = Key::new("images/g/Pano.DCM", ".dcm").unwrap();
+    assert_eq!(k.render("~t").unwrap(), "images/g/Pano~t.DCM");
+    let k = Key::new("images/g/pano.jpg", "").unwrap();
+    assert_eq!(k.render("~t").unwrap(), "images/g/pano~t.jpg");
+
+    // Long names: truncated with a hash, deterministic, within limits.
+    let long = "ä".repeat(300);
+    let k = Key::new(&format!("images/g/{long}"), ".dcm").unwrap();
+    let a = k.render("").unwrap();
+    assert_eq!(a, k.render("").unwrap());
+    let name = a.rsplit('/').next().unwrap();
+    assert!(name.len() <= MAX_SEGMENT - 5 && name.ends_with(".dcm") && name.contains('~'), "{name}");
+    let b = k.render("~12345678").unwrap();
+    assert!(b.ends_with("~12345678.dcm") && b.len() <= MAX_KEY, "{b}");
+    let other = Key::new(&format!("images/g/{long}x"), ".dcm").unwrap().render("").unwrap();
+    assert_ne!(a, other);
+
+    // Long folders.
+    let dirs = format!("{}/", "d".repeat(250)).repeat(3);
+    let k = Key::new(&format!("{dirs}{long}"), ".dcm").unwrap();
+    let key = k.render("~12345678").unwrap();
+    assert!(key.len() + 5 <= MAX_KEY, "{}", key.len());
+    let k = Key::new(&format!("{}/x", "d".repeat(400)), ".dcm").unwrap();
+    let key = k.render("").unwrap();
+    assert!(key.split('/').all(|s| s.len() <= MAX_SEGMENT), "{key}");
+    let too_deep = format!("{}/", "d".repeat(200)).repeat(6);
+    assert!(Key::new(&format!("{too_deep}x"), ".dcm").unwrap().render("").is_err());
+}
+
+#[test]
+fn percent() {
+    assert_eq!(percent_encode("P_000017/0000_5.dcm"), "P_000017/0000_5.dcm");
+    assert_eq!(percent_encode("a%b ü\n"), "a%25b %C3%BC%0A");
+}
+
+/// Body, content type, metadata.
+type Object = (Vec<u8>, String, Vec<(String, String)>);
+
+/// An in-memory object store.
+#[derive(Default)]
+struct Fake {
+    objects: BTreeMap<String, Object>,
+    files: BTreeMap<String, Vec<u8>>,
+    puts: Vec<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Fake {
+    fn info(&self, key: &str) -> Option<ObjectInfo> {
+        self.objects.get(key).map(|(body, _, meta)| ObjectInfo {
+            key: key.to_string(),
+            size: body.len() as u64,
+            sha256: Some(hex(body)),
+            metadata: meta.clone(),
+        })
+    }
+}
+
+impl Backend for Fake {
+    fn head(&mut self, key: &str) -> Result<Option<ObjectInfo>, HostError> {
+        Ok(self.info(key))
+    }
+    fn put_file(&mut self, key: &str, file: &FileRef, ct: &str, meta: &[(String, String)]) -> Result<ObjectInfo, HostError> {
+        let body = self.files.get(&file.path).cloned().ok_or_else(|| HostError::NotFound(file.path.clone()))?;
+        self.puts.push(key.to_string());
+        self.objects.insert(key.to_string(), (body, ct.to_string(), meta.to_vec()));
+        Ok(self.info(key).unwrap())
+    }
+    fn put_bytes(&mut self, key: &str, body: &[u8], ct: &str, meta: &[(String, String)]) -> Result<ObjectInfo, HostError> {
+        self.puts.push(key.to_string());
+        self.objects.insert(key.to_string(), (body.to_vec(), ct.to_string(), meta.to_vec()));
+        Ok(self.info(key).unwrap())
+    }
+    fn sha256(&mut self, file: &FileRef) -> Result<String, HostError> {
+        self.files.get(&file.path).map(|b| hex(b)).ok_or_else(|| HostError::NotFound(file.path.clone()))
+    }
+}
+
+fn item(id: &str, name: &str) -> Item {
+    Item {
+        id: id.to_string(),
+        patient_keys: vec![],
+        display_name: name.to_string(),
+        file: FileRef { root: "pdata".into(), path: id.to_string() },
+        size: 3,
+        attributes: vec![("sidexis.image-id".into(), "5".into()), ("a".into(), "b".into())],
+    }
+}
+
+fn run(fake: &mut Fake, config: &Config, item: &Item) -> (String, StoreOutcome) {
+    let template = Template::parse(&config.key).unwrap();
+    let metadata = vec![("modality".to_string(), Value::Text("IO".into())), ("rows".to_string(), Value::Integer(2))];
+    let s = store_item(config, &template, fake, item, &metadata, "guid-1").unwrap();
+    (s.location, s.outcome)
+}
+
+#[test]
+fn store_is_idempotent_and_avoids_collisions() {
+    let config = Config::default();
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    fake.files.insert("P_1/0000_6.dcm".into(), b"two".to_vec());
+    let a = item("P_1/0000_5.dcm", "Pano");
+    let b = item("P_1/0000_6.dcm", "Pano.dcm");
+
+    assert_eq!(run(&mut fake, &config, &a), ("images/guid-1/Pano.dcm".into(), StoreOutcome::Stored));
+    let (_, ct, meta) = &fake.objects["images/guid-1/Pano.dcm"];
+    assert_eq!(ct, "application/dicom");
+    assert_eq!(meta, &[("ferry-item-id".to_string(), "P_1/0000_5.dcm".to_string())]);
+    let sidecar = String::from_utf8(fake.objects["images/guid-1/Pano.dcm.json"].0.clone()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&sidecar).unwrap();
+    assert_eq!(doc["itemId"], "P_1/0000_5.dcm");
+    assert_eq!(doc["key"], "images/guid-1/Pano.dcm");
+    assert_eq!(doc["sha256"], hex(b"one"));
+    assert_eq!(doc["size"], 3);
+    assert_eq!(doc["sourceName"], "Pano");
+    assert_eq!(doc["patientGuid"], "guid-1");
+    assert_eq!(doc["metadata"]["rows"], 2);
+    assert_eq!(doc["attributes"]["a"], "b");
+    assert!(sidecar.find("\"attributes\"").unwrap() < sidecar.find("\"itemId\"").unwrap(), "sorted keys");
+
+    // Same item, same content: nothing written.
+    fake.puts.clear();
+    assert_eq!(run(&mut fake, &config, &a), ("images/guid-1/Pano.dcm".into(), StoreOutcome::Unchanged));
+    assert!(fake.puts.is_empty());
+
+    // Sidecar lost: rewritten, object left alone, same bytes as before.
+    fake.objects.remove("images/guid-1/Pano.dcm.json");
+    assert_eq!(run(&mut fake, &config, &a).1, StoreOutcome::Unchanged);
+    assert_eq!(fake.puts, ["images/guid-1/Pano.dcm.json"]);
+    assert_eq!(fake.objects["images/guid-1/Pano.dcm.json"].0, sidecar.as_bytes());
+
+    // Another item wanting the same key: goes next to it.
+    fake.puts.clear();
+    let alt = format!("images/guid-1/Pano~{}.dcm", &hex(b"P_1/0000_6.dcm")[..8]);
+    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), StoreOutcome::Stored));
+    assert_eq!(fake.objects["images/guid-1/Pano.dcm"].0, b"one");
+    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), StoreOutcome::Unchanged));
+
+    // Content of an item changed: overwritten in place.
+    fake.files.insert("P_1/0000_6.dcm".into(), b"two, fixed".to_vec());
+    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), StoreOutcome::Stored));
+    assert_eq!(fake.objects[&alt].0, b"two, fixed");
+
+    // A foreign object at both keys: refused, nothing touched.
+    let c = item("P_1/0000_6.dcm", "Other");
+    fake.objects.insert("images/guid-1/Other.dcm".into(), (b"x".to_vec(), String::new(), vec![]));
+    let alt_c = format!("images/guid-1/Other~{}.dcm", &hex(b"P_1/0000_6.dcm")[..8]);
+    fake.objects.insert(alt_c, (b"y".to_vec(), String::new(), vec![]));
+    let template = Template::parse(&config.key).unwrap();
+    let e = store_item(&config, &template, &mut fake, &c, &vec![], "guid-1").unwrap_err();
+    assert!(e.message.contains("collision"), "{}", e.message);
+}
+
+#[test]
+fn other_templates() {
+    let config = Config { key: "{modality}/{itemId}".into(), sidecar: false };
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    let (key, _) = run(&mut fake, &config, &item("P_1/0000_5.dcm", ".."));
+    assert_eq!(key, "IO/P_1_0000_5.dcm");
+    assert_eq!(fake.objects.len(), 1);
+
+    let config = Config { key: "x/{modality}/{imageName}".into(), sidecar: true };
+    let template = Template::parse(&config.key).unwrap();
+    let s = store_item(&config, &template, &mut fake, &item("P_1/0000_5.dcm", "../../etc"), &vec![], "g").unwrap();
+    assert_eq!(s.location, "x/unknown/_.._etc.dcm");
+}
+
+#[test]
+fn config_errors() {
+    let c: Config = parse_config("{}").unwrap();
+    assert!(c.sidecar);
+    let e = parse_config::<Config>(r#"{"sidecars": false}"#).unwrap_err();
+    assert!(e.message.contains("sidecars"), "{}", e.message);
+}

@@ -1,0 +1,56 @@
+//! A plugin that loops forever, allocates without bound, reads outside its
+//! grant or panics is stopped or refused with an error that says which
+//! limit or grant; its item fails, the run goes on with a fresh instance.
+//! The misbehaving extractor is `plugins/fixtures/hostile`: what it does is
+//! chosen by the image name.
+
+use ferry::runner::Outcome;
+use ferry_tests::{demo_guid, ImageKind, ImageSpec, PatientSpec, SiteBuilder};
+
+use crate::harness::{report, run, runtime, Fixture};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_guests_are_stopped_and_the_run_goes_on() {
+    let fx = Fixture::new(
+        SiteBuilder::new()
+            .patient(PatientSpec::new(1, "C-1", "Muster", "Anna"))
+            .image(ImageSpec::new(1, 11, "fine before", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 12, "loop", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 13, "alloc", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 14, "escape", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 15, "panic", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 16, "fine after", ImageKind::IntraOral))
+            .map_card("C-1", &demo_guid(1)),
+    );
+    let toml = fx.pipeline_toml("fixture-hostile", "{ memory = \"32MiB\", timeout = \"1500ms\" }", "");
+    let rt = runtime(fx.load(&toml)).await;
+    let started = std::time::Instant::now();
+    let s = run(&rt).await;
+    println!("run with a looping guest took {:?}", started.elapsed());
+
+    let path = |id: u32| fx.site.image(id).rel_path.clone();
+    for id in [11, 16] {
+        assert_eq!(report(&s, &path(id)).outcome, Outcome::Stored, "{}", s.line());
+    }
+    let looped = report(&s, &path(12));
+    assert_eq!(looped.outcome, Outcome::Failed);
+    assert!(looped.detail.contains("exceeded its 1.5s call deadline (limits.timeout)"), "{}", looped.detail);
+    assert!(looped.detail.contains("stage `extractor` (fixture-hostile.wasm)"), "{}", looped.detail);
+
+    let alloc = report(&s, &path(13));
+    assert_eq!(alloc.outcome, Outcome::Failed);
+    assert!(alloc.detail.contains("more than its 32 MiB memory limit (limits.memory)"), "{}", alloc.detail);
+
+    let escape = report(&s, &path(14));
+    assert_eq!(escape.outcome, Outcome::Failed);
+    assert!(escape.detail.contains("leaves fs root"), "{}", escape.detail);
+    assert!(escape.detail.contains("add `grants.fs.not-granted"), "{}", escape.detail);
+
+    let panicked = report(&s, &path(15));
+    assert_eq!(panicked.outcome, Outcome::Failed);
+    assert!(panicked.detail.contains("crashed during extract"), "{}", panicked.detail);
+
+    // three traps (loop, alloc, panic): each cost an instance, none was reused
+    let created = rt.stages.extractor.as_ref().unwrap().instances_created();
+    assert!(created >= 4, "a fresh instance after each trap (created {created})");
+}
