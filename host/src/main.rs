@@ -168,7 +168,10 @@ fn init_logging(format: LogFormat, progress: Option<ProgressBar>) {
             None => Box::new(std::io::stderr()),
         }
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

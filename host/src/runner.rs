@@ -287,8 +287,22 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
                     summary.record(Report { subject: n.subject, outcome, detail: n.reason, patient_guid: None, location: None });
                 }
                 for item in page.items {
-                    summary.scanned.fetch_add(1, Ordering::Relaxed);
-                    if to_extract.send(item).await.is_err() {
+                    // items not handed on are simply not scanned: the next
+                    // run finds them again
+                    let sent = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => false,
+                        permit = to_extract.reserve() => match permit {
+                            Ok(permit) => {
+                                summary.scanned.fetch_add(1, Ordering::Relaxed);
+                                permit.send(item);
+                                true
+                            }
+                            Err(_) => return,
+                        },
+                    };
+                    if !sent {
+                        summary.interrupted.store(true, Ordering::Relaxed);
                         return;
                     }
                 }

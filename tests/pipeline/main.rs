@@ -6,6 +6,7 @@ mod harness;
 
 mod compile_cache;
 mod corrupt_input;
+mod graceful_stop;
 mod grants;
 mod happy_path;
 mod patient_matching;

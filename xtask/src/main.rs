@@ -72,12 +72,11 @@ fn demo(root: &Path) -> Result<()> {
         .status()
         .context("running ferry")?;
     eprintln!(
-        "\nLook at:\n  {}/images/<patientGuid>/   the stored images and their .json sidecars\n  \
-         pipelines/demo.toml           the pipeline that did it\n  \
-         {}/site/                      the synthetic PDATA share, sidexis.db and card-map.csv\n\
-         Run `cargo xtask demo` again: nothing new is stored.",
-        demo.join("store").display(),
-        demo.display()
+        "\nLook at:\n  \
+         target/demo/store/images/<patientGuid>/  the stored images and their .json sidecars\n  \
+         target/demo/site/                        the synthetic PDATA share, sidexis.db, card-map.csv\n  \
+         pipelines/demo.toml                      the pipeline that did it\n\
+         Run `cargo xtask demo` again: nothing new is stored (unchanged=30)."
     );
     if !status.success() {
         bail!("ferry run failed ({status})");

@@ -232,3 +232,30 @@ impl HostFile for StageState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_cannot_leave_their_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("P_000017")).unwrap();
+        std::fs::write(root.join("P_000017/0000_1.dcm"), b"x").unwrap();
+        std::fs::write(dir.path().join("secret.txt"), b"s").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("link")).unwrap();
+        let root = root.canonicalize().unwrap();
+
+        assert!(resolve_in(&root, "pdata", "P_000017/0000_1.dcm").is_ok());
+        let msg = |r: Result<PathBuf, HostError>| match r.unwrap_err() {
+            HostError::Denied(m) => m,
+            e => panic!("expected denied, got {e:?}"),
+        };
+        assert!(msg(resolve_in(&root, "pdata", "../secret.txt")).contains("leaves fs root `pdata`"));
+        assert!(msg(resolve_in(&root, "pdata", "/etc/passwd")).contains("absolute paths"));
+        assert!(msg(resolve_in(&root, "pdata", "P_000017/../../secret.txt")).contains("leaves"));
+        assert!(msg(resolve_in(&root, "pdata", "link")).contains("through a link"));
+        assert!(matches!(resolve_in(&root, "pdata", "nope"), Err(HostError::NotFound(_))));
+    }
+}

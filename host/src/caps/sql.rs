@@ -190,3 +190,53 @@ impl Host for StageState {
         self.bounded("an SQL query", sql.query(&connection, statement, params)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Connections) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE patient (SidexisPatientId INTEGER, CardId TEXT);
+             INSERT INTO patient VALUES (17, 'C-1'), (17, NULL), (18, 'C-2');",
+        )
+        .unwrap();
+        let mut configs = BTreeMap::new();
+        configs.insert("s".to_string(), ConnectionConfig::Sqlite { path });
+        (dir, Connections::new(&configs))
+    }
+
+    #[tokio::test]
+    async fn typed_parameters_and_columns() {
+        let (_d, c) = db();
+        let rows = c
+            .query("s", "SELECT CardId, SidexisPatientId FROM patient WHERE SidexisPatientId = @P1 ORDER BY CardId".into(), vec![SqlValue::Integer(17)])
+            .await
+            .unwrap();
+        assert_eq!(rows.columns[0].name, "CardId");
+        assert_eq!(rows.columns[0].declared_type, "TEXT");
+        assert!(matches!(rows.rows[0][0], SqlValue::Null));
+        assert!(matches!(&rows.rows[1][0], SqlValue::Text(t) if t == "C-1"));
+        assert!(matches!(rows.rows[1][1], SqlValue::Integer(17)));
+    }
+
+    #[tokio::test]
+    async fn only_single_read_statements() {
+        let (_d, c) = db();
+        let err = |r: Result<Rows, HostError>| format!("{:?}", r.unwrap_err());
+        let e = err(c.query("s", "DELETE FROM patient".into(), vec![]).await);
+        assert!(e.contains("only read statements"), "{e}");
+        let e = err(c.query("s", "SELECT 1; DROP TABLE patient".into(), vec![]).await);
+        assert!(e.contains("only one statement"), "{e}");
+        let e = err(c.query("s", "SELECT * FROM patient WHERE CardId = ?".into(), vec![]).await);
+        assert!(e.contains("use @P1"), "{e}");
+        let e = err(c.query("s", "SELECT @P2".into(), vec![SqlValue::Integer(1)]).await);
+        assert!(e.contains("placeholder `@P2` has no parameter"), "{e}");
+        // the table is intact
+        let rows = c.query("s", "SELECT count(*) FROM patient".into(), vec![]).await.unwrap();
+        assert!(matches!(rows.rows[0][0], SqlValue::Integer(3)));
+    }
+}

@@ -1,0 +1,118 @@
+//! The `ferry` binary as a clinic's IT person uses it: exit codes, the
+//! summary line, `ferry check` output, and logs free of patient data.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ferry_tests::{demo_site, ImageKind, ImageSpec, Site};
+
+fn ferry(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .current_dir(dir)
+        .env("FERRY_CACHE_DIR", ferry_tests::workspace_root().join("target/ferry-test-cache"))
+        .env("FERRY_PLUGIN_DIR", ferry_tests::plugin_dir())
+        .env("FERRY_LOG", "info")
+        .output()
+        .expect("ferry runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "cli"
+
+[connections.sidexis]
+kind = "sqlite"
+path = "site/sidexis.db"
+
+[source]
+plugin = "sidexis"
+grants.fs = { pdata = "site/PDATA" }
+grants.sql = ["sidexis"]
+
+[extractor]
+plugin = "dicom-meta"
+
+[resolver]
+plugin = "csv-resolver"
+grants.fs = { maps = "site" }
+config = { root = "maps", path = "card-map.csv" }
+
+[store]
+plugin = "fs-store"
+grants.object_store = { kind = "fs", path = "store" }
+"#;
+
+fn setup(site: ferry_tests::SiteBuilder) -> (tempfile::TempDir, Site) {
+    let dir = tempfile::tempdir().unwrap();
+    let site = site.build(&dir.path().join("site")).unwrap();
+    std::fs::write(dir.path().join("pipeline.toml"), PIPELINE).unwrap();
+    (dir, site)
+}
+
+#[test]
+fn run_prints_one_summary_line_and_logs_no_phi() {
+    let (dir, site) = setup(demo_site());
+    let out = ferry(&["run", "pipeline.toml"], dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        stdout.trim_end().lines().last().unwrap(),
+        "done: scanned=39 stored=30 unchanged=0 skipped=5 unresolved=2 quarantined=2 failed=0"
+    );
+    // nothing identifying a patient in info-level logs
+    for p in &site.patients {
+        for needle in [&p.last_name, &p.first_name].into_iter().chain(p.card_ids.iter()) {
+            if needle.len() >= 3 {
+                assert!(!stderr.contains(needle.as_str()), "log leaks `{needle}`:\n{stderr}");
+            }
+        }
+        assert!(!stderr.contains(&p.birth_date), "log leaks a birth date:\n{stderr}");
+    }
+
+    let again = ferry(&["run", "pipeline.toml"], dir.path());
+    assert_eq!(again.status.code(), Some(0));
+    assert!(text(&again.stdout).contains("stored=0 unchanged=30"), "{}", text(&again.stdout));
+}
+
+#[test]
+fn failures_make_the_exit_code_non_zero() {
+    let (dir, _site) = setup(
+        ferry_tests::SiteBuilder::new()
+            .patient(ferry_tests::PatientSpec::new(1, "C-1", "Muster", "Anna"))
+            .image(ImageSpec::new(1, 11, "broken", ImageKind::Corrupt))
+            .map_card("C-1", &ferry_tests::demo_guid(1)),
+    );
+    let out = ferry(&["run", "pipeline.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("failed=1"));
+    assert!(text(&out.stderr).contains("P_00001/0000_11.dcm"), "the failed item is named");
+}
+
+#[test]
+fn check_names_the_typo_and_the_missing_grant() {
+    let (dir, _site) = setup(demo_site());
+    std::fs::write(dir.path().join("typo.toml"), PIPELINE.replace("grants.sql", "grant.sql")).unwrap();
+    let out = ferry(&["check", "typo.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("typo.toml: error at line 12"), "{err}");
+    assert!(err.contains("unknown field `grant`"), "{err}");
+
+    std::fs::write(dir.path().join("nogrant.toml"), PIPELINE.replace("grants.sql = [\"sidexis\"]", "")).unwrap();
+    let out = ferry(&["check", "nogrant.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("FAIL  source     sidexis.wasm uses the `sql` capability but [source] grants none: add `grants.sql"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 3, "{stdout}");
+
+    let out = ferry(&["check", "pipeline.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
