@@ -50,6 +50,10 @@ fn plugin_out_dir(root: &Path) -> PathBuf {
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     let out = build_plugins(root)?;
+    // plugin logic that needs no host is unit-tested natively
+    eprintln!("==> plugin unit tests (native)");
+    cargo(&root.join("plugins"), &["test", "--workspace", "--quiet"], &[])?;
+    eprintln!("==> host, integration and config tests");
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(root, &args, &[("FERRY_PLUGIN_DIR", out.as_os_str().to_owned())])

@@ -32,6 +32,10 @@ pub trait ObjectStore: Send + Sync {
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, HostError>;
     async fn put_file(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
         -> Result<ObjectInfo, HostError>;
+    /// Writes only if `key` is free; `None` if an object is there.
+    /// Must be atomic with respect to concurrent calls for the same key.
+    async fn put_file_new(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
+        -> Result<Option<ObjectInfo>, HostError>;
     async fn put_bytes(&self, key: &str, body: Vec<u8>, content_type: &str, metadata: Metadata)
         -> Result<ObjectInfo, HostError>;
     async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, HostError>;
@@ -114,6 +118,30 @@ impl FsStore {
         self.root.join(".ferry").join("tmp").join(format!("{}-{n}", std::process::id()))
     }
 
+    /// Copies `source` to a temporary file in the store, hashing on the
+    /// way: (temp path, size, hex SHA-256).
+    async fn copy_to_tmp(&self, key: &str, source: &Path) -> Result<(PathBuf, u64, String), HostError> {
+        let what = source.display().to_string();
+        let tmp = self.tmp_path();
+        create_parent(&tmp).await?;
+        let mut src = tokio::fs::File::open(source).await.map_err(|e| io_error(&what, e))?;
+        let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| io_error(key, e))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = src.read(&mut buf).await.map_err(|e| io_error(&what, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).await.map_err(|e| io_error(key, e))?;
+            size += n as u64;
+        }
+        out.sync_all().await.map_err(|e| io_error(key, e))?;
+        Ok((tmp, size, hex::encode(hasher.finalize())))
+    }
+
     async fn write_meta(&self, key: &str, meta: &FsMeta) -> Result<(), HostError> {
         let path = self.meta_path(key);
         let json = serde_json::to_vec_pretty(meta).expect("serialisable");
@@ -163,40 +191,47 @@ impl ObjectStore for FsStore {
             .filter(|m: &FsMeta| m.size == md.len());
         Ok(Some(match meta {
             Some(m) => ObjectInfo { key: key.to_owned(), size: m.size, sha256: Some(m.sha256), metadata: m.metadata },
-            // bytes without their record (crash between the two writes, or
-            // a file put there by hand): the checksum is unknown
-            None => ObjectInfo { key: key.to_owned(), size: md.len(), sha256: None, metadata: vec![] },
+            // bytes without a matching record (a crash between the two
+            // writes, or a file put there by hand): hash what is there
+            None => {
+                let (sha256, size) = tokio::task::spawn_blocking(move || super::fs::sha256_file(&path))
+                    .await
+                    .map_err(|e| HostError::Failed(format!("host task failed: {e}")))?
+                    .map_err(|e| io_error(key, e))?;
+                ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata: vec![] }
+            }
         }))
     }
 
     async fn put_file(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
         -> Result<ObjectInfo, HostError> {
         let dest = self.object_path(key)?;
-        let what = source.display().to_string();
-        let tmp = self.tmp_path();
-        create_parent(&tmp).await?;
-        let mut src = tokio::fs::File::open(source).await.map_err(|e| io_error(&what, e))?;
-        let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| io_error(key, e))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = src.read(&mut buf).await.map_err(|e| io_error(&what, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).await.map_err(|e| io_error(key, e))?;
-            size += n as u64;
-        }
-        out.sync_all().await.map_err(|e| io_error(key, e))?;
-        drop(out);
-        let sha256 = hex::encode(hasher.finalize());
+        let (tmp, size, sha256) = self.copy_to_tmp(key, source).await?;
         create_parent(&dest).await?;
+        // bytes first, then their record: a crash in between leaves a
+        // record that does not match, which `head` notices
         tokio::fs::rename(&tmp, &dest).await.map_err(|e| io_error(key, e))?;
         let meta = FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
         self.write_meta(key, &meta).await?;
         Ok(ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata })
+    }
+
+    async fn put_file_new(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
+        -> Result<Option<ObjectInfo>, HostError> {
+        let dest = self.object_path(key)?;
+        let (tmp, size, sha256) = self.copy_to_tmp(key, source).await?;
+        create_parent(&dest).await?;
+        // a hard link fails if the name exists: the atomic claim
+        let linked = tokio::fs::hard_link(&tmp, &dest).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(e) => return Err(io_error(key, e)),
+        }
+        let meta = FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
+        self.write_meta(key, &meta).await?;
+        Ok(Some(ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata }))
     }
 
     async fn put_bytes(&self, key: &str, body: Vec<u8>, content_type: &str, metadata: Metadata)
@@ -299,6 +334,18 @@ impl Host for StageState {
         let path = resolve(self, &source)?;
         self.bounded("an object-store upload", async move {
             store.put_file(&key, &path, &content_type, metadata).await
+        })
+        .await
+    }
+
+    async fn put_file_new(&mut self, key: String, source: FileRef, content_type: String, metadata: Metadata)
+        -> Result<Option<ObjectInfo>, HostError> {
+        let store = self.store()?;
+        check_key(&key)?;
+        check_metadata(&metadata)?;
+        let path = resolve(self, &source)?;
+        self.bounded("an object-store upload", async move {
+            store.put_file_new(&key, &path, &content_type, metadata).await
         })
         .await
     }

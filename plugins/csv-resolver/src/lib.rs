@@ -1,8 +1,9 @@
 //! ferry resolver: patient keys to guids from a CSV export.
 //!
 //! The file (e.g. a card-id → patient-guid export of the practice
-//! management system) is read once per instance, on the first `resolve`,
-//! through the host's `fs` capability, and kept in memory.
+//! management system) is read through the host's `fs` capability on the
+//! first `resolve` and kept in memory; it is read again when its size or
+//! modification time changes.
 //!
 //! Format: a header row naming the columns, then one row per mapping.
 //! Cells are trimmed; a UTF-8 byte order mark is skipped; the delimiter is
@@ -13,9 +14,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 
 use ferry_plugin_sdk::types::{FileRef, PatientKey, StageError};
-use ferry_plugin_sdk::{parse_config, permanent, serde, warn, Context, FileReader, Slot};
+use ferry_plugin_sdk::{fs, parse_config, permanent, serde, warn, Context, FileReader, Slot};
 
-use __ferry_exports::resolver::{Guest, Resolution};
+use ferry_exports::resolver::{Guest, Resolution};
 
 /// The stage's `[config]` table.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -202,7 +203,8 @@ const MAX_BYTES: u64 = 256 << 20;
 
 struct State {
     config: Config,
-    table: Option<Table>,
+    /// The loaded table and the file's (size, modified) when it was read.
+    table: Option<((u64, Option<u64>), Table)>,
 }
 
 static STATE: Slot<State> = Slot::new();
@@ -239,10 +241,14 @@ impl Guest for CsvResolver {
 
     fn resolve(keys: Vec<PatientKey>) -> Result<Vec<Resolution>, StageError> {
         STATE.with(|state| {
-            if state.table.is_none() {
-                state.table = Some(load(&state.config)?);
+            // Instances may live across runs: re-read the file when it changed.
+            let target = FileRef { root: state.config.root.clone(), path: state.config.path.clone() };
+            let entry = fs::stat(&target).context(format_args!("looking at {}", state.config.file_name()))?;
+            let stamp = (entry.size, entry.modified);
+            if state.table.as_ref().is_none_or(|(seen, _)| *seen != stamp) {
+                state.table = Some((stamp, load(&state.config)?));
             }
-            let table = state.table.as_ref().expect("loaded above");
+            let (_, table) = state.table.as_ref().expect("loaded above");
             Ok(keys
                 .iter()
                 .map(|k| if k.scheme == state.config.scheme { table.resolve(&k.value) } else { Resolution::Unsupported })

@@ -13,7 +13,7 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use ferry_plugin_sdk::types::{Item, Metadata, StageError, Value};
 use ferry_plugin_sdk::{parse_config, permanent, serde, Context, FileReader};
 
-use __ferry_exports::extractor::Guest;
+use ferry_exports::extractor::Guest;
 
 /// The stage's `[config]`: nothing to configure (yet), unknown keys refused.
 #[derive(Debug, Default, serde::Deserialize)]

@@ -17,7 +17,7 @@ use ferry_plugin_sdk::types::{FileRef, HostError, Item, Metadata, StageError, Va
 use ferry_plugin_sdk::{debug, fs, parse_config, permanent, serde, serde_json, Context, Slot};
 use sha2::{Digest, Sha256};
 
-use __ferry_exports::store::{Guest, StoreOutcome, Stored};
+use ferry_exports::store::{Guest, StoreOutcome, Stored};
 
 /// The stage's `[config]` table.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -310,8 +310,13 @@ fn metadata_text<'a>(metadata: &'a Metadata, key: &str) -> Option<&'a str> {
 /// What the store needs from the host.
 pub trait Backend {
     fn head(&mut self, key: &str) -> Result<Option<ObjectInfo>, HostError>;
+    /// Writes `file` at `key`, replacing what is there.
     fn put_file(&mut self, key: &str, file: &FileRef, content_type: &str, meta: &[(String, String)])
         -> Result<ObjectInfo, HostError>;
+    /// Writes `file` at `key` only if no object is there: `None` if one is.
+    /// Of two concurrent calls for one key, at most one may write.
+    fn create_file(&mut self, key: &str, file: &FileRef, content_type: &str, meta: &[(String, String)])
+        -> Result<Option<ObjectInfo>, HostError>;
     fn put_bytes(&mut self, key: &str, body: &[u8], content_type: &str, meta: &[(String, String)])
         -> Result<ObjectInfo, HostError>;
     fn sha256(&mut self, file: &FileRef) -> Result<String, HostError>;
@@ -328,6 +333,10 @@ impl Backend for HostBackend {
         -> Result<ObjectInfo, HostError> {
         object_store::put_file(key, file, content_type, meta)
     }
+    fn create_file(&mut self, key: &str, file: &FileRef, content_type: &str, meta: &[(String, String)])
+        -> Result<Option<ObjectInfo>, HostError> {
+        object_store::put_file_new(key, file, content_type, meta)
+    }
     fn put_bytes(&mut self, key: &str, body: &[u8], content_type: &str, meta: &[(String, String)])
         -> Result<ObjectInfo, HostError> {
         object_store::put_bytes(key, body, content_type, meta)
@@ -337,14 +346,65 @@ impl Backend for HostBackend {
     }
 }
 
-/// The store's decision for one key.
-enum AtKey {
-    /// Nothing there, or an older version of this item: write.
-    Write,
-    /// This item with this content: nothing to do.
-    Same(ObjectInfo),
-    /// Somebody else's object.
-    Taken,
+/// Puts one item's file at a key, if the key is free for it.
+struct Placer<'a> {
+    item: &'a Item,
+    /// `ferry-item-id` of this item (percent-encoded id).
+    item_meta: String,
+    /// SHA-256 of the item's file, once computed.
+    content_sha: Option<String>,
+}
+
+impl Placer<'_> {
+    fn object_meta(&self) -> Vec<(String, String)> {
+        vec![(ITEM_ID_META.to_string(), self.item_meta.clone())]
+    }
+
+    /// Stores at `key` unless another item's (or nobody's) object is
+    /// there: `None` then.
+    fn place(&mut self, backend: &mut dyn Backend, key: &str) -> Result<Option<(ObjectInfo, StoreOutcome)>, StageError> {
+        let content_type = if ends_with_ignore_case(key, ".dcm") { "application/dicom" } else { "application/octet-stream" };
+        let file = &self.item.file;
+        // Twice at most: a create that loses a race looks again.
+        for _ in 0..2 {
+            let Some(info) = backend.head(key).context(format_args!("looking up {key}"))? else {
+                match backend
+                    .create_file(key, file, content_type, &self.object_meta())
+                    .context(format_args!("storing {key}"))?
+                {
+                    Some(info) => return Ok(Some((info, StoreOutcome::Stored))),
+                    None => continue,
+                }
+            };
+            let owner = meta_get(&info, ITEM_ID_META);
+            if owner.is_some_and(|o| o != self.item_meta) {
+                return Ok(None);
+            }
+            let sha = match &self.content_sha {
+                Some(sha) => sha.clone(),
+                None => {
+                    let sha = backend.sha256(file).context(format_args!("hashing {}", file.path))?;
+                    self.content_sha.insert(sha).clone()
+                }
+            };
+            let same_bytes = info.sha256.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&sha));
+            if owner.is_none() {
+                // An object without an owner (put there by hand, or a crash
+                // between the bytes and their record): ours only if it holds
+                // exactly our bytes; never overwrite it otherwise.
+                return Ok(same_bytes.then_some((info, StoreOutcome::Unchanged)));
+            }
+            if same_bytes {
+                return Ok(Some((info, StoreOutcome::Unchanged)));
+            }
+            // An older version of this item: replace it.
+            let info = backend
+                .put_file(key, file, content_type, &self.object_meta())
+                .context(format_args!("storing {key}"))?;
+            return Ok(Some((info, StoreOutcome::Stored)));
+        }
+        Ok(None)
+    }
 }
 
 /// Stores one item: the object, then the sidecar.
@@ -365,49 +425,22 @@ pub fn store_item(
         })
     });
     let key = Key::new(&rendered, &extension(&item.file.path))?;
-    let item_meta = percent_encode(&item.id);
-    let mut content_sha: Option<String> = None;
-
-    let mut look = |backend: &mut dyn Backend, key: &str| -> Result<AtKey, StageError> {
-        let Some(info) = backend.head(key).context(format_args!("looking up {key}"))? else {
-            return Ok(AtKey::Write);
-        };
-        if meta_get(&info, ITEM_ID_META) != Some(item_meta.as_str()) {
-            return Ok(AtKey::Taken);
-        }
-        if content_sha.is_none() {
-            content_sha = Some(backend.sha256(&item.file).context(format_args!("hashing {}", item.file.path))?);
-        }
-        let same = matches!((&info.sha256, &content_sha), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
-        Ok(if same { AtKey::Same(info) } else { AtKey::Write })
-    };
+    let mut placer = Placer { item, item_meta: percent_encode(&item.id), content_sha: None };
 
     let primary = key.render("")?;
-    let (object_key, at) = match look(backend, &primary)? {
-        AtKey::Taken => {
+    let (object_key, (info, outcome)) = match placer.place(backend, &primary)? {
+        Some(placed) => (primary, placed),
+        None => {
+            // Another item's object holds the key: go next to it.
             let alt = key.render(&format!("~{}", short_hash(&item.id, 8)))?;
-            match look(backend, &alt)? {
-                AtKey::Taken => {
+            match placer.place(backend, &alt)? {
+                Some(placed) => (alt, placed),
+                None => {
                     return Err(permanent(format!(
                         "key collision: {primary} and {alt} both hold objects of other items"
                     )))
                 }
-                at => (alt, at),
             }
-        }
-        at => (primary, at),
-    };
-
-    let object_meta = vec![(ITEM_ID_META.to_string(), item_meta.clone())];
-    let (info, outcome) = match at {
-        AtKey::Same(info) => (info, StoreOutcome::Unchanged),
-        _ => {
-            let content_type =
-                if ends_with_ignore_case(&object_key, ".dcm") { "application/dicom" } else { "application/octet-stream" };
-            let info = backend
-                .put_file(&object_key, &item.file, content_type, &object_meta)
-                .context(format_args!("storing {object_key}"))?;
-            (info, StoreOutcome::Stored)
         }
     };
     debug(&format!("{}: {} ({object_key})", item.id, if outcome == StoreOutcome::Stored { "stored" } else { "unchanged" }));
@@ -417,14 +450,13 @@ pub fn store_item(
         let missing = outcome == StoreOutcome::Stored
             || backend.head(&sidecar_key).context(format_args!("looking up {sidecar_key}"))?.is_none();
         if missing {
-            let sha = match (&info.sha256, &content_sha) {
-                (Some(s), _) => s.clone(),
-                (None, Some(s)) => s.clone(),
+            let sha = match (&info.sha256, &placer.content_sha) {
+                (Some(s), _) | (None, Some(s)) => s.clone(),
                 (None, None) => backend.sha256(&item.file).context(format_args!("hashing {}", item.file.path))?,
             };
             let body = sidecar(item, metadata, patient_guid, &object_key, &sha, info.size);
             backend
-                .put_bytes(&sidecar_key, &body, "application/json", &object_meta)
+                .put_bytes(&sidecar_key, &body, "application/json", &placer.object_meta())
                 .context(format_args!("storing {sidecar_key}"))?;
         }
     }

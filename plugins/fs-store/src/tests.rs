@@ -83,6 +83,8 @@ struct Fake {
     objects: BTreeMap<String, Object>,
     files: BTreeMap<String, Vec<u8>>,
     puts: Vec<String>,
+    /// Another instance creating this object just before our create.
+    race: Option<(String, Object)>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -109,6 +111,15 @@ impl Backend for Fake {
         self.puts.push(key.to_string());
         self.objects.insert(key.to_string(), (body, ct.to_string(), meta.to_vec()));
         Ok(self.info(key).unwrap())
+    }
+    fn create_file(&mut self, key: &str, file: &FileRef, ct: &str, meta: &[(String, String)]) -> Result<Option<ObjectInfo>, HostError> {
+        if let Some((k, object)) = self.race.take_if(|(k, _)| k == key) {
+            self.objects.insert(k, object);
+        }
+        if self.objects.contains_key(key) {
+            return Ok(None);
+        }
+        self.put_file(key, file, ct, meta).map(Some)
     }
     fn put_bytes(&mut self, key: &str, body: &[u8], ct: &str, meta: &[(String, String)]) -> Result<ObjectInfo, HostError> {
         self.puts.push(key.to_string());
@@ -194,6 +205,19 @@ fn store_is_idempotent_and_avoids_collisions() {
     let template = Template::parse(&config.key).unwrap();
     let e = store_item(&config, &template, &mut fake, &c, &vec![], "guid-1").unwrap_err();
     assert!(e.message.contains("collision"), "{}", e.message);
+}
+
+#[test]
+fn losing_a_create_race_goes_next_to_the_winner() {
+    let config = Config::default();
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    let winner = (b"two".to_vec(), "application/dicom".to_string(), vec![(ITEM_ID_META.to_string(), "P_1/0000_6.dcm".to_string())]);
+    fake.race = Some(("images/guid-1/Pano.dcm".into(), winner));
+    let (key, outcome) = run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano"));
+    assert_eq!(key, format!("images/guid-1/Pano~{}.dcm", &hex(b"P_1/0000_5.dcm")[..8]));
+    assert_eq!(outcome, StoreOutcome::Stored);
+    assert_eq!(fake.objects["images/guid-1/Pano.dcm"].0, b"two");
 }
 
 #[test]

@@ -16,8 +16,8 @@
 //! ```ignore
 //! use ferry_plugin_sdk::types::{Item, Metadata, StageError, Value};
 //! struct Sizes;
-//! // `__ferry_exports` is the module the macro below generates.
-//! impl __ferry_exports::extractor::Guest for Sizes {
+//! // `ferry_exports` is the module the macro below generates.
+//! impl ferry_exports::extractor::Guest for Sizes {
 //!     fn configure(_config: String) -> Result<(), StageError> { Ok(()) }
 //!     fn extract(item: Item) -> Result<Metadata, StageError> {
 //!         Ok(vec![("size".into(), Value::Integer(item.size as i64))])
@@ -134,7 +134,7 @@ pub fn attribute<'a>(item: &'a types::Item, key: &str) -> Option<&'a str> {
 macro_rules! __plugin {
     ($world:literal, $ty:ident, $wit:literal) => {
         #[doc(hidden)]
-        pub mod __ferry_exports {
+        pub mod ferry_exports {
             ::ferry_plugin_sdk::wit_bindgen::generate!({
                 path: $wit,
                 world: $world,
@@ -150,11 +150,11 @@ macro_rules! __plugin {
             });
             pub use self::exports::ferry::pipeline::*;
         }
-        __ferry_exports::export!($ty with_types_in __ferry_exports);
+        ferry_exports::export!($ty with_types_in ferry_exports);
     };
 }
 
-/// Exports `$ty` (a type name implementing `__ferry_exports::source::Guest`)
+/// Exports `$ty` (a type name implementing `ferry_exports::source::Guest`)
 /// as a source plugin. `wit` is the path to ferry's `wit/` folder, relative
 /// to the plugin crate's `Cargo.toml`.
 #[macro_export]
@@ -162,19 +162,19 @@ macro_rules! source_plugin {
     ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("source-plugin", $ty, $wit); };
 }
 
-/// Exports `$ty` (implementing `__ferry_exports::extractor::Guest`).
+/// Exports `$ty` (implementing `ferry_exports::extractor::Guest`).
 #[macro_export]
 macro_rules! extractor_plugin {
     ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("extractor-plugin", $ty, $wit); };
 }
 
-/// Exports `$ty` (implementing `__ferry_exports::resolver::Guest`).
+/// Exports `$ty` (implementing `ferry_exports::resolver::Guest`).
 #[macro_export]
 macro_rules! resolver_plugin {
     ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("resolver-plugin", $ty, $wit); };
 }
 
-/// Exports `$ty` (implementing `__ferry_exports::store::Guest`).
+/// Exports `$ty` (implementing `ferry_exports::store::Guest`).
 #[macro_export]
 macro_rules! store_plugin {
     ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("store-plugin", $ty, $wit); };

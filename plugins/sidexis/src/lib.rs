@@ -17,7 +17,7 @@ use ferry_plugin_sdk::sql::{self, SqlValue};
 use ferry_plugin_sdk::types::{FileRef, HostError, Item, PatientKey, StageError};
 use ferry_plugin_sdk::{parse_config, permanent, serde, Context, Slot};
 
-use __ferry_exports::source::{Guest, Notice, NoticeOutcome, Page};
+use ferry_exports::source::{Guest, Notice, NoticeOutcome, Page};
 
 /// The stage's `[config]` table.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -179,14 +179,38 @@ fn notice(subject: &str, outcome: NoticeOutcome, reason: impl Into<String>) -> N
 }
 
 /// One page of the scan, after the top-level entry named `cursor`.
-pub fn scan_page(config: &Config, site: &mut dyn Site, cursor: Option<&str>) -> Result<Page, StageError> {
-    let mut top = site
-        .list_dir("")
-        .context(format_args!("listing the PDATA root (grant `{}`)", config.pdata_root))?;
-    // The host sorts by name already; sort anyway so that the cursor
-    // comparison below and the order agree whatever the host does.
-    top.sort_by(|a, b| a.name.cmp(&b.name));
+///
+/// `listing` caches the PDATA root's entries between the pages of one scan
+/// (an instance serves every page when it can), with the cursor the cache
+/// is good for: listing tens of thousands of folders on a share once per
+/// page would make a scan quadratic. A scan from the top, a cursor this
+/// instance did not hand out last, or a fresh instance lists again.
+pub fn scan_page(
+    config: &Config,
+    site: &mut dyn Site,
+    cursor: Option<&str>,
+    listing: &mut Option<(String, Vec<DirEntry>)>,
+) -> Result<Page, StageError> {
+    let top = match (cursor, listing.take()) {
+        (Some(c), Some((next, top))) if next == c => top,
+        _ => {
+            let mut top = site
+                .list_dir("")
+                .context(format_args!("listing the PDATA root (grant `{}`)", config.pdata_root))?;
+            // The host sorts by name already; sort anyway so that the
+            // cursor comparison and the order agree whatever the host does.
+            top.sort_by(|a, b| a.name.cmp(&b.name));
+            top
+        }
+    };
+    let page = page_after(config, site, cursor, &top)?;
+    if let Some(next) = &page.next_cursor {
+        *listing = Some((next.clone(), top));
+    }
+    Ok(page)
+}
 
+fn page_after(config: &Config, site: &mut dyn Site, cursor: Option<&str>, top: &[DirEntry]) -> Result<Page, StageError> {
     let mut page = Page { items: Vec::new(), notices: Vec::new(), next_cursor: None };
     let mut folders = 0u32;
     let mut last: Option<&str> = None;
@@ -384,20 +408,27 @@ fn value_id(v: &SqlValue) -> Option<u64> {
     }
 }
 
-static CONFIG: Slot<Config> = Slot::new();
+struct State {
+    config: Config,
+    /// The PDATA root's entries while a scan is under way, with the
+    /// cursor of the next page.
+    listing: Option<(String, Vec<DirEntry>)>,
+}
+
+static STATE: Slot<State> = Slot::new();
 
 struct Sidexis;
 
 impl Guest for Sidexis {
     fn configure(config: String) -> Result<(), StageError> {
-        CONFIG.set(Config::parse(&config)?);
+        STATE.set(State { config: Config::parse(&config)?, listing: None });
         Ok(())
     }
 
     fn scan(cursor: Option<String>) -> Result<Page, StageError> {
-        CONFIG.with(|config| {
-            let config = config.clone();
-            scan_page(&config, &mut HostSite { config: &config }, cursor.as_deref())
+        STATE.with(|state| {
+            let State { config, listing } = state;
+            scan_page(config, &mut HostSite { config }, cursor.as_deref(), listing)
         })?
     }
 }

@@ -57,6 +57,7 @@ struct Fake {
     patients: Vec<(i64, SqlValue)>,
     images: Vec<(SqlValue, SqlValue)>,
     queries: Vec<String>,
+    listings: Vec<String>,
 }
 
 impl Fake {
@@ -68,6 +69,7 @@ impl Fake {
 
 impl Site for Fake {
     fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, HostError> {
+        self.listings.push(path.to_string());
         self.dirs.get(path).cloned().ok_or_else(|| HostError::NotFound(path.to_string()))
     }
 
@@ -146,7 +148,7 @@ fn notices(p: &Page) -> Vec<(String, &'static str, String)> {
 #[test]
 fn one_page_scan() {
     let mut s = site();
-    let page = scan_page(&Config::default(), &mut s, None).unwrap();
+    let page = scan_page(&Config::default(), &mut s, None, &mut None).unwrap();
     assert_eq!(page.next_cursor, None);
     let ids: Vec<&str> = page.items.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids, ["P_000001/0000_10.dcm", "P_000001/0000_11.DCM"]);
@@ -181,10 +183,10 @@ fn one_page_scan() {
 fn paging() {
     let mut s = site();
     let config = Config { folders_per_page: 2, ..Config::default() };
-    let p1 = scan_page(&config, &mut s, None).unwrap();
+    let p1 = scan_page(&config, &mut s, None, &mut None).unwrap();
     assert_eq!(p1.next_cursor.as_deref(), Some("P_000002"));
     assert_eq!(p1.items.len(), 2);
-    let p2 = scan_page(&config, &mut s, p1.next_cursor.as_deref()).unwrap();
+    let p2 = scan_page(&config, &mut s, p1.next_cursor.as_deref(), &mut None).unwrap();
     // The last page takes the trailing non-patient entries too.
     assert_eq!(p2.next_cursor, None);
     assert!(p2.items.is_empty());
@@ -194,7 +196,7 @@ fn paging() {
     // Exactly full last page: no cursor.
     let mut s = site();
     s.dir("", &[("P_000001", D), ("P_000002", D)]);
-    let p = scan_page(&config, &mut s, None).unwrap();
+    let p = scan_page(&config, &mut s, None, &mut None).unwrap();
     assert_eq!(p.next_cursor, None);
 
     // A page boundary before a stray entry; the stray entry goes with
@@ -202,15 +204,15 @@ fn paging() {
     let config = Config { folders_per_page: 1, ..Config::default() };
     let mut s = site();
     s.dir("", &[("A", F), ("P_000001", D), ("P_000002", D), ("Z", F)]);
-    let p1 = scan_page(&config, &mut s, None).unwrap();
+    let p1 = scan_page(&config, &mut s, None, &mut None).unwrap();
     assert_eq!(p1.next_cursor.as_deref(), Some("P_000001"));
     assert_eq!(p1.notices[0].subject, "A");
-    let p2 = scan_page(&config, &mut s, Some("P_000001")).unwrap();
+    let p2 = scan_page(&config, &mut s, Some("P_000001"), &mut None).unwrap();
     assert_eq!(p2.next_cursor, None);
     assert_eq!(p2.notices.last().unwrap().subject, "Z");
 
     // A cursor past everything: an empty, final page.
-    let p = scan_page(&config, &mut s, Some("ZZ")).unwrap();
+    let p = scan_page(&config, &mut s, Some("ZZ"), &mut None).unwrap();
     assert!(p.items.is_empty() && p.notices.is_empty() && p.next_cursor.is_none());
 }
 
@@ -219,7 +221,7 @@ fn no_sql_for_folders_without_images() {
     let mut s = site();
     s.dir("", &[("P_000009", D)]);
     s.dir("P_000009", &[("readme.txt", F)]);
-    let p = scan_page(&Config::default(), &mut s, None).unwrap();
+    let p = scan_page(&Config::default(), &mut s, None, &mut None).unwrap();
     assert!(s.queries.is_empty());
     assert_eq!(p.notices.len(), 1);
 }
@@ -228,11 +230,11 @@ fn no_sql_for_folders_without_images() {
 fn vanished_folder_is_a_notice_and_sql_errors_fail_the_page() {
     let mut s = site();
     s.dirs.remove("P_000002");
-    let p = scan_page(&Config::default(), &mut s, None).unwrap();
+    let p = scan_page(&Config::default(), &mut s, None, &mut None).unwrap();
     assert!(p.notices.iter().any(|n| n.subject == "P_000002" && matches!(n.outcome, NoticeOutcome::Fail)));
 
     let config = Config { patient_table: "nope".into(), ..Config::default() };
-    let e = scan_page(&config, &mut site(), None).unwrap_err();
+    let e = scan_page(&config, &mut site(), None, &mut None).unwrap_err();
     assert!(matches!(e.kind, ferry_plugin_sdk::types::ErrorKind::Permanent));
     assert!(e.message.contains("reading the nope table"), "{}", e.message);
 }
@@ -245,7 +247,39 @@ fn many_images_are_queried_in_chunks() {
     let entries: Vec<(&str, EntryKind)> = files.iter().map(|f| (f.as_str(), F)).collect();
     s.dir("P_000001", &entries);
     s.images = (0..450).map(|i| (SqlValue::Integer(i), SqlValue::Text(format!("img{i}")))).collect();
-    let p = scan_page(&Config::default(), &mut s, None).unwrap();
+    let p = scan_page(&Config::default(), &mut s, None, &mut None).unwrap();
     assert_eq!(p.items.len(), 450);
     assert_eq!(s.queries.len(), 1 + 3);
+}
+
+#[test]
+fn the_root_is_listed_once_per_scan() {
+    let config = Config { folders_per_page: 1, ..Config::default() };
+    let mut s = site();
+    let mut listing = None;
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = scan_page(&config, &mut s, cursor.as_deref(), &mut listing).unwrap();
+        pages += 1;
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, 4);
+    assert_eq!(s.listings.iter().filter(|p| p.is_empty()).count(), 1);
+    assert!(listing.is_none(), "dropped when the scan is done");
+
+    // A cursor other than the one handed out last lists again.
+    let p1 = scan_page(&config, &mut s, None, &mut listing).unwrap();
+    assert_eq!(p1.next_cursor.as_deref(), Some("P_000001"));
+    scan_page(&config, &mut s, Some("P_000002"), &mut listing).unwrap();
+    assert_eq!(s.listings.iter().filter(|p| p.is_empty()).count(), 3);
+    assert_eq!(listing.as_ref().map(|(c, _)| c.as_str()), Some("P_000003"));
+
+    // A fresh instance in the middle of a scan lists again.
+    let p = scan_page(&config, &mut s, Some("P_000002"), &mut None).unwrap();
+    assert_eq!(p.next_cursor.as_deref(), Some("P_000003"));
+    assert_eq!(s.listings.iter().filter(|p| p.is_empty()).count(), 4);
 }
