@@ -24,6 +24,7 @@ fn text(b: &[u8]) -> String {
 const PIPELINE: &str = r#"
 [pipeline]
 name = "cli"
+state_dir = "state"
 
 [connections.sidexis]
 kind = "sqlite"
@@ -100,7 +101,7 @@ fn check_names_the_typo_and_the_missing_grant() {
     let out = ferry(&["check", "typo.toml"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("typo.toml: error at line 12"), "{err}");
+    assert!(err.contains("typo.toml: error at line 13"), "{err}");
     assert!(err.contains("unknown field `grant`"), "{err}");
 
     std::fs::write(dir.path().join("nogrant.toml"), PIPELINE.replace("grants.sql = [\"sidexis\"]", "")).unwrap();

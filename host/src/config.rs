@@ -69,6 +69,76 @@ pub struct PipelineSection {
     pub plugin_path: Vec<PathBuf>,
     #[serde(default = "default_queue_depth")]
     pub queue_depth: usize,
+    /// Where the ledger lives. Default: `$FERRY_STATE_DIR/NAME`, else
+    /// `$XDG_STATE_HOME/ferry/NAME`, else `~/.local/state/ferry/NAME`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// First wait before a parked (unresolved/failed) item is tried again;
+    /// doubles per attempt up to `retry_max`. Quarantined items wait
+    /// `retry_max` (a person has to look).
+    #[serde(default = "default_retry_after", deserialize_with = "de_duration")]
+    pub retry_after: Duration,
+    #[serde(default = "default_retry_max", deserialize_with = "de_duration")]
+    pub retry_max: Duration,
+}
+
+fn default_retry_after() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+
+/// `[schedule]`: run one pass after another (`ferry run` keeps going).
+///
+/// ```toml
+/// [schedule]
+/// every = "5m"     # from the start of one pass to the start of the next
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    #[serde(deserialize_with = "de_duration")]
+    pub every: Duration,
+}
+
+/// `[resolver] cache`: how long answers are reused.
+///
+/// ```toml
+/// cache = { ttl = "24h", not_found_ttl = "1h" }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default = "default_ttl", deserialize_with = "de_duration")]
+    pub ttl: Duration,
+    /// Not-found and ambiguous answers: shorter, a new patient may appear.
+    #[serde(default = "default_not_found_ttl", deserialize_with = "de_duration")]
+    pub not_found_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { ttl: default_ttl(), not_found_ttl: default_not_found_ttl() }
+    }
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_not_found_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// A string that never shows in logs or `Debug` output.
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
 }
 
 fn default_queue_depth() -> usize {
@@ -98,6 +168,9 @@ pub struct StageConfig {
     pub concurrency: usize,
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Resolver only: the resolution cache.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
     #[serde(default)]
     pub config: toml::Table,
 }
@@ -138,6 +211,44 @@ pub enum ObjectStoreGrant {
     /// A local folder: `{ kind = "fs", path = "/srv/ferry/store" }`.
     #[serde(rename = "fs")]
     Fs { path: PathBuf },
+    /// An S3 bucket (or an S3-compatible server):
+    ///
+    /// ```toml
+    /// grants.object_store = { kind = "s3", bucket = "clinic-images", region = "eu-central-1" }
+    /// # S3-compatible servers: endpoint = "http://127.0.0.1:9000", path_style = true
+    /// # credentials: the standard AWS chain (env, profile, instance role), or
+    /// # access_key_id = "${S3_KEY}", secret_access_key = "${S3_SECRET}"
+    /// ```
+    #[serde(rename = "s3")]
+    S3(S3Grant),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Grant {
+    pub bucket: String,
+    /// Prepended to every key the plugin writes (e.g. `clinic-17/`).
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default)]
+    pub access_key_id: Option<Secret>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    /// Files larger than this go up in parts (constant memory).
+    #[serde(default = "default_multipart", deserialize_with = "de_bytes")]
+    pub multipart_threshold: u64,
+    #[serde(default = "default_multipart", deserialize_with = "de_bytes")]
+    pub part_size: u64,
+}
+
+fn default_multipart() -> u64 {
+    16 << 20
 }
 
 /// Per-call limits a plugin instance runs under.
@@ -183,6 +294,70 @@ fn default_timeout() -> Duration {
 pub enum ConnectionConfig {
     #[serde(rename = "sqlite")]
     Sqlite { path: PathBuf },
+    /// Microsoft SQL Server (Sidexis 4 keeps its database there). Use a
+    /// login that can only read:
+    ///
+    /// ```toml
+    /// [connections.sidexis]
+    /// kind = "mssql"
+    /// host = "sidexis-server"        # or host = "10.0.0.5", port = 1433
+    /// instance = "SIDEXIS_SQL"       # named instance (asks SQL Browser, UDP 1434)
+    /// database = "PDATA"
+    /// user = "ferry_reader"
+    /// password = "${SIDEXIS_SQL_PASSWORD}"
+    /// encrypt = "required"           # "required" | "off" | "not_supported"
+    /// trust_server_certificate = true   # self-signed certificates (typical on-prem)
+    /// ```
+    #[serde(rename = "mssql")]
+    Mssql(MssqlConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MssqlConfig {
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default = "default_database")]
+    pub database: String,
+    pub user: String,
+    pub password: Secret,
+    #[serde(default = "default_encrypt")]
+    pub encrypt: Encrypt,
+    #[serde(default)]
+    pub trust_server_certificate: bool,
+    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Connections kept open for reuse.
+    #[serde(default = "default_pool")]
+    pub pool: usize,
+}
+
+fn default_database() -> String {
+    "PDATA".into()
+}
+fn default_encrypt() -> Encrypt {
+    Encrypt::Required
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_pool() -> usize {
+    4
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Encrypt {
+    /// TLS for everything (the default; needs a server certificate the
+    /// machine trusts, or `trust_server_certificate = true`).
+    Required,
+    /// TLS for the login only.
+    Off,
+    /// No TLS at all (test servers).
+    NotSupported,
 }
 
 /// The whole pipeline file as written.
@@ -197,6 +372,8 @@ struct RawPipeline {
     extractor: Option<StageConfig>,
     resolver: StageConfig,
     store: StageConfig,
+    #[serde(default)]
+    schedule: Option<Schedule>,
 }
 
 /// The four stage roles, in pipeline order.
@@ -266,6 +443,12 @@ pub struct Pipeline {
     pub queue_depth: usize,
     pub connections: BTreeMap<String, ConnectionConfig>,
     pub stages: Vec<Stage>,
+    /// Folder of the ledger.
+    pub state_dir: PathBuf,
+    pub retry_after: Duration,
+    pub retry_max: Duration,
+    pub schedule: Option<Schedule>,
+    pub cache: CacheConfig,
 }
 
 impl Pipeline {
@@ -294,20 +477,29 @@ impl Pipeline {
 
     /// Parses `text` as if read from `path`; `env` looks up `${VARS}`.
     pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Pipeline, ConfigError> {
-        let raw: RawPipeline = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_owned(),
             message: format!("{}", e).trim_end().replace("TOML parse error", "error"),
+        };
+        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_owned(), key, message };
+        // First pass on the text as written, so that mistakes are reported
+        // with line and column. Then `${VARS}` are substituted in every
+        // string (once) and the result is read again.
+        toml::from_str::<RawPipeline>(text).map_err(parse_error)?;
+        let mut value: toml::Value = toml::from_str(text).map_err(parse_error)?;
+        interpolate_value(&mut value, "", env).map_err(|(k, m)| invalid(k, m))?;
+        let raw: RawPipeline = value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("after substituting environment variables: {}", e.message()),
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_owned(), key, message };
-        let subst = |key: &str, s: &str| interpolate(s, env).map_err(|m| invalid(key.to_owned(), m));
-        let subst_path = |key: &str, p: &Path| -> Result<PathBuf, ConfigError> {
-            let s = subst(key, &p.to_string_lossy())?;
-            Ok(clean(&base.join(s)))
-        };
+        let rel = |p: &Path| clean(&base.join(p));
 
         if raw.pipeline.name.trim().is_empty() {
             return Err(invalid("pipeline.name".into(), "must not be empty".into()));
+        }
+        if !raw.pipeline.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(invalid("pipeline.name".into(), "use letters, digits, - and _ (it names the state folder)".into()));
         }
         if raw.pipeline.queue_depth == 0 {
             return Err(invalid("pipeline.queue_depth".into(), "must be at least 1".into()));
@@ -315,10 +507,19 @@ impl Pipeline {
 
         let mut connections = BTreeMap::new();
         for (name, c) in raw.connections {
-            let key = format!("connections.{name}");
             let c = match c {
-                ConnectionConfig::Sqlite { path } => {
-                    ConnectionConfig::Sqlite { path: subst_path(&format!("{key}.path"), &path)? }
+                ConnectionConfig::Sqlite { path } => ConnectionConfig::Sqlite { path: rel(&path) },
+                ConnectionConfig::Mssql(m) => {
+                    if m.host.trim().is_empty() {
+                        return Err(invalid(format!("connections.{name}.host"), "must not be empty".into()));
+                    }
+                    if m.port.is_some() && m.instance.is_some() {
+                        return Err(invalid(
+                            format!("connections.{name}"),
+                            "give either `port` or `instance`, not both".into(),
+                        ));
+                    }
+                    ConnectionConfig::Mssql(m)
                 }
             };
             connections.insert(name, c);
@@ -328,10 +529,11 @@ impl Pipeline {
         if let Some(dir) = env("FERRY_PLUGIN_DIR").filter(|d| !d.is_empty()) {
             plugin_path.push(PathBuf::from(dir));
         }
-        for (i, p) in raw.pipeline.plugin_path.iter().enumerate() {
-            plugin_path.push(subst_path(&format!("pipeline.plugin_path[{i}]"), p)?);
+        for p in &raw.pipeline.plugin_path {
+            plugin_path.push(rel(p));
         }
 
+        let cache = raw.resolver.cache.clone().unwrap_or_default();
         let sections = [
             (Role::Source, Some(raw.source)),
             (Role::Extractor, raw.extractor),
@@ -351,10 +553,13 @@ impl Pipeline {
             if s.limits.memory < (1 << 20) {
                 return Err(invalid(format!("{sec}.limits.memory"), "must be at least 1MiB".into()));
             }
+            if s.cache.is_some() && role != Role::Resolver {
+                return Err(invalid(format!("{sec}.cache"), "only the [resolver] has a cache".into()));
+            }
             let mut grants = Grants::default();
             for (name, p) in &s.grants.fs {
                 check_name(name).map_err(|m| invalid(format!("{sec}.grants.fs.{name}"), m))?;
-                let p = subst_path(&format!("{sec}.grants.fs.{name}"), p)?;
+                let p = rel(p);
                 if let Some((other, op)) = fs_names.get(name) {
                     if *op != p {
                         return Err(invalid(
@@ -386,7 +591,6 @@ impl Pipeline {
             grants.sql = s.grants.sql.clone();
             for (i, h) in s.grants.http.iter().enumerate() {
                 let key = format!("{sec}.grants.http[{i}]");
-                let h = subst(&key, h)?;
                 if h.is_empty() || h.contains('/') || h.contains('*') {
                     return Err(invalid(key, format!("`{h}` is not a host name or host:port (no scheme, path or wildcard)")));
                 }
@@ -394,13 +598,28 @@ impl Pipeline {
             }
             grants.object_store = match &s.grants.object_store {
                 None => None,
-                Some(ObjectStoreGrant::Fs { path }) => {
-                    Some(ObjectStoreGrant::Fs { path: subst_path(&format!("{sec}.grants.object_store.path"), path)? })
+                Some(ObjectStoreGrant::Fs { path }) => Some(ObjectStoreGrant::Fs { path: rel(path) }),
+                Some(ObjectStoreGrant::S3(g)) => {
+                    let key = format!("{sec}.grants.object_store");
+                    if g.bucket.trim().is_empty() {
+                        return Err(invalid(format!("{key}.bucket"), "must not be empty".into()));
+                    }
+                    if g.access_key_id.is_some() != g.secret_access_key.is_some() {
+                        return Err(invalid(
+                            key,
+                            "give both access_key_id and secret_access_key, or neither (standard AWS credential chain)".into(),
+                        ));
+                    }
+                    if g.part_size < (5 << 20) {
+                        return Err(invalid(format!("{key}.part_size"), "S3 parts must be at least 5MiB".into()));
+                    }
+                    if !g.prefix.is_empty() && (g.prefix.starts_with('/') || !g.prefix.ends_with('/')) {
+                        return Err(invalid(format!("{key}.prefix"), "must not start with / and must end with /".into()));
+                    }
+                    Some(ObjectStoreGrant::S3(g.clone()))
                 }
             };
-            let mut cfg = toml::Value::Table(s.config.clone());
-            interpolate_value(&mut cfg, &format!("{sec}.config"), env).map_err(|(k, m)| invalid(k, m))?;
-            let config_json = serde_json::to_string(&cfg).expect("TOML values are valid JSON");
+            let config_json = serde_json::to_string(&toml::Value::Table(s.config.clone())).expect("TOML values are valid JSON");
             stages.push(Stage {
                 role,
                 plugin,
@@ -412,13 +631,45 @@ impl Pipeline {
             });
         }
 
+        let state_dir = match &raw.pipeline.state_dir {
+            Some(d) => rel(d),
+            None => default_state_dir(env).join(&raw.pipeline.name),
+        };
+        if raw.pipeline.retry_max < raw.pipeline.retry_after {
+            return Err(invalid("pipeline.retry_max".into(), "must not be shorter than retry_after".into()));
+        }
+
         Ok(Pipeline {
             path: path.to_owned(),
             name: raw.pipeline.name,
             queue_depth: raw.pipeline.queue_depth,
             connections,
             stages,
+            state_dir,
+            retry_after: raw.pipeline.retry_after,
+            retry_max: raw.pipeline.retry_max,
+            schedule: raw.schedule,
+            cache,
         })
+    }
+
+    /// The ledger file.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.state_dir.join("ledger.db")
+    }
+}
+
+/// `$FERRY_STATE_DIR`, `$XDG_STATE_HOME/ferry`, `~/.local/state/ferry`.
+fn default_state_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(d) = env("FERRY_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = env("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("ferry");
+    }
+    match env("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/ferry"),
+        None => PathBuf::from(".ferry-state"),
     }
 }
 
@@ -517,7 +768,8 @@ fn interpolate_value(
         }
         toml::Value::Table(t) => {
             for (k, x) in t.iter_mut() {
-                interpolate_value(x, &format!("{key}.{k}"), env)?;
+                let sub = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                interpolate_value(x, &sub, env)?;
             }
         }
         _ => {}

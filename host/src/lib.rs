@@ -23,6 +23,7 @@
 pub mod bindings;
 pub mod caps;
 pub mod config;
+pub mod ledger;
 pub mod plugin;
 pub mod runner;
 pub mod runtime;

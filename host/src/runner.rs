@@ -11,7 +11,8 @@
 //! so every resolver gets the same rule: an item is stored only when every
 //! key that resolves agrees on one guid.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,8 @@ use crate::bindings::resolver_world::exports::ferry::pipeline::resolver::Resolut
 use crate::bindings::source_world::exports::ferry::pipeline::source::NoticeOutcome;
 use crate::bindings::store_world::exports::ferry::pipeline::store::StoreOutcome;
 use crate::bindings::types::{Item, Metadata, PatientKey};
+use crate::config::CacheConfig;
+use crate::ledger::{Backoff, CachedAnswer, Ledger};
 use crate::stage::{CallError, StagePool};
 
 /// How one item (or one entry the source reported) ended.
@@ -80,6 +83,18 @@ pub struct Summary {
     /// Problems not tied to one item (the scan stopped, ...).
     errors: Mutex<Vec<String>>,
     interrupted: AtomicBool,
+    /// Patient keys answered from the resolution cache / asked.
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    journal: std::sync::OnceLock<Journal>,
+}
+
+/// Where outcomes are written down besides the summary.
+struct Journal {
+    ledger: Arc<Ledger>,
+    run_id: i64,
+    backoff: Backoff,
+    quarantine_backoff: Backoff,
 }
 
 impl Summary {
@@ -108,6 +123,11 @@ impl Summary {
         self.interrupted.load(Ordering::Relaxed)
     }
 
+    /// (answered from the resolution cache, asked the resolver).
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (self.cache_hits.load(Ordering::Relaxed), self.cache_misses.load(Ordering::Relaxed))
+    }
+
     /// Did anything fail (an item, or the scan itself)?
     pub fn has_failures(&self) -> bool {
         self.count(Outcome::Failed) > 0 || !self.errors.lock().unwrap().is_empty()
@@ -125,7 +145,32 @@ impl Summary {
         s
     }
 
-    fn record(&self, r: Report) {
+    fn record(&self, r: Report, fingerprint: Option<&str>) {
+        self.count_only(&r);
+        if let Some(j) = self.journal.get() {
+            let backoff = if r.outcome == Outcome::Quarantined { j.quarantine_backoff } else { j.backoff };
+            let written = j.ledger.record(
+                j.run_id,
+                &r.subject,
+                r.outcome,
+                fingerprint,
+                r.patient_guid.as_deref(),
+                r.location.as_deref(),
+                &r.detail,
+                backoff,
+            );
+            if let Err(e) = written {
+                // the item is done; only its record is missing: the next
+                // run redoes it and the store finds it unchanged
+                self.error(format!("{}: cannot record the outcome: {e}", r.subject));
+            }
+        }
+        self.reports.lock().unwrap().push(r);
+    }
+
+    /// Counts and logs an outcome without writing the ledger (for items
+    /// whose ledger record already says it).
+    fn count_only(&self, r: &Report) {
         match r.outcome {
             Outcome::Failed => tracing::warn!(item = %r.subject, "failed: {}", r.detail),
             Outcome::Quarantined => tracing::warn!(item = %r.subject, "quarantined: {}", r.detail),
@@ -136,11 +181,16 @@ impl Summary {
             }
         }
         self.counts[r.outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remembered(&self, r: Report) {
+        self.count_only(&r);
         self.reports.lock().unwrap().push(r);
     }
 
-    fn item(&self, item: &Item, outcome: Outcome, detail: impl Into<String>) {
-        self.record(Report { subject: item.id.clone(), outcome, detail: detail.into(), patient_guid: None, location: None });
+    fn item(&self, w: &Work, outcome: Outcome, detail: impl Into<String>) {
+        let r = Report { subject: w.item.id.clone(), outcome, detail: detail.into(), patient_guid: None, location: None };
+        self.record(r, w.fingerprint.as_deref());
     }
 
     fn error(&self, e: String) {
@@ -155,6 +205,26 @@ pub struct Stages {
     pub extractor: Option<Arc<StagePool>>,
     pub resolver: Arc<StagePool>,
     pub store: Arc<StagePool>,
+    /// Where outcomes, the sync log and the resolution cache live.
+    pub ledger: Option<Arc<Ledger>>,
+    /// Every fs root of the pipeline (to fingerprint item files).
+    pub fs_roots: BTreeMap<String, PathBuf>,
+}
+
+/// An item on its way through the stages.
+pub struct Work {
+    pub item: Item,
+    /// Size and modification time of its file, when it could be read.
+    pub fingerprint: Option<String>,
+}
+
+/// `size:mtime_ns` of an item's file: cheap, and changes when a clinic
+/// re-exports an image. The store still compares checksums.
+pub fn fingerprint(roots: &BTreeMap<String, PathBuf>, file: &crate::bindings::types::FileRef) -> Option<String> {
+    let root = roots.get(&file.root)?;
+    let md = std::fs::metadata(root.join(&file.path)).ok()?;
+    let mtime = md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some(format!("{}:{mtime}", md.len()))
 }
 
 /// Run settings taken from the pipeline file.
@@ -170,6 +240,9 @@ pub struct Settings {
     pub store_retries: u32,
     /// Distinct patient keys per resolver call.
     pub resolve_batch: usize,
+    pub backoff: Backoff,
+    pub quarantine_backoff: Backoff,
+    pub cache: CacheConfig,
 }
 
 /// Calls `f` again on retryable errors, with exponential backoff.
@@ -248,13 +321,173 @@ pub fn decide(keys: &[PatientKey], answers: &HashMap<(String, String), Resolutio
     }
 }
 
+/// What the ledger says to do with a scanned item.
+enum Verdict {
+    /// Process it.
+    Process,
+    /// Already stored, file unchanged: nothing to do.
+    Done(Report),
+    /// A parked problem whose backoff has not run out: report as is.
+    Parked(Report),
+}
+
+fn verdict(ledger: Option<&Ledger>, w: &Work) -> Verdict {
+    let Some(ledger) = ledger else { return Verdict::Process };
+    let rec = match ledger.item(&w.item.id) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Verdict::Process,
+        Err(e) => {
+            tracing::warn!("ledger lookup failed, processing {}: {e}", w.item.id);
+            return Verdict::Process;
+        }
+    };
+    if rec.fingerprint.is_none() || rec.fingerprint != w.fingerprint {
+        return Verdict::Process;
+    }
+    let report = |outcome, detail: String| Report {
+        subject: w.item.id.clone(),
+        outcome,
+        detail,
+        patient_guid: rec.patient_guid.clone(),
+        location: rec.location.clone(),
+    };
+    match rec.state {
+        Outcome::Stored | Outcome::Unchanged => Verdict::Done(report(Outcome::Unchanged, String::new())),
+        Outcome::Unresolved | Outcome::Quarantined | Outcome::Failed if rec.next_attempt_at > crate::ledger::now_ms() => {
+            let wait = Duration::from_millis((rec.next_attempt_at - crate::ledger::now_ms()).max(0) as u64);
+            Verdict::Parked(report(
+                rec.state,
+                format!(
+                    "parked after {} attempt(s), next in {}: {}",
+                    rec.attempts,
+                    crate::stage::humantime(Duration::from_secs(wait.as_secs().max(1))),
+                    rec.last_error.as_deref().unwrap_or("")
+                ),
+            ))
+        }
+        _ => Verdict::Process,
+    }
+}
+
+fn answer_of(r: &Resolution) -> Option<CachedAnswer> {
+    match r {
+        Resolution::Resolved(g) => Some(CachedAnswer::Resolved(g.clone())),
+        Resolution::NotFound => Some(CachedAnswer::NotFound),
+        Resolution::Ambiguous(gs) => Some(CachedAnswer::Ambiguous(gs.clone())),
+        Resolution::Unsupported => None,
+    }
+}
+
+fn resolution_of(a: CachedAnswer) -> Resolution {
+    match a {
+        CachedAnswer::Resolved(g) => Resolution::Resolved(g),
+        CachedAnswer::NotFound => Resolution::NotFound,
+        CachedAnswer::Ambiguous(gs) => Resolution::Ambiguous(gs),
+    }
+}
+
+/// Answers for `keys`: from the ledger's cache where fresh, the rest from
+/// the resolver (then cached). A key whose answer names another patient
+/// than before is logged: the PMS changed its mind.
+async fn resolve_keys(
+    resolver: &StagePool,
+    ledger: Option<&Ledger>,
+    settings: &Settings,
+    summary: &Summary,
+    cancel: &CancellationToken,
+    keys: Vec<PatientKey>,
+) -> Result<HashMap<(String, String), Resolution>, String> {
+    let mut answers = HashMap::new();
+    let mut ask = Vec::new();
+    for k in keys {
+        match ledger.map(|l| l.cached(&k.scheme, &k.value)) {
+            Some(Ok(Some(a))) => {
+                summary.cache_hits.fetch_add(1, Ordering::Relaxed);
+                answers.insert((k.scheme, k.value), resolution_of(a));
+            }
+            _ => ask.push(k),
+        }
+    }
+    if ask.is_empty() {
+        return Ok(answers);
+    }
+    summary.cache_misses.fetch_add(ask.len() as u64, Ordering::Relaxed);
+    let got = with_retries(settings.resolver_retries, cancel, || resolver.resolve(&ask))
+        .await
+        .map_err(|e| format!("resolve: {e}"))?;
+    if got.len() != ask.len() {
+        return Err(format!(
+            "resolve: {} answered {} resolutions for {} keys (plugin bug)",
+            resolver.context().who(),
+            got.len(),
+            ask.len()
+        ));
+    }
+    for (k, r) in ask.into_iter().zip(got) {
+        if let (Some(ledger), Some(a)) = (ledger, answer_of(&r)) {
+            let ttl = match a {
+                CachedAnswer::Resolved(_) => settings.cache.ttl,
+                _ => settings.cache.not_found_ttl,
+            };
+            match ledger.remember(&k.scheme, &k.value, &a, ttl) {
+                Ok(Some(CachedAnswer::Resolved(old))) => {
+                    let new = match &a {
+                        CachedAnswer::Resolved(g) => g.as_str(),
+                        _ => "",
+                    };
+                    tracing::warn!(scheme = %k.scheme, "a patient key now resolves to another patient guid than before");
+                    if let Some(j) = summary.journal.get() {
+                        let _ = ledger.log(
+                            j.run_id,
+                            &format!("{}-key", k.scheme),
+                            Some(new),
+                            "resolution-changed",
+                            "warning",
+                            &format!("a `{}` key resolved to {old} before and to {new} now", k.scheme),
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot cache a resolution: {e}"),
+            }
+        }
+        answers.insert((k.scheme, k.value), r);
+    }
+    Ok(answers)
+}
+
 /// Runs one pass over the source. Returns when every item has an outcome,
 /// or, after `cancel`, when the items already scanned have drained.
 pub async fn run_once(stages: &Stages, settings: &Settings, cancel: CancellationToken, summary: Arc<Summary>) {
+    if let Some(ledger) = &stages.ledger {
+        match ledger.begin_run() {
+            Ok(run_id) => {
+                let _ = summary.journal.set(Journal {
+                    ledger: ledger.clone(),
+                    run_id,
+                    backoff: settings.backoff,
+                    quarantine_backoff: settings.quarantine_backoff,
+                });
+            }
+            Err(e) => {
+                summary.error(format!("cannot start a run in the ledger: {e}"));
+                return;
+            }
+        }
+    }
+    run_stages(stages, settings, cancel, summary.clone()).await;
+    if let Some(j) = summary.journal.get() {
+        if let Err(e) = j.ledger.end_run(j.run_id, &summary.line()) {
+            summary.error(format!("cannot close the run in the ledger: {e}"));
+        }
+    }
+}
+
+async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationToken, summary: Arc<Summary>) {
     let depth = settings.queue_depth;
-    let (to_extract, extract_rx) = mpsc::channel::<Item>(depth);
-    let (to_resolve, resolve_rx) = mpsc::channel::<(Item, Metadata)>(depth);
-    let (to_store, store_rx) = mpsc::channel::<(Item, Metadata, String)>(depth);
+    let (to_extract, extract_rx) = mpsc::channel::<Work>(depth);
+    let (to_resolve, resolve_rx) = mpsc::channel::<(Work, Metadata)>(depth);
+    let (to_store, store_rx) = mpsc::channel::<(Work, Metadata, String)>(depth);
     let mut tasks = tokio::task::JoinSet::new();
 
     // source: page after page until done or cancelled
@@ -263,6 +496,8 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
         let summary = summary.clone();
         let cancel = cancel.clone();
         let retries = settings.source_retries;
+        let ledger = stages.ledger.clone();
+        let roots = stages.fs_roots.clone();
         tasks.spawn(async move {
             let mut cursor: Option<String> = None;
             loop {
@@ -284,9 +519,22 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
                         NoticeOutcome::Skip => Outcome::Skipped,
                         NoticeOutcome::Fail => Outcome::Failed,
                     };
-                    summary.record(Report { subject: n.subject, outcome, detail: n.reason, patient_guid: None, location: None });
+                    summary.record(
+                        Report { subject: n.subject, outcome, detail: n.reason, patient_guid: None, location: None },
+                        None,
+                    );
                 }
                 for item in page.items {
+                    let fp = fingerprint(&roots, &item.file);
+                    let work = Work { item, fingerprint: fp };
+                    match verdict(ledger.as_deref(), &work) {
+                        Verdict::Done(r) | Verdict::Parked(r) => {
+                            summary.scanned.fetch_add(1, Ordering::Relaxed);
+                            summary.remembered(r);
+                            continue;
+                        }
+                        Verdict::Process => {}
+                    }
                     // items not handed on are simply not scanned: the next
                     // run finds them again
                     let sent = tokio::select! {
@@ -295,7 +543,7 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
                         permit = to_extract.reserve() => match permit {
                             Ok(permit) => {
                                 summary.scanned.fetch_add(1, Ordering::Relaxed);
-                                permit.send(item);
+                                permit.send(work);
                                 true
                             }
                             Err(_) => return,
@@ -332,18 +580,18 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
         let retries = settings.extractor_retries;
         tasks.spawn(async move {
             loop {
-                let Some(item) = rx.lock().await.recv().await else { return };
+                let Some(work) = rx.lock().await.recv().await else { return };
                 let metadata = match &extractor {
                     None => Ok(Vec::new()),
-                    Some(x) => with_retries(retries, &cancel, || x.extract(&item)).await,
+                    Some(x) => with_retries(retries, &cancel, || x.extract(&work.item)).await,
                 };
                 match metadata {
                     Ok(md) => {
-                        if tx.send((item, md)).await.is_err() {
+                        if tx.send((work, md)).await.is_err() {
                             return;
                         }
                     }
-                    Err(e) => summary.item(&item, Outcome::Failed, format!("extract: {e}")),
+                    Err(e) => summary.item(&work, Outcome::Failed, format!("extract: {e}")),
                 }
             }
         });
@@ -351,7 +599,7 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
     drop(to_resolve);
 
     // resolver workers: take what is queued (up to a batch), ask once per
-    // distinct key, decide per item
+    // distinct key not in the cache, decide per item
     let resolve_rx = Arc::new(tokio::sync::Mutex::new(resolve_rx));
     for _ in 0..settings.resolver_concurrency.max(1) {
         let rx = resolve_rx.clone();
@@ -359,8 +607,8 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
         let resolver = stages.resolver.clone();
         let summary = summary.clone();
         let cancel = cancel.clone();
-        let retries = settings.resolver_retries;
-        let batch_size = settings.resolve_batch.max(1);
+        let ledger = stages.ledger.clone();
+        let settings = settings.clone();
         tasks.spawn(async move {
             loop {
                 let mut batch = Vec::new();
@@ -368,7 +616,7 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
                     let mut rx = rx.lock().await;
                     let Some(first) = rx.recv().await else { return };
                     batch.push(first);
-                    while batch.len() < batch_size {
+                    while batch.len() < settings.resolve_batch.max(1) {
                         match rx.try_recv() {
                             Ok(x) => batch.push(x),
                             Err(_) => break,
@@ -376,51 +624,34 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
                     }
                 }
                 let mut keys: Vec<PatientKey> = Vec::new();
-                for (item, _) in &batch {
-                    for k in &item.patient_keys {
+                for (w, _) in &batch {
+                    for k in &w.item.patient_keys {
                         if !keys.iter().any(|x| x.scheme == k.scheme && x.value == k.value) {
                             keys.push(k.clone());
                         }
                     }
                 }
-                let answers = if keys.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    with_retries(retries, &cancel, || resolver.resolve(&keys)).await
-                };
+                let answers = resolve_keys(&resolver, ledger.as_deref(), &settings, &summary, &cancel, keys).await;
                 let answers = match answers {
-                    Ok(a) if a.len() == keys.len() => a,
-                    Ok(a) => {
-                        let msg = format!(
-                            "resolve: {} answered {} resolutions for {} keys (plugin bug)",
-                            resolver.context().who(),
-                            a.len(),
-                            keys.len()
-                        );
-                        for (item, _) in &batch {
-                            summary.item(item, Outcome::Failed, msg.clone());
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        for (item, _) in &batch {
-                            summary.item(item, Outcome::Failed, format!("resolve: {e}"));
+                    Ok(a) => a,
+                    Err(msg) => {
+                        // parked as failed: retried on a later run
+                        for (w, _) in &batch {
+                            summary.item(w, Outcome::Failed, msg.clone());
                         }
                         continue;
                     }
                 };
-                let answers: HashMap<(String, String), Resolution> =
-                    keys.into_iter().map(|k| (k.scheme, k.value)).zip(answers).collect();
-                for (item, md) in batch {
-                    match decide(&item.patient_keys, &answers) {
+                for (w, md) in batch {
+                    match decide(&w.item.patient_keys, &answers) {
                         Decision::Attach(guid) => {
-                            if tx.send((item, md, guid)).await.is_err() {
+                            if tx.send((w, md, guid)).await.is_err() {
                                 return;
                             }
                         }
-                        Decision::Unresolved(why) => summary.item(&item, Outcome::Unresolved, why),
-                        Decision::Quarantine(why) => summary.item(&item, Outcome::Quarantined, why),
-                        Decision::Invalid(why) => summary.item(&item, Outcome::Failed, format!("resolve: {why}")),
+                        Decision::Unresolved(why) => summary.item(&w, Outcome::Unresolved, why),
+                        Decision::Quarantine(why) => summary.item(&w, Outcome::Quarantined, why),
+                        Decision::Invalid(why) => summary.item(&w, Outcome::Failed, format!("resolve: {why}")),
                     }
                 }
             }
@@ -438,29 +669,28 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
         let retries = settings.store_retries;
         tasks.spawn(async move {
             loop {
-                let Some((item, md, guid)) = rx.lock().await.recv().await else { return };
-                match with_retries(retries, &cancel, || store.store(&item, &md, &guid)).await {
-                    Ok(stored) => {
-                        let outcome = match stored.outcome {
+                let Some((w, md, guid)) = rx.lock().await.recv().await else { return };
+                // recorded as stored only once the store said so
+                let report = match with_retries(retries, &cancel, || store.store(&w.item, &md, &guid)).await {
+                    Ok(stored) => Report {
+                        subject: w.item.id.clone(),
+                        outcome: match stored.outcome {
                             StoreOutcome::Stored => Outcome::Stored,
                             StoreOutcome::Unchanged => Outcome::Unchanged,
-                        };
-                        summary.record(Report {
-                            subject: item.id.clone(),
-                            outcome,
-                            detail: String::new(),
-                            patient_guid: Some(guid),
-                            location: Some(stored.location),
-                        });
-                    }
-                    Err(e) => summary.record(Report {
-                        subject: item.id.clone(),
+                        },
+                        detail: String::new(),
+                        patient_guid: Some(guid),
+                        location: Some(stored.location),
+                    },
+                    Err(e) => Report {
+                        subject: w.item.id.clone(),
                         outcome: Outcome::Failed,
                         detail: format!("store: {e}"),
                         patient_guid: Some(guid),
                         location: None,
-                    }),
-                }
+                    },
+                };
+                summary.record(report, w.fingerprint.as_deref());
             }
         });
     }

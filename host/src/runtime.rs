@@ -16,6 +16,7 @@ use wasmtime::Engine;
 
 use crate::caps::{http, object_store, sql, StageContext};
 use crate::config::{Pipeline, Role, Stage};
+use crate::ledger::{Backoff, Ledger};
 use crate::plugin::{self, Plugin};
 use crate::runner::{self, Settings, Stages, Summary};
 use crate::stage::StagePool;
@@ -110,11 +111,15 @@ impl Runtime {
             plugins.insert(stage.role, plugin);
             pools.insert(stage.role, Arc::new(pool));
         }
+        let ledger = Ledger::open(&pipeline.ledger_path())
+            .with_context(|| format!("opening the ledger (set [pipeline] state_dir to move it)"))?;
         let stages = Stages {
             source: pools.remove(&Role::Source).expect("source is required"),
             extractor: pools.remove(&Role::Extractor),
             resolver: pools.remove(&Role::Resolver).expect("resolver is required"),
             store: pools.remove(&Role::Store).expect("store is required"),
+            ledger: Some(Arc::new(ledger)),
+            fs_roots: shared.all_fs_roots.clone(),
         };
         Ok(Runtime { engine: shared.engine, pipeline, stages, plugins })
     }
@@ -133,6 +138,9 @@ impl Runtime {
             resolver_retries: retries(Role::Resolver),
             store_retries: retries(Role::Store),
             resolve_batch: 50,
+            backoff: Backoff { base: p.retry_after, max: p.retry_max },
+            quarantine_backoff: Backoff { base: p.retry_max, max: p.retry_max },
+            cache: p.cache.clone(),
         }
     }
 

@@ -36,6 +36,7 @@ impl Fixture {
 [pipeline]
 name = "test"
 plugin_path = ["{plugins}"]
+state_dir = "state"
 
 [connections.sidexis]
 kind = "sqlite"

@@ -54,6 +54,27 @@ pub fn allowed(allow: &[String], url: &url::Url) -> bool {
     })
 }
 
+/// Attempts for a request with `retry` set (the first included).
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Backoff before the second attempt; doubles each time, with full jitter.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// Full-jitter exponential backoff before attempt `attempt + 1`.
+pub fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1 << attempt.min(16)).min(BACKOFF_CAP);
+    exp.mul_f64(rand::random::<f64>())
+}
+
+/// `Retry-After` as seconds (the HTTP-date form is treated as absent).
+pub fn retry_after(headers: &[(String, String)]) -> Option<Duration> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 impl Host for StageState {
     async fn send(&mut self, req: Request) -> Result<Response, HostError> {
         let url = url::Url::parse(&req.url).map_err(|e| HostError::Invalid(format!("bad URL: {e}")))?;
@@ -73,38 +94,60 @@ impl Host for StageState {
         }
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| HostError::Invalid(format!("bad HTTP method `{}`", req.method)))?;
-        let timeout = req
-            .timeout_ms
-            .map(|ms| Duration::from_millis(ms as u64))
-            .unwrap_or(DEFAULT_TIMEOUT)
-            .min(self.remaining());
-        let mut b = self.ctx.http.0.request(method, url).timeout(timeout);
-        for (k, v) in &req.headers {
-            b = b.header(k, v);
-        }
-        if let Some(body) = req.body {
-            b = b.body(body);
-        }
+        let per_request = req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)).unwrap_or(DEFAULT_TIMEOUT);
+        let client = self.ctx.http.0.clone();
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        let attempts = if req.retry { MAX_ATTEMPTS } else { 1 };
         let fut = async move {
-            let resp = b.send().await.map_err(|e| transport_error(&host_port, e))?;
-            let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .collect();
-            let mut body = Vec::new();
-            let mut resp = resp;
-            while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&host_port, e))? {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(HostError::Failed(format!("response from {host_port} is larger than {MAX_BODY} bytes")));
+            let mut attempt = 0;
+            loop {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let mut b = client.request(method.clone(), url.clone()).timeout(per_request.min(remaining));
+                for (k, v) in &req.headers {
+                    b = b.header(k, v);
                 }
-                body.extend_from_slice(&chunk);
+                if let Some(body) = &req.body {
+                    b = b.body(body.clone());
+                }
+                let result = send_once(b, &host_port).await;
+                attempt += 1;
+                // what to wait before trying again, if worth it
+                let wait = match &result {
+                    Err(HostError::Unavailable(_)) => Some(backoff(attempt - 1)),
+                    Ok(r) if r.status == 429 => Some(retry_after(&r.headers).unwrap_or_else(|| backoff(attempt - 1))),
+                    Ok(r) if matches!(r.status, 500 | 502 | 503 | 504) => Some(backoff(attempt - 1)),
+                    _ => None,
+                };
+                let Some(wait) = wait else { return result };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if attempt >= attempts || wait + Duration::from_millis(50) >= left {
+                    return result;
+                }
+                tracing::debug!(host = %host_port, attempt, ?wait, "retrying HTTP request");
+                tokio::time::sleep(wait).await;
             }
-            Ok(Response { status, headers, body })
         };
         self.bounded("an HTTP request", fut).await
     }
+}
+
+async fn send_once(b: reqwest::RequestBuilder, host_port: &str) -> Result<Response, HostError> {
+    let resp = b.send().await.map_err(|e| transport_error(host_port, e))?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let mut body = Vec::new();
+    let mut resp = resp;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(host_port, e))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(HostError::Failed(format!("response from {host_port} is larger than {MAX_BODY} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Response { status, headers, body })
 }
 
 fn transport_error(host: &str, e: reqwest::Error) -> HostError {

@@ -47,6 +47,7 @@ pub trait ObjectStore: Send + Sync {
 pub fn open(grant: &ObjectStoreGrant) -> Arc<dyn ObjectStore> {
     match grant {
         ObjectStoreGrant::Fs { path } => Arc::new(FsStore { root: path.clone() }),
+        ObjectStoreGrant::S3(g) => Arc::new(super::s3::S3Store::new(g.clone())),
     }
 }
 

@@ -29,6 +29,7 @@ pub struct Connections {
 
 enum Backend {
     Sqlite(Arc<SqlitePool>),
+    Mssql(Arc<super::mssql::MssqlPool>),
 }
 
 struct SqlitePool {
@@ -72,6 +73,7 @@ impl Connections {
                     ConnectionConfig::Sqlite { path } => {
                         Backend::Sqlite(Arc::new(SqlitePool { path: path.clone(), idle: Mutex::new(Vec::new()) }))
                     }
+                    ConnectionConfig::Mssql(m) => Backend::Mssql(Arc::new(super::mssql::MssqlPool::new(name, m.clone()))),
                 };
                 (name.clone(), b)
             })
@@ -97,6 +99,7 @@ impl Connections {
                 .await
                 .unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))
             }
+            Backend::Mssql(pool) => pool.query(&statement, &params).await,
         }
     }
 
