@@ -46,3 +46,25 @@ fn pipeline_files() {
     }
     assert!(failures.is_empty(), "{} ui case(s) differ (FERRY_BLESS=1 to update):\n{}", failures.len(), failures.join("\n"));
 }
+
+/// The pipelines we ship parse, with every `${VAR}` they use set.
+#[test]
+fn shipped_pipelines_parse() {
+    let dir = ferry_tests::workspace_root().join("pipelines");
+    let env = |k: &str| match k {
+        "FERRY_PLUGIN_DIR" => None,
+        "PMS_RESOLVER_URL" => Some("https://pms.example.com/api/resolve".to_string()),
+        _ => Some(format!("value-of-{k}")),
+    };
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let p = Pipeline::parse(&path, &text, &env).unwrap_or_else(|e| panic!("{e}"));
+            assert!(p.stages.len() >= 3, "{}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "pipelines found: {n}");
+}

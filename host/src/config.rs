@@ -245,6 +245,14 @@ pub struct S3Grant {
     pub multipart_threshold: u64,
     #[serde(default = "default_multipart", deserialize_with = "de_bytes")]
     pub part_size: u64,
+    /// Attempts per S3 request (the SDK retries 5xx, throttling, timeouts
+    /// with backoff); what still fails parks the item for a later run.
+    #[serde(default = "default_s3_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_s3_attempts() -> u32 {
+    5
 }
 
 fn default_multipart() -> u64 {

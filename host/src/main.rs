@@ -1,8 +1,11 @@
 //! The `ferry` command line.
 //!
 //! ```text
-//! ferry run PIPELINE.toml      one pass, progress on a terminal, summary line
-//! ferry check PIPELINE.toml    validate config, load plugins, test grants
+//! ferry run PIPELINE.toml [--every 5m]   one pass (or one every 5 minutes), summary line
+//! ferry check PIPELINE.toml              validate config, load plugins, test grants
+//! ferry status PIPELINE.toml             counts by state, oldest problems
+//! ferry retry PIPELINE.toml [--quarantined|--failed|--unresolved]
+//! ferry log PIPELINE.toml [--patient GUID]
 //! ```
 
 use std::io::{IsTerminal, Write};
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry::ledger::Ledger;
 use ferry::runner::{Outcome, Summary};
 use ferry::runtime::{self, Options, Runtime};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,13 +39,46 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the pipeline once over everything the source has.
+    /// Run the pipeline over everything the source has: once, or again and
+    /// again with --every (or the file's [schedule]).
     Run {
         /// The pipeline file.
         pipeline: PathBuf,
+        /// Keep running: start a pass this often (e.g. 5m).
+        #[arg(long, value_parser = parse_every)]
+        every: Option<Duration>,
         /// No progress bar, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+    },
+    /// What the ledger knows: items by state, the last run, the oldest problems.
+    Status {
+        pipeline: PathBuf,
+        /// How many of the oldest problems to list.
+        #[arg(long, default_value_t = 10)]
+        oldest: u32,
+    },
+    /// Make parked items due now (default: failed and unresolved).
+    Retry {
+        pipeline: PathBuf,
+        #[arg(long)]
+        quarantined: bool,
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        unresolved: bool,
+        /// Also forget cached patient resolutions (after fixing the PMS).
+        #[arg(long)]
+        forget_resolutions: bool,
+    },
+    /// The synchronization log, newest first.
+    Log {
+        pipeline: PathBuf,
+        /// Only this patient's entries.
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: u32,
     },
     /// Validate the pipeline file, load every plugin, test every grant.
     Check {
@@ -76,7 +113,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
             }
             Ok(if failed == 0 { 0 } else { 1 })
         }
-        Command::Run { pipeline, no_progress } => {
+        Command::Run { pipeline, every, no_progress } => {
             let progress = (!no_progress && std::io::stderr().is_terminal()).then(|| {
                 let pb = ProgressBar::new_spinner();
                 pb.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
@@ -84,43 +121,173 @@ async fn real_main(cli: Cli) -> Result<i32> {
             });
             init_logging(cli.log_format, progress.clone());
             let p = runtime::load_pipeline(&pipeline)?;
+            let every = every.or(p.schedule.as_ref().map(|s| s.every));
             let started = std::time::Instant::now();
             let runtime = Runtime::new(p, &Options::from_env()).await?;
             tracing::info!(pipeline = %runtime.pipeline.name, "pipeline ready in {:?}", started.elapsed());
             let cancel = CancellationToken::new();
             spawn_ctrl_c(cancel.clone(), progress.clone());
-            let summary = Arc::new(Summary::default());
-            let ticker = progress.clone().map(|pb| {
-                let summary = summary.clone();
-                tokio::spawn(async move {
-                    loop {
-                        pb.set_message(progress_message(&summary));
-                        pb.tick();
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+            loop {
+                let pass_started = std::time::Instant::now();
+                let summary = run_pass(&runtime, &cancel, progress.as_ref()).await;
+                let Some(every) = every else {
+                    if let Some(pb) = &progress {
+                        pb.finish_and_clear();
                     }
-                })
-            });
-            runtime.run_once(cancel, summary.clone()).await;
-            if let Some(t) = ticker {
-                t.abort();
+                    return Ok(if summary.has_failures() {
+                        1
+                    } else if summary.interrupted() {
+                        130
+                    } else {
+                        0
+                    });
+                };
+                let next = every.saturating_sub(pass_started.elapsed());
+                tracing::info!("next pass in {}", ferry::stage::humantime(next.max(Duration::from_secs(1))));
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        if let Some(pb) = &progress {
+                            pb.finish_and_clear();
+                        }
+                        tracing::info!("stopped");
+                        return Ok(0);
+                    }
+                    _ = tokio::time::sleep(next) => {}
+                }
             }
-            if let Some(pb) = progress {
-                pb.finish_and_clear();
+        }
+        Command::Status { pipeline, oldest } => {
+            init_logging(cli.log_format, None);
+            let p = runtime::load_pipeline(&pipeline)?;
+            let ledger = open_ledger(&p)?;
+            let st = ledger.status(oldest)?;
+            println!("pipeline `{}`, ledger {}", p.name, ledger.path().display());
+            match &st.last_run {
+                Some((id, started, finished, summary)) => println!(
+                    "last run #{id}: started {}, {}",
+                    ago(*started),
+                    match finished {
+                        Some(_) => summary.clone(),
+                        None => "did not finish (stopped or crashed; the next run picks up)".into(),
+                    }
+                ),
+                None => println!("no run yet"),
             }
-            for e in summary.errors() {
-                eprintln!("error: {e}");
+            let counts: Vec<String> = st.by_state.iter().map(|(s, n)| format!("{s}={n}")).collect();
+            println!("items: {}", if counts.is_empty() { "none".into() } else { counts.join(" ") });
+            if !st.oldest_problems.is_empty() {
+                println!("oldest problems:");
+                for r in &st.oldest_problems {
+                    let due = if r.next_attempt_at <= ferry::ledger::now_ms() {
+                        "due now".to_string()
+                    } else {
+                        format!("next try in {}", ferry::stage::humantime(Duration::from_secs(((r.next_attempt_at - ferry::ledger::now_ms()) / 1000).max(1) as u64)))
+                    };
+                    println!(
+                        "  {:<11} {}  ({} attempts, {due}): {}",
+                        r.state.as_str(),
+                        r.id,
+                        r.attempts,
+                        r.last_error.as_deref().unwrap_or("")
+                    );
+                }
             }
-            println!("{}", summary.line());
-            tracing::info!(elapsed = ?started.elapsed(), "run finished");
-            Ok(if summary.has_failures() {
-                1
-            } else if summary.interrupted() {
-                130
-            } else {
-                0
-            })
+            Ok(0)
+        }
+        Command::Retry { pipeline, quarantined, failed, unresolved, forget_resolutions } => {
+            init_logging(cli.log_format, None);
+            let p = runtime::load_pipeline(&pipeline)?;
+            let ledger = open_ledger(&p)?;
+            let mut states = Vec::new();
+            if failed || !(quarantined || unresolved) {
+                states.push(Outcome::Failed);
+            }
+            if unresolved || !(quarantined || failed) {
+                states.push(Outcome::Unresolved);
+            }
+            if quarantined {
+                states.push(Outcome::Quarantined);
+            }
+            let n = ledger.requeue(&states)?;
+            let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+            println!("{n} item(s) ({}) will be tried on the next run", names.join(", "));
+            if forget_resolutions {
+                let k = ledger.clear_resolution_cache()?;
+                println!("forgot {k} cached patient resolution(s)");
+            }
+            Ok(0)
+        }
+        Command::Log { pipeline, patient, limit } => {
+            init_logging(cli.log_format, None);
+            let p = runtime::load_pipeline(&pipeline)?;
+            let ledger = open_ledger(&p)?;
+            for e in ledger.log_entries(patient.as_deref(), limit)? {
+                println!(
+                    "#{:<6} {:>8}  {:<18} {:<7} {}  {}{}",
+                    e.id,
+                    ago(e.at),
+                    e.action,
+                    e.status,
+                    e.item_id,
+                    e.patient_guid.as_deref().map(|g| format!("patient {g} ")).unwrap_or_default(),
+                    e.details
+                );
+            }
+            Ok(0)
         }
     }
+}
+
+/// One pass with progress and the summary line.
+async fn run_pass(runtime: &Runtime, cancel: &CancellationToken, progress: Option<&ProgressBar>) -> Arc<Summary> {
+    let started = std::time::Instant::now();
+    let summary = Arc::new(Summary::default());
+    let ticker = progress.cloned().map(|pb| {
+        let summary = summary.clone();
+        tokio::spawn(async move {
+            loop {
+                pb.set_message(progress_message(&summary));
+                pb.tick();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    runtime.run_once(cancel.child_token(), summary.clone()).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(pb) = progress {
+        pb.set_message(String::new());
+    }
+    for e in summary.errors() {
+        eprintln!("error: {e}");
+    }
+    let line = summary.line();
+    match progress {
+        Some(pb) => pb.println(&line),
+        None => println!("{line}"),
+    }
+    let (hits, misses) = summary.cache_stats();
+    tracing::info!(elapsed = ?started.elapsed(), resolution_cache_hits = hits, resolver_calls_keys = misses, "pass finished");
+    summary
+}
+
+fn open_ledger(p: &ferry::config::Pipeline) -> Result<Ledger> {
+    let path = p.ledger_path();
+    if !path.exists() {
+        anyhow::bail!("no ledger at {}: the pipeline has not run yet (or [pipeline] state_dir differs)", path.display());
+    }
+    Ok(Ledger::open(&path)?)
+}
+
+/// `3m ago`, for timestamps in ms.
+fn ago(ms: i64) -> String {
+    let secs = ((ferry::ledger::now_ms() - ms) / 1000).max(0) as u64;
+    format!("{} ago", ferry::stage::humantime(Duration::from_secs(secs.max(1))))
+}
+
+fn parse_every(s: &str) -> Result<Duration, String> {
+    ferry::config::parse_duration(s)
 }
 
 fn progress_message(s: &Summary) -> String {

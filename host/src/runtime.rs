@@ -227,8 +227,18 @@ async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, option
     let pool = shared.pool(stage, &plugin)?;
     pool.warm_up().await?;
     let _ = pipeline;
+    let mut tested = String::new();
+    if stage.role == Role::Resolver {
+        // a harmless lookup: proves the API (or file) answers and the
+        // credentials work, whatever the answer is
+        let probe = crate::bindings::types::PatientKey { scheme: "card-id".into(), value: "ferry-check-probe".into() };
+        pool.resolve(&[probe])
+            .await
+            .map_err(|e| anyhow::anyhow!("{} configured, but a test lookup failed: {e}", plugin.name()))?;
+        tested = "; test lookup answered".into();
+    }
     Ok(format!(
-        "{} ({} KiB{}) configured; grants: {}",
+        "{} ({} KiB{}) configured{tested}; grants: {}",
         plugin.name(),
         plugin.size / 1024,
         if plugin.cached { ", cached" } else { "" },

@@ -131,3 +131,87 @@ pub fn report(s: &Summary, subject: &str) -> ferry::runner::Report {
         panic!("no report for {subject}; reports:\n{}", all.join("\n"))
     })
 }
+
+/// Where the production pipeline's Sidexis database is.
+pub enum Sql {
+    /// The site's SQLite file, directly.
+    Sqlite,
+    /// The same file behind the TDS test server (the tiberius path).
+    SqlServer(u16),
+}
+
+impl Fixture {
+    /// The production pipeline (sidexis → dicom-meta → http-resolver →
+    /// s3-store) over this site, a resolver server and an S3 server.
+    pub fn production_toml(
+        &self,
+        sql: &Sql,
+        resolver: &ferry_tests::ResolverServer,
+        s3: &ferry_tests::S3Server,
+        bucket: &str,
+        extra: &str,
+    ) -> String {
+        let connection = match sql {
+            Sql::Sqlite => "kind = \"sqlite\"\npath = \"site/sidexis.db\"".to_string(),
+            Sql::SqlServer(port) => format!(
+                "kind = \"mssql\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"ferry\"\npassword = \"${{TEST_SQL_PASSWORD}}\"\nencrypt = \"not_supported\"\ndatabase = \"PDATA\""
+            ),
+        };
+        format!(
+            r#"
+[pipeline]
+name = "prod"
+plugin_path = ["{plugins}"]
+state_dir = "state"
+retry_after = "200ms"
+retry_max = "2s"
+
+[connections.sidexis]
+{connection}
+
+[source]
+plugin = "sidexis"
+grants.fs = {{ pdata = "site/PDATA" }}
+grants.sql = ["sidexis"]
+config = {{ pdata_root = "pdata", connection = "sidexis", folders_per_page = 3 }}
+
+[extractor]
+plugin = "dicom-meta"
+concurrency = 2
+
+[resolver]
+plugin = "http-resolver"
+grants.http = ["127.0.0.1"]
+limits = {{ memory = "64MiB", timeout = "5s" }}
+config = {{ url = "{url}" }}
+
+[store]
+plugin = "s3-store"
+concurrency = 4
+grants.object_store = {{ kind = "s3", bucket = "{bucket}", endpoint = "{endpoint}", path_style = true, region = "us-east-1", access_key_id = "{ak}", secret_access_key = "{sk}" }}
+config = {{ clinic_id = "clinic-7" }}
+{extra}
+"#,
+            plugins = ferry_tests::plugin_dir().display(),
+            url = resolver.url(),
+            endpoint = s3.endpoint(),
+            ak = s3.access_key(),
+            sk = s3.secret_key(),
+        )
+    }
+
+    /// Loads a pipeline text with `${TEST_SQL_PASSWORD}` set.
+    pub fn load_with_env(&self, text: &str) -> Pipeline {
+        let path = self.dir.path().join("pipeline.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = |k: &str| match k {
+            "TEST_SQL_PASSWORD" => Some(ferry_tds_server::Options::default().password),
+            k => std::env::var(k).ok(),
+        };
+        Pipeline::parse(&path, text, &env).unwrap_or_else(|e| panic!("pipeline loads: {e}"))
+    }
+
+    pub fn ledger(&self) -> ferry::ledger::Ledger {
+        ferry::ledger::Ledger::open(&self.dir.path().join("state/ledger.db")).unwrap()
+    }
+}

@@ -5,10 +5,14 @@
 mod harness;
 
 mod compile_cache;
+mod crash_recovery;
 mod corrupt_input;
 mod graceful_stop;
 mod grants;
 mod happy_path;
 mod patient_matching;
+mod production_path;
+mod resolver_faults;
+mod s3_outage;
 mod sandbox_limits;
 mod source_problems;

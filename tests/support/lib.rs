@@ -12,14 +12,29 @@
 //! * [`demo_site`] is the standard demo practice (also written by the
 //!   `demo-site` binary for `cargo xtask demo`);
 //! * [`plugin_dir`] finds the built WASM plugins.
+//!
+//! It also runs the real peers of ferry's production path on 127.0.0.1
+//! with random ports, for integration tests (each with its own tokio
+//! runtime, stopped on drop):
+//!
+//! * [`ResolverServer`]: the practice system's patient resolver API
+//!   (card id → patient guid), with switchable [`Fault`]s;
+//! * [`S3Server`]: an S3 server (s3s-fs over a temp dir, SigV4 checked),
+//!   with outage and failed-upload injection and `aws-sdk-s3` assertion
+//!   helpers.
 
 mod demo;
 mod dicom;
+pub mod resolver_server;
+mod runtime;
+pub mod s3_server;
 mod site;
 
 use std::path::PathBuf;
 
 pub use demo::{demo_guid, demo_site, DEMO_EXPECTED};
+pub use resolver_server::{Fault, ResolverServer};
+pub use s3_server::S3Server;
 pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};
 pub use site::{
     guid, image_file_name, patient_folder, ExpectedCounts, Fate, ImageKind, ImageSpec, PatientSpec,
@@ -55,3 +70,5 @@ pub fn plugin_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod server_tests;

@@ -22,6 +22,7 @@ fn main() -> Result<()> {
         Some("plugins") => build_plugins(&root).map(|_| ()),
         Some("test") => test(&root, &args[1..]),
         Some("demo") => demo(&root),
+        Some("bench") => bench(&root, &args[1..]),
         Some("check") => {
             build_plugins(&root)?;
             cargo(&root, &["run", "--quiet", "-p", "ferry", "--", "check", "pipelines/demo.toml"], &[])
@@ -33,7 +34,8 @@ fn main() -> Result<()> {
                  plugins   build every plugin in plugins/ into target/plugins/*.wasm\n  \
                  test      build plugins, then run every test (extra args go to cargo test)\n  \
                  demo      build plugins, generate a synthetic Sidexis site, run pipelines/demo.toml\n  \
-                 check     build plugins, then `ferry check pipelines/demo.toml`"
+                 check     build plugins, then `ferry check pipelines/demo.toml`\n  \
+                 bench     build plugins and ferry, print pipeline vs plain-upload figures (--quick: smaller site; --release)"
             );
             std::process::exit(2);
         }
@@ -84,6 +86,29 @@ fn demo(root: &Path) -> Result<()> {
     );
     if !status.success() {
         bail!("ferry run failed ({status})");
+    }
+    Ok(())
+}
+
+fn bench(root: &Path, extra: &[String]) -> Result<()> {
+    let out = build_plugins(root)?;
+    let release = extra.iter().any(|a| a == "--release");
+    let mut build = vec!["build", "-p", "ferry", "-p", "ferry-tests", "--bin", "ferry", "--bin", "bench"];
+    if release {
+        build.push("--release");
+    }
+    cargo(root, &build, &[])?;
+    let profile = if release { "release" } else { "debug" };
+    let target = root.join("target").join(profile);
+    let mut cmd = Command::new(target.join("bench"));
+    cmd.arg(target.join("ferry")).current_dir(root).env("FERRY_PLUGIN_DIR", &out);
+    if extra.iter().any(|a| a == "--quick") {
+        cmd.arg("--quick");
+    }
+    eprintln!("==> bench ({profile} build)");
+    let status = cmd.status().context("running the bench")?;
+    if !status.success() {
+        bail!("bench failed ({status})");
     }
     Ok(())
 }

@@ -55,7 +55,7 @@ impl S3Store {
                 .or_else("us-east-1");
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .region(region)
-                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(g.max_attempts.max(1)))
                     .timeout_config(
                         aws_config::timeout::TimeoutConfig::builder()
                             .connect_timeout(Duration::from_secs(10))

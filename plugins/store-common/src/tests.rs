@@ -85,6 +85,8 @@ struct Fake {
     puts: Vec<String>,
     /// Another instance creating this object just before our create.
     race: Option<(String, Object)>,
+    /// A store that knows no checksums.
+    no_checksums: bool,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -96,7 +98,7 @@ impl Fake {
         self.objects.get(key).map(|(body, _, meta)| ObjectInfo {
             key: key.to_string(),
             size: body.len() as u64,
-            sha256: Some(hex(body)),
+            sha256: (!self.no_checksums).then(|| hex(body)),
             metadata: meta.clone(),
         })
     }
@@ -142,23 +144,31 @@ fn item(id: &str, name: &str) -> Item {
     }
 }
 
-fn run(fake: &mut Fake, config: &Config, item: &Item) -> (String, StoreOutcome) {
-    let template = Template::parse(&config.key).unwrap();
+/// Settings of `profile` from a `[config]` JSON.
+fn settings_of(json: &str, profile: &Profile) -> Settings {
+    Settings::configure(json, profile).unwrap()
+}
+
+fn fs_settings(json: &str) -> Settings {
+    settings_of(json, &FS_PROFILE)
+}
+
+fn run(fake: &mut Fake, config: &Settings, item: &Item) -> (String, Outcome) {
     let metadata = vec![("modality".to_string(), Value::Text("IO".into())), ("rows".to_string(), Value::Integer(2))];
-    let s = store_item(config, &template, fake, item, &metadata, "guid-1").unwrap();
+    let s = store_item(config, fake, item, &metadata, "guid-1").unwrap();
     (s.location, s.outcome)
 }
 
 #[test]
 fn store_is_idempotent_and_avoids_collisions() {
-    let config = Config::default();
+    let config = fs_settings("{}");
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     fake.files.insert("P_1/0000_6.dcm".into(), b"two".to_vec());
     let a = item("P_1/0000_5.dcm", "Pano");
     let b = item("P_1/0000_6.dcm", "Pano.dcm");
 
-    assert_eq!(run(&mut fake, &config, &a), ("images/guid-1/Pano.dcm".into(), StoreOutcome::Stored));
+    assert_eq!(run(&mut fake, &config, &a), ("images/guid-1/Pano.dcm".into(), Outcome::Stored));
     let (_, ct, meta) = &fake.objects["images/guid-1/Pano.dcm"];
     assert_eq!(ct, "application/dicom");
     assert_eq!(meta, &[("ferry-item-id".to_string(), "P_1/0000_5.dcm".to_string())]);
@@ -176,25 +186,25 @@ fn store_is_idempotent_and_avoids_collisions() {
 
     // Same item, same content: nothing written.
     fake.puts.clear();
-    assert_eq!(run(&mut fake, &config, &a), ("images/guid-1/Pano.dcm".into(), StoreOutcome::Unchanged));
+    assert_eq!(run(&mut fake, &config, &a), ("images/guid-1/Pano.dcm".into(), Outcome::Unchanged));
     assert!(fake.puts.is_empty());
 
     // Sidecar lost: rewritten, object left alone, same bytes as before.
     fake.objects.remove("images/guid-1/Pano.dcm.json");
-    assert_eq!(run(&mut fake, &config, &a).1, StoreOutcome::Unchanged);
+    assert_eq!(run(&mut fake, &config, &a).1, Outcome::Unchanged);
     assert_eq!(fake.puts, ["images/guid-1/Pano.dcm.json"]);
     assert_eq!(fake.objects["images/guid-1/Pano.dcm.json"].0, sidecar.as_bytes());
 
     // Another item wanting the same key: goes next to it.
     fake.puts.clear();
     let alt = format!("images/guid-1/Pano~{}.dcm", &hex(b"P_1/0000_6.dcm")[..8]);
-    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), StoreOutcome::Stored));
+    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), Outcome::Stored));
     assert_eq!(fake.objects["images/guid-1/Pano.dcm"].0, b"one");
-    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), StoreOutcome::Unchanged));
+    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), Outcome::Unchanged));
 
     // Content of an item changed: overwritten in place.
     fake.files.insert("P_1/0000_6.dcm".into(), b"two, fixed".to_vec());
-    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), StoreOutcome::Stored));
+    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), Outcome::Stored));
     assert_eq!(fake.objects[&alt].0, b"two, fixed");
 
     // A foreign object at both keys: refused, nothing touched.
@@ -202,43 +212,126 @@ fn store_is_idempotent_and_avoids_collisions() {
     fake.objects.insert("images/guid-1/Other.dcm".into(), (b"x".to_vec(), String::new(), vec![]));
     let alt_c = format!("images/guid-1/Other~{}.dcm", &hex(b"P_1/0000_6.dcm")[..8]);
     fake.objects.insert(alt_c, (b"y".to_vec(), String::new(), vec![]));
-    let template = Template::parse(&config.key).unwrap();
-    let e = store_item(&config, &template, &mut fake, &c, &vec![], "guid-1").unwrap_err();
+    let e = store_item(&config, &mut fake, &c, &vec![], "guid-1").unwrap_err();
     assert!(e.message.contains("collision"), "{}", e.message);
 }
 
 #[test]
 fn losing_a_create_race_goes_next_to_the_winner() {
-    let config = Config::default();
+    let config = fs_settings("{}");
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     let winner = (b"two".to_vec(), "application/dicom".to_string(), vec![(ITEM_ID_META.to_string(), "P_1/0000_6.dcm".to_string())]);
     fake.race = Some(("images/guid-1/Pano.dcm".into(), winner));
     let (key, outcome) = run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano"));
     assert_eq!(key, format!("images/guid-1/Pano~{}.dcm", &hex(b"P_1/0000_5.dcm")[..8]));
-    assert_eq!(outcome, StoreOutcome::Stored);
+    assert_eq!(outcome, Outcome::Stored);
     assert_eq!(fake.objects["images/guid-1/Pano.dcm"].0, b"two");
 }
 
 #[test]
 fn other_templates() {
-    let config = Config { key: "{modality}/{itemId}".into(), sidecar: false };
+    let config = fs_settings(r#"{"key": "{modality}/{itemId}", "sidecar": false}"#);
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     let (key, _) = run(&mut fake, &config, &item("P_1/0000_5.dcm", ".."));
     assert_eq!(key, "IO/P_1_0000_5.dcm");
     assert_eq!(fake.objects.len(), 1);
 
-    let config = Config { key: "x/{modality}/{imageName}".into(), sidecar: true };
-    let template = Template::parse(&config.key).unwrap();
-    let s = store_item(&config, &template, &mut fake, &item("P_1/0000_5.dcm", "../../etc"), &vec![], "g").unwrap();
+    let config = fs_settings(r#"{"key": "x/{modality}/{imageName}", "sidecar": true}"#);
+    let s = store_item(&config, &mut fake, &item("P_1/0000_5.dcm", "../../etc"), &vec![], "g").unwrap();
     assert_eq!(s.location, "x/unknown/_.._etc.dcm");
 }
 
 #[test]
 fn config_errors() {
-    let c: Config = parse_config("{}").unwrap();
-    assert!(c.sidecar);
-    let e = parse_config::<Config>(r#"{"sidecars": false}"#).unwrap_err();
+    let c = fs_settings("{}");
+    assert!(c.sidecar && c.clinic_id.is_none() && c.max_key == MAX_KEY);
+    let s3 = settings_of("{}", &S3_PROFILE);
+    assert!(s3.sidecar && s3.template.uses(Placeholder::PatientGuid) && s3.template.uses(Placeholder::ImageName));
+    let e = Settings::configure(r#"{"sidecars": false}"#, &FS_PROFILE).unwrap_err();
     assert!(e.message.contains("sidecars"), "{}", e.message);
+    let e = Settings::configure(r#"{"key": "images/{patientGuid}/{imageNme}"}"#, &FS_PROFILE).unwrap_err();
+    assert!(e.message.contains("{imageNme}") && e.message.contains("{clinicId}"), "{}", e.message);
+    let e = Settings::configure(r#"{"max_key_bytes": 20}"#, &FS_PROFILE).unwrap_err();
+    assert!(e.message.contains("max_key_bytes"), "{}", e.message);
+    let e = Settings::configure(r#"{"max_key_bytes": 2000}"#, &FS_PROFILE).unwrap_err();
+    assert!(e.message.contains("max_key_bytes"), "{}", e.message);
+}
+
+#[test]
+fn clinic_id() {
+    // Required when the template uses it, sanitised like other values.
+    let e = Settings::configure(r#"{"key": "{clinicId}/{patientGuid}/{imageName}"}"#, &S3_PROFILE).unwrap_err();
+    assert!(e.message.contains("clinic_id"), "{}", e.message);
+    let e = Settings::configure(r#"{"key": "{clinicId}/{patientGuid}/{imageName}", "clinic_id": " "}"#, &S3_PROFILE)
+        .unwrap_err();
+    assert!(e.message.contains("clinic_id"), "{}", e.message);
+    // Not enough on its own: every item would share a key.
+    assert!(Settings::configure(r#"{"key": "c/{clinicId}", "clinic_id": "c"}"#, &FS_PROFILE).is_err());
+
+    for profile in [FS_PROFILE, S3_PROFILE] {
+        let config = settings_of(r#"{"key": "{clinicId}/{patientGuid}/{imageName}", "clinic_id": "Praxis/Süd: 1"}"#, &profile);
+        assert_eq!(config.clinic_id.as_deref(), Some("Praxis_Süd_ 1"));
+        let mut fake = Fake::default();
+        fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+        let (key, _) = run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano"));
+        assert_eq!(key, "Praxis_Süd_ 1/guid-1/Pano.dcm");
+        let doc: serde_json::Value = serde_json::from_slice(&fake.objects[&format!("{key}.json")].0).unwrap();
+        assert_eq!(doc["clinicId"], "Praxis_Süd_ 1");
+    }
+
+    // Without a clinic id the sidecar has no such field.
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    run(&mut fake, &fs_settings("{}"), &item("P_1/0000_5.dcm", "Pano"));
+    let doc: serde_json::Value = serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
+    assert!(doc.get("clinicId").is_none());
+
+    // Set but unused by the template: only in the sidecar.
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    run(&mut fake, &fs_settings(r#"{"clinic_id": "c-7"}"#), &item("P_1/0000_5.dcm", "Pano"));
+    let doc: serde_json::Value = serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
+    assert_eq!(doc["clinicId"], "c-7");
+}
+
+#[test]
+fn key_limit() {
+    let long = "n".repeat(400);
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    fake.files.insert("P_1/0000_6.dcm".into(), b"two".to_vec());
+    let config = fs_settings(r#"{"max_key_bytes": 150}"#);
+    let (a, _) = run(&mut fake, &config, &item("P_1/0000_5.dcm", &long));
+    let (b, _) = run(&mut fake, &config, &item("P_1/0000_6.dcm", &long));
+    assert_ne!(a, b);
+    for k in [&a, &b] {
+        assert!(k.len() + ".json".len() <= 150 && k.starts_with("images/guid-1/nnn") && k.ends_with(".dcm"), "{k}");
+        assert!(fake.objects.contains_key(&format!("{k}.json")));
+    }
+    // The default: S3's 1024 bytes, file names within 255.
+    let (c, _) = run(&mut fake, &fs_settings("{}"), &item("P_1/0000_5.dcm", &"m".repeat(2000)));
+    assert!(c.len() <= MAX_KEY && c.rsplit('/').next().unwrap().len() <= MAX_SEGMENT - 5, "{}", c.len());
+    // A folder part that leaves no room.
+    let config = fs_settings(r#"{"key": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/{patientGuid}/{imageName}", "max_key_bytes": 64}"#);
+    let e = store_item(&config, &mut fake, &item("P_1/0000_5.dcm", "Pano"), &vec![], "guid-1").unwrap_err();
+    assert!(e.message.contains("too long"), "{}", e.message);
+}
+
+#[test]
+fn without_store_checksums_an_own_object_is_rewritten() {
+    let config = fs_settings("{}");
+    let mut fake = Fake { no_checksums: true, ..Fake::default() };
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    let a = item("P_1/0000_5.dcm", "Pano");
+    assert_eq!(run(&mut fake, &config, &a).1, Outcome::Stored);
+    // The sidecar still gets the file's checksum.
+    let doc: serde_json::Value = serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
+    assert_eq!(doc["sha256"], hex(b"one"));
+    assert_eq!(run(&mut fake, &config, &a).1, Outcome::Stored);
+    // An ownerless object is never overwritten when its content is unknown.
+    fake.objects.insert("images/guid-1/Other.dcm".into(), (b"one".to_vec(), String::new(), vec![]));
+    let (key, _) = run(&mut fake, &config, &item("P_1/0000_5.dcm", "Other"));
+    assert_ne!(key, "images/guid-1/Other.dcm");
 }

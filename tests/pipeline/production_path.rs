@@ -1,0 +1,101 @@
+//! The production job end to end: Sidexis (SQLite, and SQL Server through
+//! the TDS test server and the real tiberius client) → the PMS resolver API
+//! over HTTP → a real S3 server, checked through the S3 API.
+
+use ferry::runner::Outcome;
+use ferry_tests::{demo_site, Fate, ResolverServer, S3Server, DEMO_EXPECTED};
+
+use crate::harness::{report, run, runtime, Fixture, Sql};
+
+const BUCKET: &str = "clinic-images";
+
+async fn end_to_end(fx: &Fixture, sql: Sql) {
+    let resolver = ResolverServer::start(fx.site.card_map.clone());
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let rt = runtime(fx.load_with_env(&fx.production_toml(&sql, &resolver, &s3, BUCKET, ""))).await;
+
+    let first = run(&rt).await;
+    let e = DEMO_EXPECTED;
+    assert_eq!(first.count(Outcome::Stored) as usize, e.stored, "{}", first.line());
+    assert_eq!(first.count(Outcome::Unresolved) as usize, e.unresolved, "{}", first.line());
+    assert_eq!(first.count(Outcome::Quarantined) as usize, e.quarantined, "{}", first.line());
+    assert_eq!(first.count(Outcome::Skipped) as usize, e.skipped, "{}", first.line());
+    assert!(!first.has_failures(), "{}\n{:?}", first.line(), first.errors());
+
+    // through the S3 API: bytes, content type, checksum, sidecar
+    let mut expected_keys = Vec::new();
+    for img in &fx.site.images {
+        let Fate::Stored { guid } = fx.site.fate(img) else { continue };
+        let key = report(&first, &img.rel_path).location.unwrap();
+        assert!(key.starts_with(&format!("images/{guid}/")), "{key}");
+        let body = s3.get(BUCKET, &key).await.unwrap_or_else(|| panic!("{key} is in the bucket"));
+        assert_eq!(body, std::fs::read(&img.path).unwrap(), "bytes of {key}");
+        let head = s3.head(BUCKET, &key).await.unwrap();
+        assert_eq!(head.content_type.as_deref(), Some("application/dicom"));
+        assert_eq!(head.metadata.get("ferry-sha256"), Some(&img.sha256));
+        let sidecar: serde_json::Value =
+            serde_json::from_slice(&s3.get(BUCKET, &format!("{key}.json")).await.expect("sidecar")).unwrap();
+        assert_eq!(sidecar["patientGuid"], guid.as_str());
+        assert_eq!(sidecar["metadata"]["sop.instance-uid"], img.dicom.as_ref().unwrap().sop_instance_uid.as_str());
+        expected_keys.push(key.clone());
+        expected_keys.push(format!("{key}.json"));
+    }
+    // nothing else: not the quarantined, not the unresolved; names with
+    // `/`, `..`, unicode and duplicates became distinct, safe keys
+    let mut listed = s3.list(BUCKET, "").await;
+    listed.sort();
+    expected_keys.sort();
+    assert_eq!(listed, expected_keys);
+    assert!(listed.iter().all(|k| k.split('/').all(|s| !s.is_empty() && s != "." && s != "..")));
+
+    // the incremental re-run uploads nothing and asks nobody
+    let puts = s3.put_requests();
+    let asked = resolver.requests();
+    let second = run(&rt).await;
+    assert_eq!(second.count(Outcome::Stored), 0, "{}", second.line());
+    assert_eq!(second.count(Outcome::Unchanged) as usize, e.stored);
+    assert_eq!(s3.put_requests(), puts, "no upload on a no-op run");
+    assert_eq!(resolver.requests(), asked, "no resolver call on a no-op run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidexis_sqlite_to_s3() {
+    let fx = Fixture::new(demo_site());
+    end_to_end(&fx, Sql::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidexis_sql_server_to_s3() {
+    let fx = Fixture::new(demo_site());
+    let tds = ferry_tds_server::TdsServer::start(&fx.site.db, Default::default()).await.unwrap();
+    end_to_end(&fx, Sql::SqlServer(tds.port())).await;
+    assert!(tds.queries() > 0, "the SQL went through the TDS server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_file_is_uploaded_again_and_new_images_use_the_cache() {
+    let fx = Fixture::new(demo_site());
+    let resolver = ResolverServer::start(fx.site.card_map.clone());
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let rt = runtime(fx.load_with_env(&fx.production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, ""))).await;
+    run(&rt).await;
+
+    let img = fx.site.image(101);
+    let mut bytes = std::fs::read(&img.path).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x5a;
+    std::fs::write(&img.path, &bytes).unwrap();
+    let asked = resolver.requests();
+
+    let again = run(&rt).await;
+    assert_eq!(again.count(Outcome::Stored), 1, "{}", again.line());
+    let key = report(&again, &img.rel_path).location.unwrap();
+    assert_eq!(s3.get(BUCKET, &key).await.unwrap(), bytes);
+    assert_eq!(resolver.requests(), asked, "the patient's card came from the resolution cache");
+    // the sync log says what happened, newest first
+    let log = fx.ledger().log_entries(None, 5).unwrap();
+    assert_eq!(log[0].item_id, img.rel_path);
+    assert_eq!(log[0].action, "upload");
+}
