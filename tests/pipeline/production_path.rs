@@ -99,3 +99,50 @@ async fn changed_file_is_uploaded_again_and_new_images_use_the_cache() {
     assert_eq!(log[0].item_id, img.rel_path);
     assert_eq!(log[0].action, "upload");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_file_goes_up_in_parts() {
+    use ferry_tests::{demo_guid, ImageKind, ImageSpec, PatientSpec, SiteBuilder};
+    let fx = Fixture::new(
+        SiteBuilder::new()
+            .patient(PatientSpec::new(1, "C-1", "Volumen", "Vera"))
+            // ~12.5 MB: three 5 MiB parts
+            .image(ImageSpec::new(1, 11, "CBCT", ImageKind::IntraOral).pixels(2500, 2500))
+            .map_card("C-1", &demo_guid(1)),
+    );
+    let resolver = ResolverServer::start(fx.site.card_map.clone());
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let toml = fx
+        .production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "")
+        .replace("path_style = true,", "path_style = true, multipart_threshold = \"5MiB\", part_size = \"5MiB\",");
+    let rt = runtime(fx.load_with_env(&toml)).await;
+    let puts = s3.put_requests();
+    let s = run(&rt).await;
+    assert_eq!(s.count(Outcome::Stored), 1, "{}", s.line());
+    let img = fx.site.image(11);
+    assert!(img.size > 10 << 20, "{}", img.size);
+    let key = report(&s, &img.rel_path).location.unwrap();
+    assert_eq!(s3.get(BUCKET, &key).await.unwrap(), std::fs::read(&img.path).unwrap());
+    // three parts and a sidecar at least
+    assert!(s3.put_requests() - puts >= 4, "multipart upload used ({} puts)", s3.put_requests() - puts);
+    assert_eq!(s3.head(BUCKET, &key).await.unwrap().metadata.get("ferry-sha256"), Some(&img.sha256));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_sql_server_connections_are_retried() {
+    let fx = Fixture::new(demo_site());
+    let tds = ferry_tds_server::TdsServer::start(&fx.site.db, Default::default()).await.unwrap();
+    let resolver = ResolverServer::start(fx.site.card_map.clone());
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let rt = runtime(fx.load_with_env(&fx.production_toml(&Sql::SqlServer(tds.port()), &resolver, &s3, BUCKET, ""))).await;
+    run(&rt).await;
+    let logins = tds.logins();
+    // the server restarts, say: every pooled connection is dead
+    tds.drop_connections();
+    let s = run(&rt).await;
+    assert!(s.errors().is_empty(), "{:?}", s.errors());
+    assert_eq!(s.count(Outcome::Unchanged) as usize, DEMO_EXPECTED.stored, "{}", s.line());
+    assert!(tds.logins() > logins, "ferry logged in again");
+}

@@ -29,6 +29,9 @@ use crate::bindings::object_store::{Listing, ObjectInfo};
 use crate::bindings::types::HostError;
 use crate::config::S3Grant;
 
+/// Marks the error of a conditional put that found the key taken.
+const PRECONDITION: &str = "PreconditionFailed";
+
 /// User metadata key holding the hex SHA-256 of the object.
 pub const SHA_META: &str = "ferry-sha256";
 
@@ -104,8 +107,15 @@ impl S3Store {
         }
     }
 
-    async fn put_single(&self, key: &str, source: &Path, content_type: &str, meta: HashMap<String, String>, sha: &[u8])
-        -> Result<(), HostError> {
+    async fn put_single(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        meta: HashMap<String, String>,
+        sha: &[u8],
+        create_only: bool,
+    ) -> Result<(), HostError> {
         let body = ByteStream::from_path(source).await.map_err(|e| HostError::Failed(format!("reading {}: {e}", source.display())))?;
         self.client()
             .await
@@ -115,6 +125,7 @@ impl S3Store {
             .content_type(content_type)
             .set_metadata(Some(meta))
             .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha))
+            .set_if_none_match(create_only.then(|| "*".to_string()))
             .body(body)
             .send()
             .await
@@ -194,6 +205,39 @@ impl S3Store {
         result
     }
 
+    async fn put_file_inner(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        metadata: Metadata,
+        create_only: bool,
+    ) -> Result<ObjectInfo, HostError> {
+        check_key(&self.full_key(key))?;
+        let src = source.to_owned();
+        let what = source.display().to_string();
+        let (sha_hex, size) = tokio::task::spawn_blocking(move || super::fs::sha256_file(&src))
+            .await
+            .map_err(|e| HostError::Failed(format!("host task failed: {e}")))?
+            .map_err(|e| io_error(&what, e))?;
+        let sha = hex::decode(&sha_hex).expect("hex we made");
+        let meta = Self::user_metadata(&metadata, &sha_hex);
+        if size <= self.grant.multipart_threshold {
+            self.put_single(key, source, content_type, meta, &sha, create_only).await?;
+        } else {
+            self.put_multipart(key, source, size, content_type, meta).await?;
+        }
+        // trust, then verify: the object is there with the size we sent
+        match self.head(key).await? {
+            Some(info) if info.size == size && info.sha256.as_deref() == Some(sha_hex.as_str()) => Ok(info),
+            Some(info) => Err(HostError::Unavailable(format!(
+                "s3://{}/{key}: after upload the object has {} bytes (sent {size}) / checksum {:?}",
+                self.grant.bucket, info.size, info.sha256
+            ))),
+            None => Err(HostError::Unavailable(format!("s3://{}/{key}: not found right after upload", self.grant.bucket))),
+        }
+    }
+
     fn claim(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.claims.lock().unwrap().entry(key.to_owned()).or_default().clone()
     }
@@ -237,7 +281,18 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let status = e.raw_response().map(|r| r.status().as_u16());
-    let code = e.code().unwrap_or("").to_owned();
+    let code = match e.code() {
+        Some(c) => c.to_owned(),
+        // HEAD answers have no body to carry a code: name the status
+        None => status.map(|s| match s {
+            404 => "NotFound".to_owned(),
+            412 => PRECONDITION.to_owned(),
+            403 => "AccessDenied".to_owned(),
+            503 => "ServiceUnavailable".to_owned(),
+            s => format!("HTTP{s}"),
+        })
+        .unwrap_or_default(),
+    };
     let msg = e.message().map(str::to_owned).unwrap_or_else(|| root_cause(&e));
     let what = format!("s3://{bucket}/{key}");
     match (&e, status) {
@@ -250,6 +305,7 @@ where
             "{what}: access denied ({code}): check the credentials and that the bucket policy allows s3:GetObject, s3:PutObject and s3:ListBucket"
         )),
         _ if code == "NoSuchBucket" => HostError::NotFound(format!("bucket `{bucket}` does not exist")),
+        (_, Some(412)) => HostError::Failed(format!("{what}: {PRECONDITION}: the key exists already")),
         (_, Some(s)) => HostError::Failed(format!("{what}: S3 answered {s} {code}: {msg}")),
         _ => HostError::Unavailable(format!("{what}: {}", root_cause(&e))),
     }
@@ -284,42 +340,24 @@ impl ObjectStore for S3Store {
 
     async fn put_file(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
         -> Result<ObjectInfo, HostError> {
-        check_key(&self.full_key(key))?;
-        let src = source.to_owned();
-        let what = source.display().to_string();
-        let (sha_hex, size) = tokio::task::spawn_blocking(move || super::fs::sha256_file(&src))
-            .await
-            .map_err(|e| HostError::Failed(format!("host task failed: {e}")))?
-            .map_err(|e| io_error(&what, e))?;
-        let sha = hex::decode(&sha_hex).expect("hex we made");
-        let meta = Self::user_metadata(&metadata, &sha_hex);
-        if size <= self.grant.multipart_threshold {
-            self.put_single(key, source, content_type, meta, &sha).await?;
-        } else {
-            self.put_multipart(key, source, size, content_type, meta).await?;
-        }
-        // trust, then verify: the object is there with the size we sent
-        match self.head(key).await? {
-            Some(info) if info.size == size && info.sha256.as_deref() == Some(sha_hex.as_str()) => Ok(info),
-            Some(info) => Err(HostError::Unavailable(format!(
-                "s3://{}/{key}: after upload the object has {} bytes (sent {size}) / checksum {:?}",
-                self.grant.bucket, info.size, info.sha256
-            ))),
-            None => Err(HostError::Unavailable(format!("s3://{}/{key}: not found right after upload", self.grant.bucket))),
-        }
+        self.put_file_inner(key, source, content_type, metadata, false).await
     }
-
     async fn put_file_new(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
         -> Result<Option<ObjectInfo>, HostError> {
         // one writer per key in this process; the head under the claim
-        // makes the create-only check and the write one step
+        // makes the create-only check and the write one step. Single-part
+        // puts are also conditional on the server (`If-None-Match: *`), so
+        // two ferry processes cannot both create the key either.
         let lock = self.claim(key);
         let result = async {
             let _guard = lock.lock().await;
             if self.head(key).await?.is_some() {
                 return Ok(None);
             }
-            self.put_file(key, source, content_type, metadata).await.map(Some)
+            match self.put_file_inner(key, source, content_type, metadata, true).await {
+                Err(HostError::Failed(m)) if m.contains(PRECONDITION) => Ok(None),
+                r => r.map(Some),
+            }
         }
         .await;
         self.release(key, lock);
