@@ -86,6 +86,68 @@ pub struct Status {
     pub last_run: Option<(i64, i64, Option<i64>, String)>,
 }
 
+/// What the service needs to know about a stored image without opening it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageFacts {
+    pub name: String,
+    /// DICOM person name as stored (`Last^First^Middle`), if any.
+    pub patient_name: Option<String>,
+    pub modality: Option<String>,
+    pub study_date: Option<String>,
+    pub rows: Option<i64>,
+    pub columns: Option<i64>,
+}
+
+/// One stored image, from the index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexedImage {
+    pub item_id: String,
+    pub patient_guid: String,
+    pub location: String,
+    pub facts: ImageFacts,
+}
+
+/// A patient found by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatientHit {
+    pub guid: String,
+    /// `Last, First` for display.
+    pub name: String,
+    pub image_count: u64,
+}
+
+/// Lower case, accents removed, `ß` → `ss`: how names are searched.
+pub fn fold(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .flat_map(|c| c.to_lowercase())
+        .collect::<String>()
+        .replace('ß', "ss")
+}
+
+/// `Müller^Anna^B` → (`Müller, Anna B`, `muller anna b`).
+fn person_name(pn: &str) -> (String, String) {
+    let parts: Vec<&str> = pn.split('^').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let display = match parts.as_slice() {
+        [] => String::new(),
+        [last] => (*last).to_owned(),
+        [last, rest @ ..] => format!("{last}, {}", rest.join(" ")),
+    };
+    // each word folded, plus its German transliteration (ü → ue ...), so
+    // that "Mueller" finds "Müller" as well as "Muller" does
+    let mut words: Vec<String> = Vec::new();
+    for t in parts.iter().flat_map(|p| p.split(|c: char| c.is_whitespace() || c == '-')).filter(|t| !t.is_empty()) {
+        let german = fold(&t.to_lowercase().replace('ä', "ae").replace('ö', "oe").replace('ü', "ue"));
+        let plain = fold(t);
+        if german != plain {
+            words.push(german);
+        }
+        words.push(plain);
+    }
+    (display, words.join(" "))
+}
+
 /// How long parked items wait before the next attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -139,6 +201,24 @@ CREATE TABLE IF NOT EXISTS resolutions (
     answer     TEXT NOT NULL,
     fetched_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    item_id      TEXT PRIMARY KEY,
+    patient_guid TEXT NOT NULL,
+    location     TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    modality     TEXT,
+    study_date   TEXT,
+    rows         INTEGER,
+    columns      INTEGER,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_guid ON images(patient_guid);
+CREATE TABLE IF NOT EXISTS patients (
+    guid       TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    search     TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS runs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -389,6 +469,86 @@ impl Ledger {
         })
     }
 
+    /// Records where a stored image is and what it shows, for the service.
+    pub fn index_image(&self, item_id: &str, guid: &str, location: &str, facts: &ImageFacts) -> Result<(), LedgerError> {
+        let now = now_ms();
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "INSERT INTO images (item_id, patient_guid, location, name, modality, study_date, rows, columns, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(item_id) DO UPDATE SET patient_guid = ?2, location = ?3, name = ?4, modality = ?5,
+                    study_date = ?6, rows = ?7, columns = ?8, updated_at = ?9",
+                params![item_id, guid, location, facts.name, facts.modality, facts.study_date, facts.rows, facts.columns, now],
+            )?;
+            if let Some(pn) = facts.patient_name.as_deref().filter(|p| !p.trim().is_empty()) {
+                let (display, search) = person_name(pn);
+                tx.execute(
+                    "INSERT INTO patients (guid, name, search, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(guid) DO UPDATE SET name = ?2, search = ?3, updated_at = ?4",
+                    params![guid, display, search, now],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Stored images of a patient, by location.
+    pub fn images_of(&self, guid: &str) -> Result<Vec<IndexedImage>, LedgerError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT item_id, patient_guid, location, name, modality, study_date, rows, columns
+                 FROM images WHERE patient_guid = ?1 ORDER BY location",
+            )?;
+            let rows = stmt.query_map(params![guid], |r| {
+                Ok(IndexedImage {
+                    item_id: r.get(0)?,
+                    patient_guid: r.get(1)?,
+                    location: r.get(2)?,
+                    facts: ImageFacts {
+                        name: r.get(3)?,
+                        patient_name: None,
+                        modality: r.get(4)?,
+                        study_date: r.get(5)?,
+                        rows: r.get(6)?,
+                        columns: r.get(7)?,
+                    },
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Patients whose first or last name starts with each word of `query`
+    /// (case- and accent-insensitive), with their image counts.
+    pub fn search_patients(&self, query: &str, limit: u32) -> Result<Vec<PatientHit>, LedgerError> {
+        let words: Vec<String> = fold(query).split_whitespace().map(str::to_owned).collect();
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT p.guid, p.name, p.search, (SELECT count(*) FROM images i WHERE i.patient_guid = p.guid)
+                 FROM patients p ORDER BY p.name, p.guid",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            })?;
+            let mut hits = Vec::new();
+            for row in rows {
+                let (guid, name, search, n) = row?;
+                let tokens: Vec<&str> = search.split(' ').collect();
+                if words.iter().all(|w| tokens.iter().any(|t| t.starts_with(w.as_str()))) {
+                    hits.push(PatientHit { guid, name, image_count: n as u64 });
+                    if hits.len() >= limit as usize {
+                        break;
+                    }
+                }
+            }
+            Ok(hits)
+        })
+    }
+
     /// Every item record (for tests and tools).
     pub fn items(&self) -> Result<Vec<ItemRecord>, LedgerError> {
         self.with(|c| {
@@ -462,6 +622,23 @@ mod tests {
         let log = l.log_entries(None, 10).unwrap();
         assert_eq!(log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["upload", "process", "process"]);
         assert_eq!(B.delay(10), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn patient_search_folds_case_and_accents() {
+        let (_d, l) = ledger();
+        let facts = |pn: &str, name: &str| ImageFacts { name: name.into(), patient_name: Some(pn.into()), ..Default::default() };
+        l.index_image("a", "g1", "images/g1/a.dcm", &facts("Müller^Jürgen", "a")).unwrap();
+        l.index_image("b", "g1", "images/g1/b.dcm", &facts("Müller^Jürgen", "b")).unwrap();
+        l.index_image("c", "g2", "images/g2/c.dcm", &facts("Straße^Zoë", "c")).unwrap();
+        let s = |q: &str| l.search_patients(q, 10).unwrap().into_iter().map(|h| (h.guid, h.image_count)).collect::<Vec<_>>();
+        assert_eq!(s("mul"), vec![("g1".to_string(), 2)]);
+        assert_eq!(s("JURG muell"), vec![("g1".to_string(), 2)]);
+        assert_eq!(s("strass"), vec![("g2".to_string(), 1)]);
+        assert_eq!(s("zoe"), vec![("g2".to_string(), 1)]);
+        assert!(s("ller").is_empty(), "prefix, not substring");
+        assert_eq!(l.search_patients("müller", 1).unwrap()[0].name, "Müller, Jürgen");
+        assert_eq!(l.images_of("g1").unwrap().len(), 2);
     }
 
     #[test]

@@ -321,6 +321,31 @@ pub fn decide(keys: &[PatientKey], answers: &HashMap<(String, String), Resolutio
     }
 }
 
+/// The facts the service shows for an image, from its metadata.
+fn image_facts(item: &Item, md: &Metadata) -> crate::ledger::ImageFacts {
+    use crate::bindings::types::Value;
+    let text = |k: &str| {
+        md.iter().rev().find(|(key, _)| key == k).and_then(|(_, v)| match v {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
+        })
+    };
+    let int = |k: &str| {
+        md.iter().rev().find(|(key, _)| key == k).and_then(|(_, v)| match v {
+            Value::Integer(i) => Some(*i),
+            _ => None,
+        })
+    };
+    crate::ledger::ImageFacts {
+        name: item.display_name.clone(),
+        patient_name: text("patient.name"),
+        modality: text("modality"),
+        study_date: text("study.date").or_else(|| text("acquisition.date")),
+        rows: int("rows"),
+        columns: int("columns"),
+    }
+}
+
 /// What the ledger says to do with a scanned item.
 enum Verdict {
     /// Process it.
@@ -667,12 +692,20 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
         let summary = summary.clone();
         let cancel = cancel.clone();
         let retries = settings.store_retries;
+        let ledger = stages.ledger.clone();
         tasks.spawn(async move {
             loop {
                 let Some((w, md, guid)) = rx.lock().await.recv().await else { return };
                 // recorded as stored only once the store said so
                 let report = match with_retries(retries, &cancel, || store.store(&w.item, &md, &guid)).await {
-                    Ok(stored) => Report {
+                    Ok(stored) => {
+                        if let Some(ledger) = &ledger {
+                            let facts = image_facts(&w.item, &md);
+                            if let Err(e) = ledger.index_image(&w.item.id, &guid, &stored.location, &facts) {
+                                tracing::warn!("cannot index {}: {e}", w.item.id);
+                            }
+                        }
+                        Report {
                         subject: w.item.id.clone(),
                         outcome: match stored.outcome {
                             StoreOutcome::Stored => Outcome::Stored,
@@ -681,7 +714,8 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         detail: String::new(),
                         patient_guid: Some(guid),
                         location: Some(stored.location),
-                    },
+                    }
+                    }
                     Err(e) => Report {
                         subject: w.item.id.clone(),
                         outcome: Outcome::Failed,

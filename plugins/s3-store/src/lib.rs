@@ -19,30 +19,4 @@
 //!
 //! The logic (idempotence, collisions, sidecar) is shared with `fs-store`
 //! in `ferry-store-common`.
-use ferry_plugin_sdk::types::{Item, Metadata, StageError};
-use ferry_plugin_sdk::Slot;
-use ferry_store_common::{store_item, HostBackend, Outcome, Settings, S3_PROFILE};
-
-use ferry_exports::store::{Guest, StoreOutcome, Stored};
-
-static STATE: Slot<Settings> = Slot::new();
-
-struct S3Store;
-
-impl Guest for S3Store {
-    fn configure(config: String) -> Result<(), StageError> {
-        STATE.set(Settings::configure(&config, &S3_PROFILE)?);
-        Ok(())
-    }
-
-    fn store(item: Item, metadata: Metadata, patient_guid: String) -> Result<Stored, StageError> {
-        let placed = STATE.with(|s| store_item(s, &mut HostBackend, &item, &metadata, &patient_guid))??;
-        let outcome = match placed.outcome {
-            Outcome::Stored => StoreOutcome::Stored,
-            Outcome::Unchanged => StoreOutcome::Unchanged,
-        };
-        Ok(Stored { location: placed.location, outcome })
-    }
-}
-
-ferry_plugin_sdk::store_plugin!(S3Store, wit = "../../wit");
+ferry_store_common::export_store!(S3Store, ferry_store_common::S3_PROFILE, wit = "../../wit");

@@ -626,3 +626,42 @@ pub fn sidecar(
 
 #[cfg(test)]
 mod tests;
+
+/// Defines and exports a store plugin named `$name` over this crate with
+/// the `[config]` defaults of `$profile`. The whole of a store plugin:
+///
+/// ```ignore
+/// ferry_store_common::export_store!(S3Store, ferry_store_common::S3_PROFILE, wit = "../../wit");
+/// ```
+#[macro_export]
+macro_rules! export_store {
+    ($name:ident, $profile:expr, wit = $wit:literal) => {
+        static STATE: ::ferry_plugin_sdk::Slot<$crate::Settings> = ::ferry_plugin_sdk::Slot::new();
+
+        struct $name;
+
+        impl ferry_exports::store::Guest for $name {
+            fn configure(config: String) -> Result<(), ::ferry_plugin_sdk::types::StageError> {
+                STATE.set($crate::Settings::configure(&config, &$profile)?);
+                Ok(())
+            }
+
+            fn store(
+                item: ::ferry_plugin_sdk::types::Item,
+                metadata: ::ferry_plugin_sdk::types::Metadata,
+                patient_guid: String,
+            ) -> Result<ferry_exports::store::Stored, ::ferry_plugin_sdk::types::StageError> {
+                let placed = STATE.with(|s| {
+                    $crate::store_item(s, &mut $crate::HostBackend, &item, &metadata, &patient_guid)
+                })??;
+                let outcome = match placed.outcome {
+                    $crate::Outcome::Stored => ferry_exports::store::StoreOutcome::Stored,
+                    $crate::Outcome::Unchanged => ferry_exports::store::StoreOutcome::Unchanged,
+                };
+                Ok(ferry_exports::store::Stored { location: placed.location, outcome })
+            }
+        }
+
+        ::ferry_plugin_sdk::store_plugin!($name, wit = $wit);
+    };
+}
