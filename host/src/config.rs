@@ -102,6 +102,73 @@ pub struct Schedule {
     pub every: Duration,
 }
 
+/// `[serve]`: the HTTP service of `ferry serve` (API, web page, metrics).
+///
+/// ```toml
+/// [serve]
+/// listen = "127.0.0.1:8080"
+/// presign = false              # S3 only: redirect downloads to short-lived presigned URLs
+/// [serve.auth]
+/// hs256_secret = "${FERRY_JWT_SECRET}"      # or public_key = "jwt.pem" (RS256/ES256), or jwks = "jwks.json"
+/// audience = "ferry"
+/// issuer = "https://pms.example.com"
+/// clinic_id = "clinic-7"       # tokens with another `clinic` claim are refused
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub presign: bool,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Where rendered previews are cached. Default: `state_dir/previews`.
+    #[serde(default)]
+    pub preview_cache: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// How API callers prove who they are (JWT bearer tokens).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub hs256_secret: Option<Secret>,
+    /// PEM public key (RS256 or ES256), relative to the pipeline file.
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
+    /// A JWKS document on disk, relative to the pipeline file.
+    #[serde(default)]
+    pub jwks: Option<PathBuf>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Claim holding the role(s): `viewer`, `operator`, `admin`.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Claim naming the clinic a token is limited to.
+    #[serde(default = "default_clinic_claim")]
+    pub clinic_claim: String,
+    /// This pipeline's clinic (checked against the clinic claim).
+    #[serde(default)]
+    pub clinic_id: Option<String>,
+    /// No authentication at all: for a demo on 127.0.0.1 only.
+    #[serde(default)]
+    pub dev_mode: bool,
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_clinic_claim() -> String {
+    "clinic".into()
+}
+
 /// `[resolver] cache`: how long answers are reused.
 ///
 /// ```toml
@@ -382,6 +449,8 @@ struct RawPipeline {
     store: StageConfig,
     #[serde(default)]
     schedule: Option<Schedule>,
+    #[serde(default)]
+    serve: Option<ServeConfig>,
 }
 
 /// The four stage roles, in pipeline order.
@@ -457,6 +526,8 @@ pub struct Pipeline {
     pub retry_max: Duration,
     pub schedule: Option<Schedule>,
     pub cache: CacheConfig,
+    /// `[serve]`, with paths resolved.
+    pub serve: Option<ServeConfig>,
 }
 
 impl Pipeline {
@@ -658,6 +729,12 @@ impl Pipeline {
             retry_max: raw.pipeline.retry_max,
             schedule: raw.schedule,
             cache,
+            serve: raw.serve.map(|mut sv| {
+                sv.auth.public_key = sv.auth.public_key.as_deref().map(rel);
+                sv.auth.jwks = sv.auth.jwks.as_deref().map(rel);
+                sv.preview_cache = sv.preview_cache.as_deref().map(rel);
+                sv
+            }),
         })
     }
 

@@ -27,4 +27,5 @@ pub mod ledger;
 pub mod plugin;
 pub mod runner;
 pub mod runtime;
+pub mod serve;
 pub mod stage;

@@ -1,0 +1,1 @@
+//! The web page ferry serves at `/`, embedded in the binary. (Being written.)
