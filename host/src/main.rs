@@ -71,6 +71,29 @@ enum Command {
         #[arg(long)]
         forget_resolutions: bool,
     },
+    /// Run the pipeline on its schedule and serve the API and web page
+    /// (`[serve]` in the pipeline file).
+    Serve {
+        pipeline: PathBuf,
+        /// Address to listen on (overrides [serve] listen).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Mint a JWT for local use and testing from the configured secret.
+    Token {
+        pipeline: PathBuf,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Lifetime, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long, default_value = "ferry-cli")]
+        subject: String,
+        /// Limit the token to this clinic.
+        #[arg(long)]
+        clinic: Option<String>,
+    },
     /// The synchronization log, newest first.
     Log {
         pipeline: PathBuf,
@@ -215,6 +238,18 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 let k = ledger.clear_resolution_cache()?;
                 println!("forgot {k} cached patient resolution(s)");
             }
+            Ok(0)
+        }
+        Command::Serve { pipeline, listen } => {
+            init_logging(cli.log_format, None);
+            let p = runtime::load_pipeline(&pipeline)?;
+            ferry::serve::serve(p, listen, &Options::from_env()).await?;
+            Ok(0)
+        }
+        Command::Token { pipeline, role, ttl, subject, clinic } => {
+            let p = runtime::load_pipeline(&pipeline)?;
+            let ttl = ferry::config::parse_duration(&ttl).map_err(anyhow::Error::msg)?;
+            println!("{}", ferry::serve::auth::token_command(&p, &role, ttl, &subject, clinic.as_deref())?);
             Ok(0)
         }
         Command::Log { pipeline, patient, limit } => {
