@@ -146,3 +146,33 @@ async fn lost_sql_server_connections_are_retried() {
     assert_eq!(s.count(Outcome::Unchanged) as usize, DEMO_EXPECTED.stored, "{}", s.line());
     assert!(tds.logins() > logins, "ferry logged in again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_that_changes_patient_is_noticed() {
+    let fx = Fixture::new(demo_site());
+    let resolver = ResolverServer::start(fx.site.card_map.clone());
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    // answers expire at once, so the second run asks again
+    let toml = fx
+        .production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "")
+        .replace("limits = { memory = \"64MiB\", timeout = \"5s\" }", "limits = { memory = \"64MiB\", timeout = \"5s\" }\ncache = { ttl = \"1ms\", not_found_ttl = \"1ms\" }");
+    let rt = runtime(fx.load_with_env(&toml)).await;
+    run(&rt).await;
+
+    // the PMS now says card C-1001 belongs to someone else; its image is re-exported
+    let new_guid = ferry_tests::guid("someone-else");
+    resolver.set_mapping("C-1001", &new_guid);
+    let img = fx.site.image(101);
+    let mut bytes = std::fs::read(&img.path).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 1;
+    std::fs::write(&img.path, &bytes).unwrap();
+    let s = run(&rt).await;
+    assert_eq!(report(&s, &img.rel_path).patient_guid.as_deref(), Some(new_guid.as_str()));
+    let log = fx.ledger().log_entries(None, 200).unwrap();
+    let changed: Vec<_> = log.iter().filter(|e| e.action == "resolution-changed").collect();
+    assert_eq!(changed.len(), 1, "{changed:#?}");
+    assert!(changed[0].details.contains(&new_guid), "{}", changed[0].details);
+    assert!(!changed[0].details.contains("C-1001"), "no card id in the log");
+}
