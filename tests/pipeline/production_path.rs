@@ -176,3 +176,32 @@ async fn a_card_that_changes_patient_is_noticed() {
     assert!(changed[0].details.contains(&new_guid), "{}", changed[0].details);
     assert!(!changed[0].details.contains("C-1001"), "no card id in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tests_sql_login_resolver_and_bucket() {
+    use ferry::config::Role;
+    let fx = Fixture::new(demo_site());
+    let tds = ferry_tds_server::TdsServer::start(&fx.site.db, Default::default()).await.unwrap();
+    let resolver = ResolverServer::start(fx.site.card_map.clone());
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let good = fx.production_toml(&Sql::SqlServer(tds.port()), &resolver, &s3, BUCKET, "");
+    let lines = ferry::runtime::check(&fx.load_with_env(&good), &crate::harness::options()).await.unwrap();
+    for l in &lines {
+        assert!(l.ok, "{l}");
+    }
+    let line = |lines: &[ferry::runtime::CheckLine], r: Role| lines.iter().find(|l| l.role == r).unwrap().clone();
+    assert!(line(&lines, Role::Resolver).message.contains("test lookup answered"));
+    assert!(line(&lines, Role::Store).message.contains(&format!("s3://{BUCKET}/")));
+
+    // wrong password, missing bucket: each on its stage's line, with the fix
+    tds.set_refuse_logins(true);
+    let bad = good.replace(&format!("bucket = \"{BUCKET}\""), "bucket = \"no-such-bucket\"");
+    let lines = ferry::runtime::check(&fx.load_with_env(&bad), &crate::harness::options()).await.unwrap();
+    let source = line(&lines, Role::Source);
+    assert!(!source.ok && source.message.contains("login failed"), "{source}");
+    assert!(source.message.contains("check user and password"), "{source}");
+    let store = line(&lines, Role::Store);
+    assert!(!store.ok && store.message.contains("no-such-bucket"), "{store}");
+    assert!(line(&lines, Role::Extractor).ok);
+}
