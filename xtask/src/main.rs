@@ -63,20 +63,26 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 
 fn demo(root: &Path) -> Result<()> {
     let out = build_plugins(root)?;
+    // Build exactly what `cargo xtask test` builds (tests included), so the
+    // two commands share one build: with a narrower `cargo run -p ferry`,
+    // cargo would unify features differently and compile dependencies twice.
+    cargo(root, &["build", "--workspace", "--bins", "--tests", "--quiet"], &[])?;
+    let bin = root.join("target").join("debug");
     let demo = root.join("target").join("demo");
     eprintln!("==> generating a synthetic Sidexis site in {}", demo.join("site").display());
-    cargo(
-        root,
-        &["run", "--quiet", "-p", "ferry-tests", "--bin", "demo-site", "--", "target/demo/site"],
-        &[],
-    )?;
+    let status = Command::new(bin.join("demo-site")).current_dir(root).arg("target/demo/site").status()?;
+    if !status.success() {
+        bail!("demo-site failed ({status})");
+    }
     eprintln!("==> running pipelines/demo.toml");
-    let status = Command::new(env_or("CARGO", "cargo"))
+    let started = std::time::Instant::now();
+    let status = Command::new(bin.join("ferry"))
         .current_dir(root)
-        .args(["run", "--quiet", "-p", "ferry", "--", "run", "pipelines/demo.toml"])
+        .args(["run", "pipelines/demo.toml"])
         .env("FERRY_PLUGIN_DIR", &out)
         .status()
         .context("running ferry")?;
+    eprintln!("==> ferry run took {:.2?}", started.elapsed());
     eprintln!(
         "\nLook at:\n  \
          target/demo/store/images/<patientGuid>/  the stored images and their .json sidecars\n  \
@@ -93,7 +99,8 @@ fn demo(root: &Path) -> Result<()> {
 fn bench(root: &Path, extra: &[String]) -> Result<()> {
     let out = build_plugins(root)?;
     let release = extra.iter().any(|a| a == "--release");
-    let mut build = vec!["build", "-p", "ferry", "-p", "ferry-tests", "--bin", "ferry", "--bin", "bench"];
+    // the same build as `cargo xtask test` (see `demo`)
+    let mut build = vec!["build", "--workspace", "--bins", "--tests"];
     if release {
         build.push("--release");
     }
