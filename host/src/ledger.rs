@@ -549,6 +549,62 @@ impl Ledger {
         })
     }
 
+    /// One entry of the synchronization log, by id.
+    pub fn log_entry(&self, id: i64) -> Result<Option<LogEntry>, LedgerError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, at, run_id, item_id, patient_guid, action, status, details FROM sync_log WHERE id = ?1",
+                params![id],
+                row_to_log,
+            )
+            .optional()
+        })
+    }
+
+    /// A page of the synchronization log, newest first: entries older than
+    /// `before` (an entry id), optionally of one patient.
+    pub fn log_page(&self, patient_guid: Option<&str>, before: Option<i64>, limit: u32)
+        -> Result<Vec<LogEntry>, LedgerError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, at, run_id, item_id, patient_guid, action, status, details FROM sync_log
+                 WHERE (?1 IS NULL OR patient_guid = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![patient_guid, before, limit], row_to_log)?;
+            rows.collect()
+        })
+    }
+
+    /// The items attached to a patient (whatever their state), by id.
+    pub fn items_of(&self, guid: &str) -> Result<Vec<ItemRecord>, LedgerError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, updated_at
+                 FROM items WHERE patient_guid = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![guid], row_to_item)?;
+            rows.collect()
+        })
+    }
+
+    /// Does the ledger know this patient at all (items, images or log)?
+    pub fn knows_patient(&self, guid: &str) -> Result<bool, LedgerError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM items WHERE patient_guid = ?1)
+                     OR EXISTS(SELECT 1 FROM images WHERE patient_guid = ?1)
+                     OR EXISTS(SELECT 1 FROM sync_log WHERE patient_guid = ?1)",
+                params![guid],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// A cheap query proving the database answers (for readiness checks).
+    pub fn ping(&self) -> Result<(), LedgerError> {
+        self.with(|c| c.query_row("SELECT count(*) FROM runs", [], |r| r.get::<_, i64>(0)).map(|_| ()))
+    }
+
     /// Every item record (for tests and tools).
     pub fn items(&self) -> Result<Vec<ItemRecord>, LedgerError> {
         self.with(|c| {
@@ -560,6 +616,19 @@ impl Ledger {
             rows.collect()
         })
     }
+}
+
+fn row_to_log(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
+    Ok(LogEntry {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        run_id: r.get(2)?,
+        item_id: r.get(3)?,
+        patient_guid: r.get(4)?,
+        action: r.get(5)?,
+        status: r.get(6)?,
+        details: r.get(7)?,
+    })
 }
 
 fn row_to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<ItemRecord> {

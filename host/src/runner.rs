@@ -243,6 +243,13 @@ pub struct Settings {
     pub backoff: Backoff,
     pub quarantine_backoff: Backoff,
     pub cache: CacheConfig,
+    /// Only these item ids (a re-sync of one patient from `ferry serve`):
+    /// other items and the source's notices are passed over without being
+    /// counted. `None`: everything.
+    pub only: Option<Arc<std::collections::HashSet<String>>>,
+    /// Process items even where the ledger says there is nothing to do
+    /// (stored and unchanged, or parked), so the store re-verifies them.
+    pub force: bool,
 }
 
 /// Calls `f` again on retryable errors, with exponential backoff.
@@ -523,8 +530,12 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
         let retries = settings.source_retries;
         let ledger = stages.ledger.clone();
         let roots = stages.fs_roots.clone();
+        let only = settings.only.clone();
+        let force = settings.force;
         tasks.spawn(async move {
             let mut cursor: Option<String> = None;
+            // with `only`, the scan ends once every wanted item was seen
+            let mut wanted = only.as_ref().map(|o| o.len());
             loop {
                 if cancel.is_cancelled() {
                     summary.interrupted.store(true, Ordering::Relaxed);
@@ -539,6 +550,9 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                     }
                 };
                 for n in page.notices {
+                    if only.is_some() {
+                        continue;
+                    }
                     summary.scanned.fetch_add(1, Ordering::Relaxed);
                     let outcome = match n.outcome {
                         NoticeOutcome::Skip => Outcome::Skipped,
@@ -550,9 +564,16 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                     );
                 }
                 for item in page.items {
+                    if let Some(only) = &only {
+                        if !only.contains(&item.id) {
+                            continue;
+                        }
+                        wanted = wanted.map(|n| n.saturating_sub(1));
+                    }
                     let fp = fingerprint(&roots, &item.file);
                     let work = Work { item, fingerprint: fp };
-                    match verdict(ledger.as_deref(), &work) {
+                    let verdict = if force { Verdict::Process } else { verdict(ledger.as_deref(), &work) };
+                    match verdict {
                         Verdict::Done(r) | Verdict::Parked(r) => {
                             summary.scanned.fetch_add(1, Ordering::Relaxed);
                             summary.remembered(r);
@@ -579,7 +600,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         return;
                     }
                 }
-                if page.next_cursor.is_none() {
+                if page.next_cursor.is_none() || wanted == Some(0) {
                     break;
                 }
                 if page.next_cursor == cursor {

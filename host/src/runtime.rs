@@ -141,6 +141,8 @@ impl Runtime {
             backoff: Backoff { base: p.retry_after, max: p.retry_max },
             quarantine_backoff: Backoff { base: p.retry_max, max: p.retry_max },
             cache: p.cache.clone(),
+            only: None,
+            force: false,
         }
     }
 

@@ -50,8 +50,35 @@ fn plugin_out_dir(root: &Path) -> PathBuf {
     root.join("target").join("plugins")
 }
 
+/// The browser test drives the web page in headless Chromium: Debian's
+/// `chromium` package and playwright-core from npm (which never downloads
+/// a browser). Installed here when missing, like the wasm target.
+fn browser_prerequisites(root: &Path) -> Result<()> {
+    if std::env::var_os("FERRY_SKIP_BROWSER").is_some() {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/chromium").exists() {
+        apt_install(&["chromium"])?;
+    }
+    let browser = root.join("tests").join("browser");
+    if !browser.join("node_modules").is_dir() {
+        eprintln!("==> npm ci --prefix tests/browser (playwright-core)");
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&browser)
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+            .status()
+            .context("running npm (install Node.js 20 or newer for the browser test, or set FERRY_SKIP_BROWSER=1)")?;
+        if !status.success() {
+            bail!("npm ci in tests/browser failed ({status})");
+        }
+    }
+    Ok(())
+}
+
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     let out = build_plugins(root)?;
+    browser_prerequisites(root)?;
     // plugin logic that needs no host is unit-tested natively
     eprintln!("==> plugin unit tests (native)");
     cargo(&root.join("plugins"), &["test", "--workspace", "--quiet"], &[])?;

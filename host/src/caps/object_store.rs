@@ -41,6 +41,51 @@ pub trait ObjectStore: Send + Sync {
     async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, HostError>;
     /// Checks the store is usable (for `ferry check`).
     async fn probe(&self) -> Result<(), HostError>;
+    /// Reads an object back (for `ferry serve`), streamed: `None` if there
+    /// is none; else its info, its total size and the bytes of `range`
+    /// (`(first, Some(last))` inclusive, `(first, None)` to the end; a
+    /// `last` past the end is clamped). A range starting at or past the
+    /// end yields an empty stream: the caller compares with the total size
+    /// and answers 416.
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(ObjectInfo, u64, ByteStream)>, HostError>;
+    /// A short-lived URL that downloads the object without ferry in the
+    /// way, where the backend has such a thing (S3: a presigned GET);
+    /// `None` otherwise. It does not check that the object exists.
+    async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> Result<Option<String>, HostError>;
+}
+
+/// `(first, last)` byte offsets, `last` inclusive; `None` means to the end.
+pub type ByteRange = (u64, Option<u64>);
+
+/// Object bytes on their way out, in chunks, never all in memory.
+pub type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>>;
+
+/// The bytes `first..=last` of a range over an object of `total` bytes,
+/// as `(offset, length)`; length 0 when the range starts past the end.
+pub fn range_span(range: Option<ByteRange>, total: u64) -> (u64, u64) {
+    match range {
+        None => (0, total),
+        Some((first, _)) if first >= total => (first, 0),
+        Some((first, last)) => {
+            let end = last.map(|l| l.saturating_add(1).min(total)).unwrap_or(total);
+            (first, end.saturating_sub(first))
+        }
+    }
+}
+
+/// Streams `len` bytes of an open file from where it stands, in 64 KiB
+/// chunks.
+pub fn file_stream(file: tokio::fs::File, len: u64) -> ByteStream {
+    const CHUNK: usize = 64 * 1024;
+    let reader = file.take(len);
+    Box::pin(futures_util::stream::try_unfold(reader, |mut r| async move {
+        let mut buf = bytes::BytesMut::with_capacity(CHUNK);
+        let n = r.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some((buf.freeze(), r)))
+    }))
 }
 
 /// Builds the backend a grant names.
@@ -298,6 +343,32 @@ impl ObjectStore for FsStore {
         }
         let next_cursor = if more { keys.last().cloned() } else { None };
         Ok(Listing { objects, next_cursor })
+    }
+
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(ObjectInfo, u64, ByteStream)>, HostError> {
+        let path = self.object_path(key)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(key, e)),
+        };
+        let md = file.metadata().await.map_err(|e| io_error(key, e))?;
+        if !md.is_file() {
+            return Ok(None);
+        }
+        // the open file is what is streamed, even if it is replaced meanwhile
+        let total = md.len();
+        let Some(info) = self.head(key).await? else { return Ok(None) };
+        let (offset, len) = range_span(range, total);
+        if len > 0 && offset > 0 {
+            use tokio::io::AsyncSeekExt;
+            file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| io_error(key, e))?;
+        }
+        Ok(Some((info, total, file_stream(file, len))))
+    }
+
+    async fn presign_get(&self, _key: &str, _ttl: std::time::Duration) -> Result<Option<String>, HostError> {
+        Ok(None)
     }
 
     async fn probe(&self) -> Result<(), HostError> {

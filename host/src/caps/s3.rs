@@ -9,6 +9,9 @@
 //! metadata so `head` can compare without downloading). The SDK retries
 //! 5xx, throttling and timeouts with backoff; what still fails comes back
 //! as `unavailable` (retryable) or a permanent error with the reason.
+//!
+//! `ferry serve` reads objects back through `get` (a streamed, optionally
+//! ranged GetObject) or hands out presigned GET URLs (`presign_get`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use super::fs::io_error;
-use super::object_store::{check_key, Metadata, ObjectStore};
+use super::object_store::{check_key, ByteRange, ByteStream as ObjectBytes, Metadata, ObjectStore};
 use crate::bindings::object_store::{Listing, ObjectInfo};
 use crate::bindings::types::HostError;
 use crate::config::S3Grant;
@@ -411,6 +414,66 @@ impl ObjectStore for S3Store {
             .collect();
         let next_cursor = if out.is_truncated().unwrap_or(false) { objects.last().map(|o| o.key.clone()) } else { None };
         Ok(Listing { objects, next_cursor })
+    }
+
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(ObjectInfo, u64, ObjectBytes)>, HostError> {
+        check_key(key)?;
+        let header = range.map(|(first, last)| match last {
+            Some(last) => format!("bytes={first}-{last}"),
+            None => format!("bytes={first}-"),
+        });
+        let r = self
+            .client()
+            .await
+            .get_object()
+            .bucket(&self.grant.bucket)
+            .key(self.full_key(key))
+            .set_range(header)
+            .send()
+            .await;
+        let out = match r {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(se)) if se.err().is_no_such_key() => return Ok(None),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 416 => {
+                // the range starts past the end: say how long the object is
+                return Ok(self.head(key).await?.map(|info| {
+                    let total = info.size;
+                    (info, total, Box::pin(futures_util::stream::empty()) as ObjectBytes)
+                }));
+            }
+            Err(e) => return Err(s3_error(&self.grant.bucket, key, e)),
+        };
+        let length = out.content_length().unwrap_or(0).max(0) as u64;
+        // `bytes 0-9/1234` on a ranged answer, else the length is the size
+        let total = out
+            .content_range()
+            .and_then(|cr| cr.rsplit_once('/'))
+            .and_then(|(_, t)| t.trim().parse::<u64>().ok())
+            .unwrap_or(length);
+        let info = self.info(key, total, out.metadata());
+        let what = format!("s3://{}/{key}", self.grant.bucket);
+        let body = futures_util::stream::unfold((out.body, what), |(mut body, what)| async move {
+            let chunk = body.next().await?;
+            let chunk = chunk.map_err(|e| std::io::Error::other(format!("reading {what}: {e}")));
+            Some((chunk, (body, what)))
+        });
+        Ok(Some((info, total, Box::pin(body))))
+    }
+
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>, HostError> {
+        check_key(key)?;
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)
+            .map_err(|e| HostError::Invalid(format!("presigned URL lifetime {ttl:?}: {e}")))?;
+        let req = self
+            .client()
+            .await
+            .get_object()
+            .bucket(&self.grant.bucket)
+            .key(self.full_key(key))
+            .presigned(config)
+            .await
+            .map_err(|e| s3_error(&self.grant.bucket, key, e))?;
+        Ok(Some(req.uri().to_string()))
     }
 
     async fn probe(&self) -> Result<(), HostError> {
