@@ -323,6 +323,8 @@ async fn serve(listener: tokio::net::TcpListener, s3: S3Service, faults: Option<
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
+        // small responses would otherwise wait for Nagle + delayed ACK (~40 ms)
+        socket.set_nodelay(true).ok();
         let (s3, faults) = (s3.clone(), faults.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(req, s3.clone(), faults.clone()));

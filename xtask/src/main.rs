@@ -115,7 +115,10 @@ fn demo(root: &Path) -> Result<()> {
          target/demo/store/images/<patientGuid>/  the stored images and their .json sidecars\n  \
          target/demo/site/                        the synthetic PDATA share, sidexis.db, card-map.csv\n  \
          pipelines/demo.toml                      the pipeline that did it\n\
-         Run `cargo xtask demo` again: nothing new is stored (unchanged=30)."
+         Run `cargo xtask demo` again: nothing new is stored (unchanged=30).\n\n\
+         The service on the demo data (API, web page, metrics):\n  \
+         target/debug/ferry serve pipelines/demo.toml   then open http://127.0.0.1:8080\n  \
+         (search `mull`; authentication is off in the demo, on 127.0.0.1 only)"
     );
     if !status.success() {
         bail!("ferry run failed ({status})");
