@@ -32,9 +32,10 @@ use crate::runner::Outcome;
 #[derive(Debug, thiserror::Error)]
 #[error("ledger {path}: {source}")]
 pub struct LedgerError {
+    /// The ledger's file or URL.
     pub path: PathBuf,
     #[source]
-    pub source: rusqlite::Error,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -163,7 +164,8 @@ impl Backoff {
     }
 }
 
-pub struct Ledger {
+/// The ledger in one SQLite file (the default; one `ferry` per clinic).
+pub struct SqliteLedger {
     path: PathBuf,
     conn: Mutex<Connection>,
 }
@@ -245,10 +247,90 @@ pub fn key_hash(scheme: &str, value: &str) -> String {
     hex::encode(h.finalize())
 }
 
-impl Ledger {
+/// What ferry keeps across runs, behind one interface so that a shared
+/// database (PostgreSQL, for several `ferry serve` replicas) can replace
+/// the SQLite file without touching the runner or the API. Calls are
+/// synchronous and short; callers on async threads keep them brief.
+pub trait Ledger: Send + Sync {
+    fn begin_run(&self) -> Result<i64, LedgerError>;
+
+    fn end_run(&self, run_id: i64, summary: &str) -> Result<(), LedgerError>;
+
+    fn item(&self, id: &str) -> Result<Option<ItemRecord>, LedgerError>;
+
+    /// Records an outcome and appends to the synchronization log. For
+    /// problems, `backoff` sets when the item may be tried again.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        run_id: i64,
+        id: &str,
+        outcome: Outcome,
+        fingerprint: Option<&str>,
+        patient_guid: Option<&str>,
+        location: Option<&str>,
+        details: &str,
+        backoff: Backoff,
+    ) -> Result<(), LedgerError>;
+
+    /// Appends a free-form entry to the synchronization log.
+    fn log(&self, run_id: i64, item_id: &str, patient_guid: Option<&str>, action: &str, status: &str, details: &str)
+        -> Result<(), LedgerError>;
+
+    /// The synchronization log, newest first.
+    fn log_entries(&self, patient_guid: Option<&str>, limit: u32) -> Result<Vec<LogEntry>, LedgerError>;
+
+    /// A fresh cached answer for a key, if any.
+    fn cached(&self, scheme: &str, value: &str) -> Result<Option<CachedAnswer>, LedgerError>;
+
+    /// Stores an answer; returns the previous one (even expired) if it
+    /// named a different patient, so the caller can report the change.
+    fn remember(&self, scheme: &str, value: &str, answer: &CachedAnswer, ttl: Duration)
+        -> Result<Option<CachedAnswer>, LedgerError>;
+
+    /// Makes parked items (in `states`) due now; returns how many.
+    fn requeue(&self, states: &[Outcome]) -> Result<usize, LedgerError>;
+
+    /// Forgets cached resolutions (after fixing the PMS, say).
+    fn clear_resolution_cache(&self) -> Result<usize, LedgerError>;
+
+    fn status(&self, oldest: u32) -> Result<Status, LedgerError>;
+
+    /// Records where a stored image is and what it shows, for the service.
+    fn index_image(&self, item_id: &str, guid: &str, location: &str, facts: &ImageFacts) -> Result<(), LedgerError>;
+
+    /// Stored images of a patient, by location.
+    fn images_of(&self, guid: &str) -> Result<Vec<IndexedImage>, LedgerError>;
+
+    /// Patients whose first or last name starts with each word of `query`
+    /// (case- and accent-insensitive), with their image counts.
+    fn search_patients(&self, query: &str, limit: u32) -> Result<Vec<PatientHit>, LedgerError>;
+
+    /// One entry of the synchronization log, by id.
+    fn log_entry(&self, id: i64) -> Result<Option<LogEntry>, LedgerError>;
+
+    /// A page of the synchronization log, newest first: entries older than
+    /// `before` (an entry id), optionally of one patient.
+    fn log_page(&self, patient_guid: Option<&str>, before: Option<i64>, limit: u32)
+        -> Result<Vec<LogEntry>, LedgerError>;
+
+    /// The items attached to a patient (whatever their state), by id.
+    fn items_of(&self, guid: &str) -> Result<Vec<ItemRecord>, LedgerError>;
+
+    /// Does the ledger know this patient at all (items, images or log)?
+    fn knows_patient(&self, guid: &str) -> Result<bool, LedgerError>;
+
+    /// A cheap query proving the database answers (for readiness checks).
+    fn ping(&self) -> Result<(), LedgerError>;
+
+    /// Every item record (for tests and tools).
+    fn items(&self) -> Result<Vec<ItemRecord>, LedgerError>;
+}
+
+impl SqliteLedger {
     /// Opens (creating if needed) the ledger at `path`.
-    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
-        let err = |source| LedgerError { path: path.to_owned(), source };
+    pub fn open(path: &Path) -> Result<SqliteLedger, LedgerError> {
+        let err = |source: rusqlite::Error| LedgerError { path: path.to_owned(), source: Box::new(source) };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 err(rusqlite::Error::SqliteFailure(
@@ -264,7 +346,7 @@ impl Ledger {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(Ledger { path: path.to_owned(), conn: Mutex::new(conn) })
+        Ok(SqliteLedger { path: path.to_owned(), conn: Mutex::new(conn) })
     }
 
     pub fn path(&self) -> &Path {
@@ -273,24 +355,26 @@ impl Ledger {
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, LedgerError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn).map_err(|source| LedgerError { path: self.path.clone(), source })
+        f(&conn).map_err(|source| LedgerError { path: self.path.clone(), source: Box::new(source) })
     }
+}
 
-    pub fn begin_run(&self) -> Result<i64, LedgerError> {
+impl Ledger for SqliteLedger {
+    fn begin_run(&self) -> Result<i64, LedgerError> {
         self.with(|c| {
             c.execute("INSERT INTO runs (started_at) VALUES (?1)", params![now_ms()])?;
             Ok(c.last_insert_rowid())
         })
     }
 
-    pub fn end_run(&self, run_id: i64, summary: &str) -> Result<(), LedgerError> {
+    fn end_run(&self, run_id: i64, summary: &str) -> Result<(), LedgerError> {
         self.with(|c| {
             c.execute("UPDATE runs SET finished_at = ?1, summary = ?2 WHERE id = ?3", params![now_ms(), summary, run_id])
                 .map(|_| ())
         })
     }
 
-    pub fn item(&self, id: &str) -> Result<Option<ItemRecord>, LedgerError> {
+    fn item(&self, id: &str) -> Result<Option<ItemRecord>, LedgerError> {
         self.with(|c| {
             c.query_row(
                 "SELECT id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, updated_at
@@ -305,7 +389,7 @@ impl Ledger {
     /// Records an outcome and appends to the synchronization log. For
     /// problems, `backoff` sets when the item may be tried again.
     #[allow(clippy::too_many_arguments)]
-    pub fn record(
+    fn record(
         &self,
         run_id: i64,
         id: &str,
@@ -359,7 +443,7 @@ impl Ledger {
     }
 
     /// Appends a free-form entry to the synchronization log.
-    pub fn log(&self, run_id: i64, item_id: &str, patient_guid: Option<&str>, action: &str, status: &str, details: &str)
+    fn log(&self, run_id: i64, item_id: &str, patient_guid: Option<&str>, action: &str, status: &str, details: &str)
         -> Result<(), LedgerError> {
         self.with(|c| {
             c.execute(
@@ -371,7 +455,7 @@ impl Ledger {
     }
 
     /// The synchronization log, newest first.
-    pub fn log_entries(&self, patient_guid: Option<&str>, limit: u32) -> Result<Vec<LogEntry>, LedgerError> {
+    fn log_entries(&self, patient_guid: Option<&str>, limit: u32) -> Result<Vec<LogEntry>, LedgerError> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, at, run_id, item_id, patient_guid, action, status, details FROM sync_log
@@ -394,7 +478,7 @@ impl Ledger {
     }
 
     /// A fresh cached answer for a key, if any.
-    pub fn cached(&self, scheme: &str, value: &str) -> Result<Option<CachedAnswer>, LedgerError> {
+    fn cached(&self, scheme: &str, value: &str) -> Result<Option<CachedAnswer>, LedgerError> {
         let now = now_ms();
         self.with(|c| {
             c.query_row(
@@ -409,7 +493,7 @@ impl Ledger {
 
     /// Stores an answer; returns the previous one (even expired) if it
     /// named a different patient, so the caller can report the change.
-    pub fn remember(&self, scheme: &str, value: &str, answer: &CachedAnswer, ttl: Duration)
+    fn remember(&self, scheme: &str, value: &str, answer: &CachedAnswer, ttl: Duration)
         -> Result<Option<CachedAnswer>, LedgerError> {
         let now = now_ms();
         let hash = key_hash(scheme, value);
@@ -434,7 +518,7 @@ impl Ledger {
     }
 
     /// Makes parked items (in `states`) due now; returns how many.
-    pub fn requeue(&self, states: &[Outcome]) -> Result<usize, LedgerError> {
+    fn requeue(&self, states: &[Outcome]) -> Result<usize, LedgerError> {
         self.with(|c| {
             let mut n = 0;
             for s in states {
@@ -445,11 +529,11 @@ impl Ledger {
     }
 
     /// Forgets cached resolutions (after fixing the PMS, say).
-    pub fn clear_resolution_cache(&self) -> Result<usize, LedgerError> {
+    fn clear_resolution_cache(&self) -> Result<usize, LedgerError> {
         self.with(|c| c.execute("DELETE FROM resolutions", []))
     }
 
-    pub fn status(&self, oldest: u32) -> Result<Status, LedgerError> {
+    fn status(&self, oldest: u32) -> Result<Status, LedgerError> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT state, count(*) FROM items GROUP BY state ORDER BY state")?;
             let by_state = stmt
@@ -470,7 +554,7 @@ impl Ledger {
     }
 
     /// Records where a stored image is and what it shows, for the service.
-    pub fn index_image(&self, item_id: &str, guid: &str, location: &str, facts: &ImageFacts) -> Result<(), LedgerError> {
+    fn index_image(&self, item_id: &str, guid: &str, location: &str, facts: &ImageFacts) -> Result<(), LedgerError> {
         let now = now_ms();
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
@@ -494,7 +578,7 @@ impl Ledger {
     }
 
     /// Stored images of a patient, by location.
-    pub fn images_of(&self, guid: &str) -> Result<Vec<IndexedImage>, LedgerError> {
+    fn images_of(&self, guid: &str) -> Result<Vec<IndexedImage>, LedgerError> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT item_id, patient_guid, location, name, modality, study_date, rows, columns
@@ -521,7 +605,7 @@ impl Ledger {
 
     /// Patients whose first or last name starts with each word of `query`
     /// (case- and accent-insensitive), with their image counts.
-    pub fn search_patients(&self, query: &str, limit: u32) -> Result<Vec<PatientHit>, LedgerError> {
+    fn search_patients(&self, query: &str, limit: u32) -> Result<Vec<PatientHit>, LedgerError> {
         let words: Vec<String> = fold(query).split_whitespace().map(str::to_owned).collect();
         if words.is_empty() {
             return Ok(Vec::new());
@@ -550,7 +634,7 @@ impl Ledger {
     }
 
     /// One entry of the synchronization log, by id.
-    pub fn log_entry(&self, id: i64) -> Result<Option<LogEntry>, LedgerError> {
+    fn log_entry(&self, id: i64) -> Result<Option<LogEntry>, LedgerError> {
         self.with(|c| {
             c.query_row(
                 "SELECT id, at, run_id, item_id, patient_guid, action, status, details FROM sync_log WHERE id = ?1",
@@ -563,7 +647,7 @@ impl Ledger {
 
     /// A page of the synchronization log, newest first: entries older than
     /// `before` (an entry id), optionally of one patient.
-    pub fn log_page(&self, patient_guid: Option<&str>, before: Option<i64>, limit: u32)
+    fn log_page(&self, patient_guid: Option<&str>, before: Option<i64>, limit: u32)
         -> Result<Vec<LogEntry>, LedgerError> {
         self.with(|c| {
             let mut stmt = c.prepare(
@@ -576,7 +660,7 @@ impl Ledger {
     }
 
     /// The items attached to a patient (whatever their state), by id.
-    pub fn items_of(&self, guid: &str) -> Result<Vec<ItemRecord>, LedgerError> {
+    fn items_of(&self, guid: &str) -> Result<Vec<ItemRecord>, LedgerError> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, updated_at
@@ -588,7 +672,7 @@ impl Ledger {
     }
 
     /// Does the ledger know this patient at all (items, images or log)?
-    pub fn knows_patient(&self, guid: &str) -> Result<bool, LedgerError> {
+    fn knows_patient(&self, guid: &str) -> Result<bool, LedgerError> {
         self.with(|c| {
             c.query_row(
                 "SELECT EXISTS(SELECT 1 FROM items WHERE patient_guid = ?1)
@@ -601,12 +685,12 @@ impl Ledger {
     }
 
     /// A cheap query proving the database answers (for readiness checks).
-    pub fn ping(&self) -> Result<(), LedgerError> {
+    fn ping(&self) -> Result<(), LedgerError> {
         self.with(|c| c.query_row("SELECT count(*) FROM runs", [], |r| r.get::<_, i64>(0)).map(|_| ()))
     }
 
     /// Every item record (for tests and tools).
-    pub fn items(&self) -> Result<Vec<ItemRecord>, LedgerError> {
+    fn items(&self) -> Result<Vec<ItemRecord>, LedgerError> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, updated_at
@@ -667,9 +751,9 @@ fn decode_answer(s: &str) -> Option<CachedAnswer> {
 mod tests {
     use super::*;
 
-    fn ledger() -> (tempfile::TempDir, Ledger) {
+    fn ledger() -> (tempfile::TempDir, SqliteLedger) {
         let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::open(&dir.path().join("state/ledger.db")).unwrap();
+        let l = SqliteLedger::open(&dir.path().join("state/ledger.db")).unwrap();
         (dir, l)
     }
 

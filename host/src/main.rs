@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry::ledger::Ledger;
+use ferry::ledger::{Ledger, SqliteLedger};
 use ferry::runner::{Outcome, Summary};
 use ferry::runtime::{self, Options, Runtime};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -307,12 +307,12 @@ async fn run_pass(runtime: &Runtime, cancel: &CancellationToken, progress: Optio
     summary
 }
 
-fn open_ledger(p: &ferry::config::Pipeline) -> Result<Ledger> {
+fn open_ledger(p: &ferry::config::Pipeline) -> Result<SqliteLedger> {
     let path = p.ledger_path();
     if !path.exists() {
         anyhow::bail!("no ledger at {}: the pipeline has not run yet (or [pipeline] state_dir differs)", path.display());
     }
-    Ok(Ledger::open(&path)?)
+    Ok(SqliteLedger::open(&path)?)
 }
 
 /// `3m ago`, for timestamps in ms.

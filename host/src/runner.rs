@@ -91,7 +91,7 @@ pub struct Summary {
 
 /// Where outcomes are written down besides the summary.
 struct Journal {
-    ledger: Arc<Ledger>,
+    ledger: Arc<dyn Ledger>,
     run_id: i64,
     backoff: Backoff,
     quarantine_backoff: Backoff,
@@ -206,7 +206,7 @@ pub struct Stages {
     pub resolver: Arc<StagePool>,
     pub store: Arc<StagePool>,
     /// Where outcomes, the sync log and the resolution cache live.
-    pub ledger: Option<Arc<Ledger>>,
+    pub ledger: Option<Arc<dyn Ledger>>,
     /// Every fs root of the pipeline (to fingerprint item files).
     pub fs_roots: BTreeMap<String, PathBuf>,
 }
@@ -363,7 +363,7 @@ enum Verdict {
     Parked(Report),
 }
 
-fn verdict(ledger: Option<&Ledger>, w: &Work) -> Verdict {
+fn verdict(ledger: Option<&dyn Ledger>, w: &Work) -> Verdict {
     let Some(ledger) = ledger else { return Verdict::Process };
     let rec = match ledger.item(&w.item.id) {
         Ok(Some(r)) => r,
@@ -423,7 +423,7 @@ fn resolution_of(a: CachedAnswer) -> Resolution {
 /// than before is logged: the PMS changed its mind.
 async fn resolve_keys(
     resolver: &StagePool,
-    ledger: Option<&Ledger>,
+    ledger: Option<&dyn Ledger>,
     settings: &Settings,
     summary: &Summary,
     cancel: &CancellationToken,

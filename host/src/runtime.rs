@@ -16,7 +16,7 @@ use wasmtime::Engine;
 
 use crate::caps::{http, object_store, sql, StageContext};
 use crate::config::{Pipeline, Role, Stage};
-use crate::ledger::{Backoff, Ledger};
+use crate::ledger::{Backoff, SqliteLedger};
 use crate::plugin::{self, Plugin};
 use crate::runner::{self, Settings, Stages, Summary};
 use crate::stage::StagePool;
@@ -111,7 +111,7 @@ impl Runtime {
             plugins.insert(stage.role, plugin);
             pools.insert(stage.role, Arc::new(pool));
         }
-        let ledger = Ledger::open(&pipeline.ledger_path())
+        let ledger = SqliteLedger::open(&pipeline.ledger_path())
             .with_context(|| format!("opening the ledger (set [pipeline] state_dir to move it)"))?;
         let stages = Stages {
             source: pools.remove(&Role::Source).expect("source is required"),

@@ -1,6 +1,7 @@
 //! `kill -9` in the middle of a run, then a re-run: every image is in the
 //! bucket exactly once, none missing, and the ledger agrees.
 
+use ferry::ledger::Ledger as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -211,7 +211,7 @@ config = {{ clinic_id = "clinic-7" }}
         Pipeline::parse(&path, text, &env).unwrap_or_else(|e| panic!("pipeline loads: {e}"))
     }
 
-    pub fn ledger(&self) -> ferry::ledger::Ledger {
-        ferry::ledger::Ledger::open(&self.dir.path().join("state/ledger.db")).unwrap()
+    pub fn ledger(&self) -> ferry::ledger::SqliteLedger {
+        ferry::ledger::SqliteLedger::open(&self.dir.path().join("state/ledger.db")).unwrap()
     }
 }

@@ -50,7 +50,8 @@ async fn runaway_guests_are_stopped_and_the_run_goes_on() {
     assert_eq!(panicked.outcome, Outcome::Failed);
     assert!(panicked.detail.contains("crashed during extract"), "{}", panicked.detail);
 
-    // three traps (loop, alloc, panic): each cost an instance, none was reused
+    // three traps (loop, alloc, panic) on three different instances: a
+    // trapped instance is never used again
     let created = rt.stages.extractor.as_ref().unwrap().instances_created();
-    assert!(created >= 4, "a fresh instance after each trap (created {created})");
+    assert!(created >= 3, "one instance per trap at least (created {created})");
 }

@@ -10,6 +10,7 @@
 //! svc.stop().await;
 //! ```
 
+use ferry::ledger::Ledger as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -162,8 +163,8 @@ impl Service {
         format!("/api/v1/patients/{guid}/images/{}", enc(name))
     }
 
-    pub fn ledger(&self) -> ferry::ledger::Ledger {
-        ferry::ledger::Ledger::open(&self.pipeline.ledger_path()).unwrap()
+    pub fn ledger(&self) -> ferry::ledger::SqliteLedger {
+        ferry::ledger::SqliteLedger::open(&self.pipeline.ledger_path()).unwrap()
     }
 
     /// Guids of stored patients.

@@ -1,5 +1,6 @@
 //! `/healthz`, `/readyz` and `/metrics`; stopping.
 
+use ferry::ledger::Ledger as _;
 use ferry::serve::auth::Role;
 
 use crate::harness::{Service, DEMO};
@@ -78,7 +79,7 @@ async fn stopping_lets_the_pass_finish_and_closes_the_port() {
     tokio::time::timeout(std::time::Duration::from_secs(60), running.shutdown()).await.unwrap().unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "nothing listens any more");
     // every item the pass took on has an outcome in the ledger; the run is closed
-    let st = ferry::ledger::Ledger::open(&ledger_path).unwrap().status(0).unwrap();
+    let st = ferry::ledger::SqliteLedger::open(&ledger_path).unwrap().status(0).unwrap();
     let run = st.last_run.expect("a run started");
     assert!(run.2.is_some(), "the interrupted run was closed: {run:?}");
     drop((dir, s3, resolver));

@@ -46,7 +46,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::caps::object_store::{self, ObjectStore};
 use crate::config::{Pipeline, Role as StageRole, ServeConfig};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, SqliteLedger};
 use crate::runtime::{Options, Runtime};
 use auth::Auth;
 use metrics::Metrics;
@@ -83,7 +83,7 @@ pub struct AppState {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) presign: bool,
     /// The API's own connection (WAL: reads do not wait for the pipeline).
-    pub(crate) ledger: Arc<Ledger>,
+    pub(crate) ledger: Arc<dyn Ledger>,
     pub(crate) previews: Previews,
     pub(crate) jobs: Arc<Jobs>,
     pub(crate) metrics: Arc<Metrics>,
@@ -170,7 +170,7 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
     let listen = listen.unwrap_or_else(|| cfg.listen.clone());
 
     let runtime = Arc::new(Runtime::new(pipeline, options).await.map_err(ServeError::Runtime)?);
-    let ledger = Arc::new(Ledger::open(&ledger_path)?);
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(&ledger_path)?);
     let listener =
         tokio::net::TcpListener::bind(&listen).await.map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;

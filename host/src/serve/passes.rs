@@ -47,7 +47,7 @@ pub struct Passes {
     runtime: Arc<Runtime>,
     lock: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
-    ledger: Arc<Ledger>,
+    ledger: Arc<dyn Ledger>,
     /// The service's stop signal: a pass under way finishes its in-flight
     /// items and ends; no new pass starts.
     cancel: CancellationToken,
@@ -55,7 +55,7 @@ pub struct Passes {
 }
 
 impl Passes {
-    pub fn new(runtime: Arc<Runtime>, metrics: Arc<Metrics>, ledger: Arc<Ledger>, cancel: CancellationToken) -> Passes {
+    pub fn new(runtime: Arc<Runtime>, metrics: Arc<Metrics>, ledger: Arc<dyn Ledger>, cancel: CancellationToken) -> Passes {
         Passes { runtime, lock: tokio::sync::Mutex::new(()), metrics, ledger, cancel, completed: watch::Sender::new(0) }
     }
 
