@@ -152,52 +152,12 @@ impl Fixture {
         extra: &str,
     ) -> String {
         let connection = match sql {
-            Sql::Sqlite => "kind = \"sqlite\"\npath = \"site/sidexis.db\"".to_string(),
+            Sql::Sqlite => ferry_tests::SQLITE_CONNECTION.to_string(),
             Sql::SqlServer(port) => format!(
                 "kind = \"mssql\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"ferry\"\npassword = \"${{TEST_SQL_PASSWORD}}\"\nencrypt = \"not_supported\"\ndatabase = \"PDATA\""
             ),
         };
-        format!(
-            r#"
-[pipeline]
-name = "prod"
-plugin_path = ["{plugins}"]
-state_dir = "state"
-retry_after = "200ms"
-retry_max = "2s"
-
-[connections.sidexis]
-{connection}
-
-[source]
-plugin = "sidexis"
-grants.fs = {{ pdata = "site/PDATA" }}
-grants.sql = ["sidexis"]
-config = {{ pdata_root = "pdata", connection = "sidexis", folders_per_page = 3 }}
-
-[extractor]
-plugin = "dicom-meta"
-concurrency = 2
-
-[resolver]
-plugin = "http-resolver"
-grants.http = ["127.0.0.1"]
-limits = {{ memory = "64MiB", timeout = "5s" }}
-config = {{ url = "{url}" }}
-
-[store]
-plugin = "s3-store"
-concurrency = 4
-grants.object_store = {{ kind = "s3", bucket = "{bucket}", endpoint = "{endpoint}", path_style = true, region = "us-east-1", access_key_id = "{ak}", secret_access_key = "{sk}" }}
-config = {{ clinic_id = "clinic-7" }}
-{extra}
-"#,
-            plugins = ferry_tests::plugin_dir().display(),
-            url = resolver.url(),
-            endpoint = s3.endpoint(),
-            ak = s3.access_key(),
-            sk = s3.secret_key(),
-        )
+        ferry_tests::production_toml("prod", &connection, resolver, s3, bucket, extra)
     }
 
     /// Loads a pipeline text with `${TEST_SQL_PASSWORD}` set.

@@ -214,41 +214,8 @@ pub fn options() -> Options {
 
 /// The production pipeline with a `[serve]` section on 127.0.0.1:0.
 pub fn pipeline_toml(resolver: &ResolverServer, s3: &S3Server, setup: &Setup) -> String {
-    format!(
+    let serve = format!(
         r#"
-[pipeline]
-name = "served"
-plugin_path = ["{plugins}"]
-state_dir = "state"
-retry_after = "200ms"
-retry_max = "2s"
-
-[connections.sidexis]
-kind = "sqlite"
-path = "site/sidexis.db"
-
-[source]
-plugin = "sidexis"
-grants.fs = {{ pdata = "site/PDATA" }}
-grants.sql = ["sidexis"]
-config = {{ pdata_root = "pdata", connection = "sidexis", folders_per_page = 3 }}
-
-[extractor]
-plugin = "dicom-meta"
-concurrency = 2
-
-[resolver]
-plugin = "http-resolver"
-grants.http = ["127.0.0.1"]
-limits = {{ memory = "64MiB", timeout = "5s" }}
-config = {{ url = "{url}" }}
-
-[store]
-plugin = "s3-store"
-concurrency = 4
-grants.object_store = {{ kind = "s3", bucket = "{BUCKET}", endpoint = "{endpoint}", path_style = true, region = "us-east-1", access_key_id = "{ak}", secret_access_key = "{sk}" }}
-config = {{ clinic_id = "{CLINIC}" }}
-
 [serve]
 listen = "127.0.0.1:0"
 presign = {presign}
@@ -261,15 +228,11 @@ clinic_id = "{CLINIC}"
 {auth_extra}
 {extra}
 "#,
-        plugins = ferry_tests::plugin_dir().display(),
-        url = resolver.url(),
-        endpoint = s3.endpoint(),
-        ak = s3.access_key(),
-        sk = s3.secret_key(),
         presign = setup.presign,
         auth_extra = setup.auth_extra,
         extra = setup.extra,
-    )
+    );
+    ferry_tests::production_toml("served", ferry_tests::SQLITE_CONNECTION, resolver, s3, BUCKET, &serve)
 }
 
 /// Asserts an RFC 7807 problem document with `status`; returns it.

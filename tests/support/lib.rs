@@ -25,6 +25,7 @@
 
 mod demo;
 mod dicom;
+mod pipelines;
 pub mod resolver_server;
 mod runtime;
 pub mod s3_server;
@@ -33,6 +34,7 @@ mod site;
 use std::path::PathBuf;
 
 pub use demo::{demo_guid, demo_site, DEMO_EXPECTED};
+pub use pipelines::{production_toml, SQLITE_CONNECTION};
 pub use resolver_server::{Fault, ResolverServer};
 pub use s3_server::S3Server;
 pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};

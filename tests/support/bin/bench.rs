@@ -168,43 +168,11 @@ async fn put_all(client: aws_sdk_s3::Client, files: Vec<PathBuf>) -> Result<()> 
 }
 
 fn write_pipeline(dir: &Path, s3: &S3Server, resolver: &ResolverServer, bucket: &str) -> Result<()> {
-    let toml = format!(
-        r#"
-[pipeline]
-name = "bench"
-plugin_path = ["{plugins}"]
-state_dir = "state"
-
-[connections.sidexis]
-kind = "sqlite"
-path = "site/sidexis.db"
-
-[source]
-plugin = "sidexis"
-grants.fs = {{ pdata = "site/PDATA" }}
-grants.sql = ["sidexis"]
-
-[extractor]
-plugin = "dicom-meta"
-concurrency = 2
-
-[resolver]
-plugin = "http-resolver"
-grants.http = ["127.0.0.1"]
-config = {{ url = "{url}" }}
-
-[store]
-plugin = "s3-store"
-concurrency = {CONCURRENCY}
-limits = {{ memory = "64MiB", timeout = "10m" }}
-grants.object_store = {{ kind = "s3", bucket = "{bucket}", endpoint = "{endpoint}", path_style = true, region = "us-east-1", access_key_id = "{ak}", secret_access_key = "{sk}" }}
-"#,
-        plugins = ferry_tests::plugin_dir().display(),
-        url = resolver.url(),
-        endpoint = s3.endpoint(),
-        ak = s3.access_key(),
-        sk = s3.secret_key(),
-    );
+    // the tests' production pipeline, with the store's concurrency and a
+    // deadline for big files, and pages of 50 folders as in production
+    let toml = ferry_tests::production_toml("bench", ferry_tests::SQLITE_CONNECTION, resolver, s3, bucket, "")
+        .replace("folders_per_page = 3", "folders_per_page = 50")
+        .replace("concurrency = 4", &format!("concurrency = {CONCURRENCY}\nlimits = {{ memory = \"64MiB\", timeout = \"10m\" }}"));
     std::fs::write(dir.join("pipeline.toml"), toml)?;
     Ok(())
 }
