@@ -118,9 +118,10 @@ impl S3Store {
         meta: HashMap<String, String>,
         sha: &[u8],
         create_only: bool,
-    ) -> Result<(), HostError> {
+    ) -> Result<Option<String>, HostError> {
         let body = ByteStream::from_path(source).await.map_err(|e| HostError::Failed(format!("reading {}: {e}", source.display())))?;
-        self.client()
+        let out = self
+            .client()
             .await
             .put_object()
             .bucket(&self.grant.bucket)
@@ -133,7 +134,8 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| s3_error(&self.grant.bucket, key, e))?;
-        Ok(())
+        // the checksum the server computed over what it received
+        Ok(out.checksum_sha256().map(str::to_owned))
     }
 
     async fn put_multipart(&self, key: &str, source: &Path, size: u64, content_type: &str, meta: HashMap<String, String>)
@@ -226,7 +228,16 @@ impl S3Store {
         let sha = hex::decode(&sha_hex).expect("hex we made");
         let meta = Self::user_metadata(&metadata, &sha_hex);
         if size <= self.grant.multipart_threshold {
-            self.put_single(key, source, content_type, meta, &sha, create_only).await?;
+            let echoed = self.put_single(key, source, content_type, meta, &sha, create_only).await?;
+            // S3 checked the body against our checksum and says so: no
+            // need to ask again
+            if echoed.as_deref() == Some(base64::engine::general_purpose::STANDARD.encode(&sha).as_str()) {
+                let mut info = self.info(key, size, None);
+                info.sha256 = Some(sha_hex);
+                info.metadata = metadata;
+                info.metadata.sort();
+                return Ok(info);
+            }
         } else {
             self.put_multipart(key, source, size, content_type, meta).await?;
         }
@@ -347,14 +358,16 @@ impl ObjectStore for S3Store {
     }
     async fn put_file_new(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
         -> Result<Option<ObjectInfo>, HostError> {
-        // one writer per key in this process; the head under the claim
-        // makes the create-only check and the write one step. Single-part
-        // puts are also conditional on the server (`If-None-Match: *`), so
-        // two ferry processes cannot both create the key either.
+        // one writer per key in this process; on top of that the server
+        // refuses to overwrite (single part), or a HEAD under the claim
+        // checks first (multipart).
         let lock = self.claim(key);
         let result = async {
             let _guard = lock.lock().await;
-            if self.head(key).await?.is_some() {
+            // single-part puts carry `If-None-Match: *`: the server refuses
+            // an existing key itself; multipart uploads look first
+            let size = tokio::fs::metadata(source).await.map_err(|e| io_error(&source.display().to_string(), e))?.len();
+            if size > self.grant.multipart_threshold && self.head(key).await?.is_some() {
                 return Ok(None);
             }
             match self.put_file_inner(key, source, content_type, metadata, true).await {
