@@ -52,6 +52,7 @@ fn setup(site: ferry_tests::SiteBuilder) -> (tempfile::TempDir, Site) {
     let dir = tempfile::tempdir().unwrap();
     let site = site.build(&dir.path().join("site")).unwrap();
     std::fs::write(dir.path().join("pipeline.toml"), PIPELINE).unwrap();
+    std::fs::create_dir(dir.path().join("store")).unwrap();
     (dir, site)
 }
 
@@ -63,7 +64,7 @@ fn run_prints_one_summary_line_and_logs_no_phi() {
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(
         stdout.trim_end().lines().last().unwrap(),
-        "done: scanned=39 stored=30 unchanged=0 skipped=5 unresolved=2 quarantined=2 failed=0"
+        "done: scanned=39 stored=30 unchanged=0 skipped=5 unresolved=2 quarantined=2 failed=0 deferred=0"
     );
     // nothing identifying a patient in info-level logs
     for p in &site.patients {

@@ -2,7 +2,7 @@
 //!
 //! The capability imports are generated once (world `capabilities`) and
 //! every stage world reuses them through `with:`, so one `StageState`
-//! implementation serves all four worlds and one `Linker` links them all.
+//! implementation serves all five worlds and one `Linker` links them all.
 
 pub mod caps {
     wasmtime::component::bindgen!({
@@ -41,3 +41,4 @@ stage_world!(source_world, "source-plugin");
 stage_world!(extractor_world, "extractor-plugin");
 stage_world!(resolver_world, "resolver-plugin");
 stage_world!(store_world, "store-plugin");
+stage_world!(renderer_world, "renderer-plugin");

@@ -36,11 +36,91 @@
 //! grants.object_store = { kind = "fs", path = "../target/demo/store" }
 //! ```
 
+//!
+//! Every number has bounds ([`bounds`]), checked here with the key and the
+//! bound in the message: `concurrency = 3000000` is a typo, not a wish for
+//! three million sandboxes.
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+/// The bounds of every number a pipeline file takes, with why.
+///
+/// | key | bounds |
+/// |---|---|
+/// | `pipeline.queue_depth` | 1 – 4096 items between two stages |
+/// | `pipeline.retry_after` | 100ms – 24h |
+/// | `pipeline.retry_max` | retry_after – 720h (30 days) |
+/// | `schedule.every` | 1s – 168h |
+/// | `<stage>.concurrency` | 1 – 64 instances (each may use `limits.memory`) |
+/// | `<stage>.retries` | 0 – 10 |
+/// | `<stage>.limits.memory` | 1MiB – 4GiB (a wasm32 memory cannot grow further) |
+/// | `<stage>.limits.timeout` | up to 1h per call |
+/// | `source.min_age` | 0s – 24h |
+/// | `resolver.cache.ttl`, `not_found_ttl` | up to 720h |
+/// | S3 `multipart_threshold`, `part_size` | 5MiB – 5GiB (S3's part limits) |
+/// | S3 `max_attempts` | 1 – 20 |
+/// | mssql `pool` | 1 – 64; `connect_timeout` up to 5m |
+/// | `serve.preview.concurrency` | 1 – 64 renders at once |
+/// | `serve.preview.max_file` | 1MiB – 4GiB |
+pub mod bounds {
+    use std::time::Duration;
+
+    pub const QUEUE_DEPTH: (usize, usize) = (1, 4096);
+    pub const RETRY_AFTER: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(24 * 3600));
+    pub const RETRY_MAX: Duration = Duration::from_secs(720 * 3600);
+    pub const EVERY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(168 * 3600));
+    pub const CONCURRENCY: (usize, usize) = (1, 64);
+    pub const RETRIES: u32 = 10;
+    pub const MEMORY: (u64, u64) = (1 << 20, 4 << 30);
+    pub const TIMEOUT: Duration = Duration::from_secs(3600);
+    pub const MIN_AGE: Duration = Duration::from_secs(24 * 3600);
+    pub const CACHE_TTL: Duration = Duration::from_secs(720 * 3600);
+    pub const S3_PART: (u64, u64) = (5 << 20, 5 << 30);
+    pub const S3_ATTEMPTS: (u32, u32) = (1, 20);
+    pub const POOL: (usize, usize) = (1, 64);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const PREVIEW_FILE: (u64, u64) = (1 << 20, 4 << 30);
+}
+
+/// `Err((key, message))` unless `lo <= v <= hi`; `show` formats values.
+fn within<T: PartialOrd + Copy>(
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+    show: impl Fn(T) -> String,
+    what: &str,
+) -> Result<(), (String, String)> {
+    if v < lo {
+        Err((key.to_owned(), format!("{} is under the lower bound of {}{what}", show(v), show(lo))))
+    } else if v > hi {
+        Err((key.to_owned(), format!("{} is over the upper bound of {}{what}", show(v), show(hi))))
+    } else {
+        Ok(())
+    }
+}
+
+fn show_n<T: std::fmt::Display>(v: T) -> String {
+    v.to_string()
+}
+
+fn show_d(d: Duration) -> String {
+    crate::stage::humantime(d)
+}
+
+fn show_b(b: u64) -> String {
+    if b >= 1 << 30 && b % (1 << 30) == 0 {
+        format!("{}GiB", b >> 30)
+    } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+        format!("{}MiB", b >> 20)
+    } else {
+        format!("{b} bytes")
+    }
+}
 
 /// Errors reading a pipeline file. Each names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -126,10 +206,72 @@ pub struct ServeConfig {
     /// Where rendered previews are cached. Default: `state_dir/previews`.
     #[serde(default)]
     pub preview_cache: Option<PathBuf>,
+    #[serde(default)]
+    pub preview: PreviewConfig,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+
+/// `[serve.preview]`: the renderer stage that turns stored images into
+/// previews, in the sandbox like every other stage, so that a hostile file
+/// can only ever stop a disposable instance.
+///
+/// ```toml
+/// [serve.preview]
+/// plugin = "dicom-preview"      # the stock renderer (a name on the plugin path, or a .wasm)
+/// concurrency = 2               # renders at once (default: the number of cores, at most 8)
+/// limits = { memory = "256MiB", timeout = "30s" }   # per render
+/// max_file = "256MiB"           # larger stored objects are not previewed (413)
+/// config = { }                  # handed to the renderer's configure()
+/// ```
+///
+/// The memory a burst of previews can take is at most `concurrency` ×
+/// `limits.memory` (plus the file being downloaded to disk).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewConfig {
+    #[serde(default = "default_renderer")]
+    pub plugin: String,
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    #[serde(default = "default_render_limits")]
+    pub limits: Limits,
+    #[serde(default = "default_preview_max", deserialize_with = "de_bytes")]
+    pub max_file: u64,
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        PreviewConfig {
+            plugin: default_renderer(),
+            concurrency: None,
+            limits: default_render_limits(),
+            max_file: default_preview_max(),
+            config: toml::Table::new(),
+        }
+    }
+}
+
+impl PreviewConfig {
+    /// Renders at once: as configured, else the number of cores (2–8).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8))
+    }
+}
+
+fn default_renderer() -> String {
+    "dicom-preview".into()
+}
+fn default_render_limits() -> Limits {
+    Limits { memory: 256 << 20, timeout: Duration::from_secs(30) }
+}
+fn default_preview_max() -> u64 {
+    256 << 20
 }
 
 /// How API callers prove who they are (JWT bearer tokens).
@@ -238,9 +380,17 @@ pub struct StageConfig {
     /// Resolver only: the resolution cache.
     #[serde(default)]
     pub cache: Option<CacheConfig>,
+    /// Source only: items whose file was modified less than this long ago
+    /// wait for the next pass (the imaging software may still be writing
+    /// them). Default 5s; `"0s"` turns it off.
+    #[serde(default, deserialize_with = "de_opt_duration_or_zero")]
+    pub min_age: Option<Duration>,
     #[serde(default)]
     pub config: toml::Table,
 }
+
+/// Default of `[source] min_age`.
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(5);
 
 fn default_concurrency() -> usize {
     2
@@ -453,17 +603,19 @@ struct RawPipeline {
     serve: Option<ServeConfig>,
 }
 
-/// The four stage roles, in pipeline order.
+/// The stage roles: the four pipeline stages in pipeline order, then the
+/// renderer `ferry serve` uses for previews.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     Source,
     Extractor,
     Resolver,
     Store,
+    Renderer,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Source, Role::Extractor, Role::Resolver, Role::Store];
+    pub const ALL: [Role; 5] = [Role::Source, Role::Extractor, Role::Resolver, Role::Store, Role::Renderer];
 
     /// The section name in the pipeline file.
     pub fn section(self) -> &'static str {
@@ -472,6 +624,7 @@ impl Role {
             Role::Extractor => "extractor",
             Role::Resolver => "resolver",
             Role::Store => "store",
+            Role::Renderer => "serve.preview",
         }
     }
 
@@ -482,12 +635,16 @@ impl Role {
             Role::Extractor => "extractor-plugin",
             Role::Resolver => "resolver-plugin",
             Role::Store => "store-plugin",
+            Role::Renderer => "renderer-plugin",
         }
     }
 
-    /// The interface the world exports.
+    /// The interface the world exports (and the SDK macro's prefix).
     pub fn export(self) -> &'static str {
-        self.section()
+        match self {
+            Role::Renderer => "renderer",
+            r => r.section(),
+        }
     }
 }
 
@@ -528,9 +685,20 @@ pub struct Pipeline {
     pub cache: CacheConfig,
     /// `[serve]`, with paths resolved.
     pub serve: Option<ServeConfig>,
+    /// `[source] min_age`.
+    pub min_age: Duration,
+    /// Where bare plugin names are looked up ($FERRY_PLUGIN_DIR first).
+    pub plugin_path: Vec<PathBuf>,
+    /// The folder of the pipeline file (relative paths start there).
+    pub base_dir: PathBuf,
 }
 
 impl Pipeline {
+    /// Finds a plugin by name or path, as the stage sections do.
+    pub fn find_plugin(&self, name: &str) -> Result<PathBuf, String> {
+        find_plugin(name, &self.base_dir, &self.plugin_path)
+    }
+
     pub fn stage(&self, role: Role) -> Option<&Stage> {
         self.stages.iter().find(|s| s.role == role)
     }
@@ -580,8 +748,15 @@ impl Pipeline {
         if !raw.pipeline.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(invalid("pipeline.name".into(), "use letters, digits, - and _ (it names the state folder)".into()));
         }
-        if raw.pipeline.queue_depth == 0 {
-            return Err(invalid("pipeline.queue_depth".into(), "must be at least 1".into()));
+        let bound = |r: Result<(), (String, String)>| r.map_err(|(k, m)| invalid(k, m));
+        let (lo, hi) = bounds::QUEUE_DEPTH;
+        bound(within("pipeline.queue_depth", raw.pipeline.queue_depth, lo, hi, show_n, " items"))?;
+        let (lo, hi) = bounds::RETRY_AFTER;
+        bound(within("pipeline.retry_after", raw.pipeline.retry_after, lo, hi, show_d, ""))?;
+        bound(within("pipeline.retry_max", raw.pipeline.retry_max, Duration::ZERO, bounds::RETRY_MAX, show_d, ""))?;
+        if let Some(sc) = &raw.schedule {
+            let (lo, hi) = bounds::EVERY;
+            bound(within("schedule.every", sc.every, lo, hi, show_d, ""))?;
         }
 
         let mut connections = BTreeMap::new();
@@ -589,6 +764,16 @@ impl Pipeline {
             let c = match c {
                 ConnectionConfig::Sqlite { path } => ConnectionConfig::Sqlite { path: rel(&path) },
                 ConnectionConfig::Mssql(m) => {
+                    let (lo, hi) = bounds::POOL;
+                    bound(within(&format!("connections.{name}.pool"), m.pool, lo, hi, show_n, " connections"))?;
+                    bound(within(
+                        &format!("connections.{name}.connect_timeout"),
+                        m.connect_timeout,
+                        Duration::ZERO,
+                        bounds::CONNECT_TIMEOUT,
+                        show_d,
+                        "",
+                    ))?;
                     if m.host.trim().is_empty() {
                         return Err(invalid(format!("connections.{name}.host"), "must not be empty".into()));
                     }
@@ -613,6 +798,10 @@ impl Pipeline {
         }
 
         let cache = raw.resolver.cache.clone().unwrap_or_default();
+        bound(within("resolver.cache.ttl", cache.ttl, Duration::ZERO, bounds::CACHE_TTL, show_d, ""))?;
+        bound(within("resolver.cache.not_found_ttl", cache.not_found_ttl, Duration::ZERO, bounds::CACHE_TTL, show_d, ""))?;
+        let min_age = raw.source.min_age.unwrap_or(DEFAULT_MIN_AGE);
+        bound(within("source.min_age", min_age, Duration::ZERO, bounds::MIN_AGE, show_d, ""))?;
         let sections = [
             (Role::Source, Some(raw.source)),
             (Role::Extractor, raw.extractor),
@@ -626,14 +815,12 @@ impl Pipeline {
             let sec = role.section();
             let plugin = find_plugin(&s.plugin, &base, &plugin_path)
                 .map_err(|m| invalid(format!("{sec}.plugin"), m))?;
-            if s.concurrency == 0 {
-                return Err(invalid(format!("{sec}.concurrency"), "must be at least 1".into()));
-            }
-            if s.limits.memory < (1 << 20) {
-                return Err(invalid(format!("{sec}.limits.memory"), "must be at least 1MiB".into()));
-            }
+            check_stage_numbers(sec, s.concurrency, s.retries, &s.limits).map_err(|(k, m)| invalid(k, m))?;
             if s.cache.is_some() && role != Role::Resolver {
                 return Err(invalid(format!("{sec}.cache"), "only the [resolver] has a cache".into()));
+            }
+            if s.min_age.is_some() && role != Role::Source {
+                return Err(invalid(format!("{sec}.min_age"), "only the [source] has a min_age".into()));
             }
             let mut grants = Grants::default();
             for (name, p) in &s.grants.fs {
@@ -689,9 +876,11 @@ impl Pipeline {
                             "give both access_key_id and secret_access_key, or neither (standard AWS credential chain)".into(),
                         ));
                     }
-                    if g.part_size < (5 << 20) {
-                        return Err(invalid(format!("{key}.part_size"), "S3 parts must be at least 5MiB".into()));
-                    }
+                    let (lo, hi) = bounds::S3_PART;
+                    bound(within(&format!("{key}.part_size"), g.part_size, lo, hi, show_b, " (S3's part size limits)"))?;
+                    bound(within(&format!("{key}.multipart_threshold"), g.multipart_threshold, lo, hi, show_b, ""))?;
+                    let (lo, hi) = bounds::S3_ATTEMPTS;
+                    bound(within(&format!("{key}.max_attempts"), g.max_attempts, lo, hi, show_n, " attempts"))?;
                     if !g.prefix.is_empty() && (g.prefix.starts_with('/') || !g.prefix.ends_with('/')) {
                         return Err(invalid(format!("{key}.prefix"), "must not start with / and must end with /".into()));
                     }
@@ -717,6 +906,13 @@ impl Pipeline {
         if raw.pipeline.retry_max < raw.pipeline.retry_after {
             return Err(invalid("pipeline.retry_max".into(), "must not be shorter than retry_after".into()));
         }
+        if let Some(sv) = &raw.serve {
+            let pv = &sv.preview;
+            let c = pv.concurrency.unwrap_or(bounds::CONCURRENCY.0);
+            check_stage_numbers("serve.preview", c, 0, &pv.limits).map_err(|(k, m)| invalid(k, m))?;
+            let (lo, hi) = bounds::PREVIEW_FILE;
+            bound(within("serve.preview.max_file", pv.max_file, lo, hi, show_b, ""))?;
+        }
 
         Ok(Pipeline {
             path: path.to_owned(),
@@ -729,6 +925,9 @@ impl Pipeline {
             retry_max: raw.pipeline.retry_max,
             schedule: raw.schedule,
             cache,
+            min_age,
+            plugin_path,
+            base_dir: base.clone(),
             serve: raw.serve.map(|mut sv| {
                 sv.auth.public_key = sv.auth.public_key.as_deref().map(rel);
                 sv.auth.jwks = sv.auth.jwks.as_deref().map(rel);
@@ -742,6 +941,16 @@ impl Pipeline {
     pub fn ledger_path(&self) -> PathBuf {
         self.state_dir.join("ledger.db")
     }
+}
+
+/// The numbers every stage section (and `[serve.preview]`) has.
+fn check_stage_numbers(sec: &str, concurrency: usize, retries: u32, limits: &Limits) -> Result<(), (String, String)> {
+    let (lo, hi) = bounds::CONCURRENCY;
+    within(&format!("{sec}.concurrency"), concurrency, lo, hi, show_n, " instances (each may use limits.memory)")?;
+    within(&format!("{sec}.retries"), retries, 0, bounds::RETRIES, show_n, " extra attempts")?;
+    let (lo, hi) = bounds::MEMORY;
+    within(&format!("{sec}.limits.memory"), limits.memory, lo, hi, show_b, "")?;
+    within(&format!("{sec}.limits.timeout"), limits.timeout, Duration::ZERO, bounds::TIMEOUT, show_d, " per call")
 }
 
 /// `$FERRY_STATE_DIR`, `$XDG_STATE_HOME/ferry`, `~/.local/state/ferry`.
@@ -867,6 +1076,14 @@ fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     parse_bytes(&s).map_err(serde::de::Error::custom)
 }
 
+fn de_opt_duration_or_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()).trim() == "0" {
+        return Ok(Some(Duration::ZERO));
+    }
+    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
@@ -900,8 +1117,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(|| format!("`{s}` is too long"))?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(|| format!("`{s}` is too long"))?),
         u => return Err(format!("unknown duration unit `{u}` in `{s}` (use ms, s, m or h)")),
     };
     if d.is_zero() {

@@ -423,7 +423,8 @@ impl Ledger for SqliteLedger {
                 params![id, state_name(outcome), fingerprint, patient_guid, location, attempts, last_error, next, now],
             )?;
             // the log says what was done; a skip seen again says nothing new
-            let unchanged_skip = outcome == Outcome::Skipped && prev.as_ref().is_some_and(|(s, _)| s == "skipped");
+            let unchanged_skip = matches!(outcome, Outcome::Skipped | Outcome::Deferred)
+                && prev.as_ref().is_some_and(|(s, _)| *s == state_name(outcome));
             if !unchanged_skip {
                 let (action, status) = match outcome {
                     Outcome::Stored => ("upload", "ok"),
@@ -432,6 +433,7 @@ impl Ledger for SqliteLedger {
                     Outcome::Unresolved => ("resolve", "parked"),
                     Outcome::Quarantined => ("quarantine", "parked"),
                     Outcome::Failed => ("process", "error"),
+                    Outcome::Deferred => ("defer", "waiting"),
                 };
                 tx.execute(
                     "INSERT INTO sync_log (at, run_id, item_id, patient_guid, action, status, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

@@ -75,7 +75,7 @@ impl Plugin {
         let hint = match other {
             Some(r) if r != role => format!("it exports the {r} world: put it in the [{r}] section"),
             Some(_) => format!("it was built against another version of {PACKAGE}; rebuild it against {VERSION}"),
-            None => format!("build it with the ferry plugin SDK's `{}_plugin!` macro", role.section()),
+            None => format!("build it with the ferry plugin SDK's `{}_plugin!` macro", role.export()),
         };
         Err(PluginError::WrongWorld {
             path: self.path.clone(),

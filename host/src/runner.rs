@@ -44,11 +44,22 @@ pub enum Outcome {
     Quarantined,
     /// Something went wrong; the detail says what.
     Failed,
+    /// Not stored this pass because its file is still being written
+    /// (younger than `[source] min_age`, or it changed between scan and
+    /// upload); tried again on the next pass. Not a failure.
+    Deferred,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] =
-        [Outcome::Stored, Outcome::Unchanged, Outcome::Skipped, Outcome::Unresolved, Outcome::Quarantined, Outcome::Failed];
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Stored,
+        Outcome::Unchanged,
+        Outcome::Skipped,
+        Outcome::Unresolved,
+        Outcome::Quarantined,
+        Outcome::Failed,
+        Outcome::Deferred,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -58,6 +69,7 @@ impl Outcome {
             Outcome::Unresolved => "unresolved",
             Outcome::Quarantined => "quarantined",
             Outcome::Failed => "failed",
+            Outcome::Deferred => "deferred",
         }
     }
 }
@@ -78,7 +90,7 @@ pub struct Report {
 #[derive(Default)]
 pub struct Summary {
     scanned: AtomicU64,
-    counts: [AtomicU64; 6],
+    counts: [AtomicU64; 7],
     reports: Mutex<Vec<Report>>,
     /// Problems not tied to one item (the scan stopped, ...).
     errors: Mutex<Vec<String>>,
@@ -133,7 +145,7 @@ impl Summary {
         self.count(Outcome::Failed) > 0 || !self.errors.lock().unwrap().is_empty()
     }
 
-    /// `done: scanned=N stored=N unchanged=N skipped=N unresolved=N quarantined=N failed=N`
+    /// `done: scanned=N stored=N unchanged=N skipped=N unresolved=N quarantined=N failed=N deferred=N`
     pub fn line(&self) -> String {
         let mut s = format!("done: scanned={}", self.scanned());
         for o in Outcome::ALL {
@@ -176,6 +188,7 @@ impl Summary {
             Outcome::Quarantined => tracing::warn!(item = %r.subject, "quarantined: {}", r.detail),
             Outcome::Unresolved => tracing::info!(item = %r.subject, "unresolved: {}", r.detail),
             Outcome::Skipped => tracing::debug!(item = %r.subject, "skipped: {}", r.detail),
+            Outcome::Deferred => tracing::info!(item = %r.subject, "deferred: {}", r.detail),
             Outcome::Stored | Outcome::Unchanged => {
                 tracing::debug!(item = %r.subject, location = r.location.as_deref().unwrap_or(""), "{}", r.outcome.as_str())
             }
@@ -227,6 +240,29 @@ pub fn fingerprint(roots: &BTreeMap<String, PathBuf>, file: &crate::bindings::ty
     Some(format!("{}:{mtime}", md.len()))
 }
 
+/// How long ago the item's file was modified; `None` when it cannot be
+/// read, or when its time is so far in the future that the clock of the
+/// machine that wrote it must be wrong (the change check between scan and
+/// upload still protects such files).
+pub fn file_age(
+    roots: &BTreeMap<String, PathBuf>,
+    file: &crate::bindings::types::FileRef,
+    min_age: Duration,
+) -> Option<Duration> {
+    let root = roots.get(&file.root)?;
+    let modified = std::fs::metadata(root.join(&file.path)).ok()?.modified().ok()?;
+    match std::time::SystemTime::now().duration_since(modified) {
+        Ok(age) => Some(age),
+        Err(ahead) if ahead.duration() <= min_age => Some(Duration::ZERO),
+        Err(_) => None,
+    }
+}
+
+/// Whether the item's file is no longer what the scan saw.
+fn changed_since_scan(roots: &BTreeMap<String, PathBuf>, w: &Work) -> bool {
+    w.fingerprint.is_some() && fingerprint(roots, &w.item.file) != w.fingerprint
+}
+
 /// Run settings taken from the pipeline file.
 #[derive(Clone)]
 pub struct Settings {
@@ -250,6 +286,8 @@ pub struct Settings {
     /// Process items even where the ledger says there is nothing to do
     /// (stored and unchanged, or parked), so the store re-verifies them.
     pub force: bool,
+    /// `[source] min_age`: younger files wait for the next pass.
+    pub min_age: Duration,
 }
 
 /// Calls `f` again on retryable errors, with exponential backoff.
@@ -532,6 +570,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
         let roots = stages.fs_roots.clone();
         let only = settings.only.clone();
         let force = settings.force;
+        let min_age = settings.min_age;
         tasks.spawn(async move {
             let mut cursor: Option<String> = None;
             // with `only`, the scan ends once every wanted item was seen
@@ -581,6 +620,21 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         }
                         Verdict::Process => {}
                     }
+                    if !min_age.is_zero() {
+                        if let Some(age) = file_age(&roots, &work.item.file, min_age).filter(|a| *a < min_age) {
+                            summary.scanned.fetch_add(1, Ordering::Relaxed);
+                            summary.item(
+                                &work,
+                                Outcome::Deferred,
+                                format!(
+                                    "the file was modified {} ago, less than [source] min_age = {}: it may still be being written; next pass",
+                                    crate::stage::humantime(age),
+                                    crate::stage::humantime(min_age)
+                                ),
+                            );
+                            continue;
+                        }
+                    }
                     // items not handed on are simply not scanned: the next
                     // run finds them again
                     let sent = tokio::select! {
@@ -624,6 +678,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
         let summary = summary.clone();
         let cancel = cancel.clone();
         let retries = settings.extractor_retries;
+        let roots = stages.fs_roots.clone();
         tasks.spawn(async move {
             loop {
                 let Some(work) = rx.lock().await.recv().await else { return };
@@ -637,6 +692,11 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                             return;
                         }
                     }
+                    Err(_) if changed_since_scan(&roots, &work) => summary.item(
+                        &work,
+                        Outcome::Deferred,
+                        "the file changed while it was being read (size or modification time); next pass",
+                    ),
                     Err(e) => summary.item(&work, Outcome::Failed, format!("extract: {e}")),
                 }
             }
@@ -714,11 +774,25 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
         let cancel = cancel.clone();
         let retries = settings.store_retries;
         let ledger = stages.ledger.clone();
+        let roots = stages.fs_roots.clone();
         tasks.spawn(async move {
             loop {
                 let Some((w, md, guid)) = rx.lock().await.recv().await else { return };
+                // a file that changes under ferry is not stored this pass:
+                // what would land is a half-written image
+                if changed_since_scan(&roots, &w) {
+                    summary.item(&w, Outcome::Deferred, "the file changed after it was scanned (size or modification time); next pass");
+                    continue;
+                }
                 // recorded as stored only once the store said so
-                let report = match with_retries(retries, &cancel, || store.store(&w.item, &md, &guid)).await {
+                let result = with_retries(retries, &cancel, || store.store(&w.item, &md, &guid)).await;
+                if changed_since_scan(&roots, &w) {
+                    // whatever was uploaded is replaced on the next pass,
+                    // which sees the new fingerprint
+                    summary.item(&w, Outcome::Deferred, "the file changed while it was being stored; it is stored again on the next pass");
+                    continue;
+                }
+                let report = match result {
                     Ok(stored) => {
                         if let Some(ledger) = &ledger {
                             let facts = image_facts(&w.item, &md);

@@ -48,6 +48,91 @@ struct Shared {
     all_fs_roots: BTreeMap<String, PathBuf>,
     sql: Arc<sql::Connections>,
     http: http::Client,
+    /// Where the ledger lives, as a real path (as far as it exists).
+    state_dir: PathBuf,
+}
+
+/// `p` with symlinks resolved as far as it exists, the rest appended:
+/// paths that do not exist yet (a state folder before the first run) can
+/// still be compared with real ones.
+fn real_path(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()) };
+    let mut missing = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(real) = cur.canonicalize() {
+            let mut out = real;
+            for m in missing.iter().rev() {
+                out.push(m);
+            }
+            return out;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_owned());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Refuses grants that would hand a plugin far more than it needs, and a
+/// store that would write where ferry reads or where nothing is mounted.
+/// The same checks stop `run`, `serve` and `check`.
+fn check_locations(shared: &Shared, pipeline: &Pipeline, stage: &Stage) -> Result<()> {
+    let sec = stage.role.section();
+    for (name, path) in &stage.grants.fs {
+        let real = path
+            .canonicalize()
+            .with_context(|| format!("[{sec}] grants.fs.{name}: folder {} is not accessible", path.display()))?;
+        if !real.is_dir() {
+            bail!("[{sec}] grants.fs.{name}: {} is not a folder", path.display());
+        }
+        if real.parent().is_none() {
+            bail!(
+                "[{sec}] grants.fs.{name} = {:?} grants the whole machine; grant only the folder the plugin reads (e.g. the PDATA share)",
+                path.display().to_string()
+            );
+        }
+        if shared.state_dir.starts_with(&real) {
+            bail!(
+                "[{sec}] grants.fs.{name} ({}) contains ferry's state folder {} (the ledger); grant a narrower folder or move [pipeline] state_dir",
+                real.display(),
+                shared.state_dir.display()
+            );
+        }
+    }
+    if let Some(crate::config::ObjectStoreGrant::Fs { path }) = &stage.grants.object_store {
+        let real = path.canonicalize().map_err(|e| {
+            anyhow::anyhow!(
+                "[{sec}] grants.object_store: the store folder {} does not exist or is not accessible ({e}); create it \
+                 (ferry never creates the store's root, so that a share that is not mounted is not filled from the local disk)",
+                path.display()
+            )
+        })?;
+        if !real.is_dir() {
+            bail!("[{sec}] grants.object_store: {} is not a folder", path.display());
+        }
+        if real.parent().is_none() {
+            bail!("[{sec}] grants.object_store: the store folder must not be / itself; give it a folder of its own");
+        }
+        for s in &pipeline.stages {
+            for (name, root) in &s.grants.fs {
+                let root_real = real_path(root);
+                if real.starts_with(&root_real) || root_real.starts_with(&real) {
+                    bail!(
+                        "[{sec}] grants.object_store: the store folder {} overlaps fs root `{name}` ({}) granted to [{}]; \
+                         ferry would read back what it writes: keep the destination outside every source folder",
+                        real.display(),
+                        root_real.display(),
+                        s.role
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Shared {
@@ -64,19 +149,15 @@ impl Shared {
             all_fs_roots,
             sql: Arc::new(sql::Connections::new(&pipeline.connections)),
             http: http::Client::new(),
+            state_dir: real_path(&pipeline.state_dir),
         })
     }
 
-    fn context(&self, stage: &Stage, plugin: &Plugin) -> Result<Arc<StageContext>> {
+    fn context(&self, pipeline: &Pipeline, stage: &Stage, plugin: &Plugin) -> Result<Arc<StageContext>> {
+        check_locations(self, pipeline, stage)?;
         let mut fs_roots = BTreeMap::new();
         for (name, path) in &stage.grants.fs {
-            let real = path.canonicalize().with_context(|| {
-                format!("[{}] grants.fs.{name}: folder {} is not accessible", stage.role, path.display())
-            })?;
-            if !real.is_dir() {
-                bail!("[{}] grants.fs.{name}: {} is not a folder", stage.role, path.display());
-            }
-            fs_roots.insert(name.clone(), real);
+            fs_roots.insert(name.clone(), path.canonicalize()?);
         }
         Ok(Arc::new(StageContext {
             role: stage.role,
@@ -90,8 +171,8 @@ impl Shared {
         }))
     }
 
-    fn pool(&self, stage: &Stage, plugin: &Plugin) -> Result<StagePool> {
-        let ctx = self.context(stage, plugin)?;
+    fn pool(&self, pipeline: &Pipeline, stage: &Stage, plugin: &Plugin) -> Result<StagePool> {
+        let ctx = self.context(pipeline, stage, plugin)?;
         StagePool::new(&self.engine, plugin, ctx, stage.limits.clone(), stage.config_json.clone())
     }
 }
@@ -106,7 +187,7 @@ impl Runtime {
         let mut pools: BTreeMap<Role, Arc<StagePool>> = BTreeMap::new();
         for stage in &pipeline.stages {
             let plugin = plugin::load(&shared.engine, &stage.plugin, options.cache_dir.as_deref())?;
-            let pool = shared.pool(stage, &plugin)?;
+            let pool = shared.pool(&pipeline, stage, &plugin)?;
             pool.warm_up().await.map_err(anyhow::Error::new)?;
             plugins.insert(stage.role, plugin);
             pools.insert(stage.role, Arc::new(pool));
@@ -143,6 +224,7 @@ impl Runtime {
             cache: p.cache.clone(),
             only: None,
             force: false,
+            min_age: p.min_age,
         }
     }
 
@@ -155,7 +237,8 @@ impl Runtime {
 /// One line of `ferry check`.
 #[derive(Debug, Clone)]
 pub struct CheckLine {
-    pub role: Role,
+    /// The section checked: a stage's, or `serve`.
+    pub section: &'static str,
     pub ok: bool,
     /// What was checked, or what is wrong and how to fix it.
     pub message: String,
@@ -163,7 +246,7 @@ pub struct CheckLine {
 
 impl std::fmt::Display for CheckLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:<5} {:<10} {}", if self.ok { "ok" } else { "FAIL" }, self.role.section(), self.message)
+        write!(f, "{:<5} {:<10} {}", if self.ok { "ok" } else { "FAIL" }, self.section, self.message)
     }
 }
 
@@ -176,7 +259,15 @@ pub async fn check(pipeline: &Pipeline, options: &Options) -> Result<Vec<CheckLi
             Ok(m) => (true, m),
             Err(e) => (false, format!("{e:#}")),
         };
-        lines.push(CheckLine { role: stage.role, ok, message });
+        lines.push(CheckLine { section: stage.role.section(), ok, message });
+    }
+    if pipeline.serve.is_some() {
+        // what `ferry serve` would refuse, without listening or running
+        let (ok, message) = match crate::serve::check(pipeline, &shared.engine, options).await {
+            Ok(m) => (true, m),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        lines.push(CheckLine { section: "serve", ok, message });
     }
     Ok(lines)
 }
@@ -184,6 +275,7 @@ pub async fn check(pipeline: &Pipeline, options: &Options) -> Result<Vec<CheckLi
 async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, options: &Options) -> Result<String> {
     let plugin = plugin::load(&shared.engine, &stage.plugin, options.cache_dir.as_deref())?;
     plugin.check_role(stage.role)?;
+    check_locations(shared, pipeline, stage)?;
     let sec = stage.role.section();
     let g = &stage.grants;
     // a plugin that imports a capability it was not granted will fail on
@@ -226,9 +318,8 @@ async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, option
             .map_err(|e| anyhow::anyhow!("grants.object_store: {} is not writable: {}", store.describe(), host_error_text(&e)))?;
         granted.push(format!("store:{}", store.describe()));
     }
-    let pool = shared.pool(stage, &plugin)?;
+    let pool = shared.pool(pipeline, stage, &plugin)?;
     pool.warm_up().await?;
-    let _ = pipeline;
     let mut tested = String::new();
     if stage.role == Role::Resolver {
         // a harmless lookup: proves the API (or file) answers and the
@@ -246,6 +337,36 @@ async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, option
         if plugin.cached { ", cached" } else { "" },
         if granted.is_empty() { "none".into() } else { granted.join(" ") }
     ))
+}
+
+/// The renderer `ferry serve` makes previews with: `[serve.preview]`'s
+/// plugin with no grants at all. The only file it can read is the one
+/// handed to each call, from `download_dir` (root
+/// [`DOWNLOAD_ROOT`](crate::serve::preview::DOWNLOAD_ROOT)).
+pub fn renderer(
+    engine: &Engine,
+    pipeline: &Pipeline,
+    cfg: &crate::config::PreviewConfig,
+    download_dir: &Path,
+    options: &Options,
+) -> Result<StagePool> {
+    let path = pipeline.find_plugin(&cfg.plugin).map_err(|m| anyhow::anyhow!("[serve.preview] plugin: {m}"))?;
+    let plugin = plugin::load(engine, &path, options.cache_dir.as_deref())?;
+    std::fs::create_dir_all(download_dir)
+        .with_context(|| format!("creating the preview download folder {}", download_dir.display()))?;
+    let real = download_dir.canonicalize()?;
+    let ctx = Arc::new(StageContext {
+        role: Role::Renderer,
+        plugin_name: plugin.name(),
+        grants: crate::config::Grants::default(),
+        fs_roots: BTreeMap::new(),
+        all_fs_roots: BTreeMap::from([(crate::serve::preview::DOWNLOAD_ROOT.to_owned(), real)]),
+        sql: Arc::new(sql::Connections::new(&BTreeMap::new())),
+        http: http::Client::new(),
+        object_store: None,
+    });
+    let config_json = serde_json::to_string(&toml::Value::Table(cfg.config.clone())).expect("TOML values are valid JSON");
+    Ok(StagePool::new(engine, &plugin, ctx, cfg.limits.clone(), config_json)?)
 }
 
 fn host_error_text(e: &crate::bindings::types::HostError) -> String {

@@ -22,8 +22,10 @@ use crate::bindings::resolver_world::{ResolverPlugin, ResolverPluginPre};
 use crate::bindings::source_world::exports::ferry::pipeline::source::Page;
 use crate::bindings::source_world::{SourcePlugin, SourcePluginPre};
 use crate::bindings::store_world::exports::ferry::pipeline::store::Stored;
+use crate::bindings::renderer_world::exports::ferry::pipeline::renderer::Picture;
+use crate::bindings::renderer_world::{RendererPlugin, RendererPluginPre};
 use crate::bindings::store_world::{StorePlugin, StorePluginPre};
-use crate::bindings::types::{ErrorKind, Item, Metadata, PatientKey, StageError};
+use crate::bindings::types::{ErrorKind, FileRef, Item, Metadata, PatientKey, StageError};
 use crate::caps::{StageContext, StageState};
 use crate::config::{Limits, Role};
 use crate::plugin::Plugin;
@@ -77,6 +79,7 @@ enum Guest {
     Extractor(ExtractorPlugin),
     Resolver(ResolverPlugin),
     Store(StorePlugin),
+    Renderer(RendererPlugin),
 }
 
 enum Pre {
@@ -84,6 +87,7 @@ enum Pre {
     Extractor(ExtractorPluginPre<StageState>),
     Resolver(ResolverPluginPre<StageState>),
     Store(StorePluginPre<StageState>),
+    Renderer(RendererPluginPre<StageState>),
 }
 
 /// One live instance of a plugin.
@@ -124,6 +128,7 @@ impl StagePool {
             Role::Extractor => Pre::Extractor(ExtractorPluginPre::new(ipre)?),
             Role::Resolver => Pre::Resolver(ResolverPluginPre::new(ipre)?),
             Role::Store => Pre::Store(StorePluginPre::new(ipre)?),
+            Role::Renderer => Pre::Renderer(RendererPluginPre::new(ipre)?),
         };
         Ok(StagePool {
             ctx,
@@ -178,6 +183,7 @@ impl StagePool {
             Pre::Extractor(p) => Guest::Extractor(p.instantiate_async(&mut store).await.map_err(setup)?),
             Pre::Resolver(p) => Guest::Resolver(p.instantiate_async(&mut store).await.map_err(setup)?),
             Pre::Store(p) => Guest::Store(p.instantiate_async(&mut store).await.map_err(setup)?),
+            Pre::Renderer(p) => Guest::Renderer(p.instantiate_async(&mut store).await.map_err(setup)?),
         };
         let cfg = self.config_json.clone();
         let configured = match &guest {
@@ -185,6 +191,7 @@ impl StagePool {
             Guest::Extractor(g) => g.ferry_pipeline_extractor().call_configure(&mut store, &cfg).await,
             Guest::Resolver(g) => g.ferry_pipeline_resolver().call_configure(&mut store, &cfg).await,
             Guest::Store(g) => g.ferry_pipeline_store().call_configure(&mut store, &cfg).await,
+            Guest::Renderer(g) => g.ferry_pipeline_renderer().call_configure(&mut store, &cfg).await,
         };
         match configured {
             Ok(Ok(())) => Ok(Instance { store, guest }),
@@ -242,6 +249,7 @@ impl StagePool {
             Request::Extract(item) => ("extract", Some(item.file.clone())),
             Request::Resolve(_) => ("resolve", None),
             Request::Store(item, ..) => ("store", Some(item.file.clone())),
+            Request::Render(file, _) => ("render", Some((*file).clone())),
         };
         inst.store.data_mut().current_file = file;
         let store = &mut inst.store;
@@ -257,6 +265,9 @@ impl StagePool {
             }
             (Guest::Store(g), Request::Store(item, md, guid)) => {
                 g.ferry_pipeline_store().call_store(&mut *store, item, md, guid).await.map(|r| r.map(Response::Stored))
+            }
+            (Guest::Renderer(g), Request::Render(file, max_size)) => {
+                g.ferry_pipeline_renderer().call_render(&mut *store, file, max_size).await.map(|r| r.map(Response::Picture))
             }
             _ => unreachable!("the plugin's role is checked when the pool is built"),
         };
@@ -299,6 +310,14 @@ impl StagePool {
             _ => unreachable!(),
         }
     }
+
+    /// Renders `file` (readable by the renderer for this call only).
+    pub async fn render(&self, file: &FileRef, max_size: Option<u32>) -> Result<Picture, CallError> {
+        match self.call(Request::Render(file, max_size)).await? {
+            Response::Picture(p) => Ok(p),
+            _ => unreachable!(),
+        }
+    }
 }
 
 enum Request<'a> {
@@ -306,6 +325,7 @@ enum Request<'a> {
     Extract(&'a Item),
     Resolve(&'a [PatientKey]),
     Store(&'a Item, &'a Metadata, &'a str),
+    Render(&'a FileRef, Option<u32>),
 }
 
 enum Response {
@@ -313,16 +333,19 @@ enum Response {
     Metadata(Metadata),
     Resolutions(Vec<Resolution>),
     Stored(Stored),
+    Picture(Picture),
 }
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-/// `1.5s`, `30s`, `2m`.
+/// `1.5s`, `30s`, `2m`, `6h`.
 pub fn humantime(d: Duration) -> String {
     if d.as_millis() < 1000 {
         format!("{}ms", d.as_millis())
+    } else if d.as_secs() % 3600 == 0 && d.as_secs() >= 3600 && d.subsec_millis() == 0 {
+        format!("{}h", d.as_secs() / 3600)
     } else if d.as_secs() % 60 == 0 && d.as_secs() >= 60 {
         format!("{}m", d.as_secs() / 60)
     } else if d.subsec_millis() == 0 {

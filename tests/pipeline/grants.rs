@@ -18,7 +18,7 @@ async fn stock_pipeline_checks_clean() {
     for l in &lines {
         assert!(l.ok, "{l}");
     }
-    let source = lines.iter().find(|l| l.role == Role::Source).unwrap();
+    let source = lines.iter().find(|l| l.section == Role::Source.section()).unwrap();
     assert!(source.message.contains("fs:pdata sql:sidexis"), "{source}");
 }
 
@@ -29,7 +29,7 @@ async fn source_without_sql_grant_is_refused() {
     let p = fx.load(&toml);
 
     let lines = check(&p, &options()).await.unwrap();
-    let source = lines.iter().find(|l| l.role == Role::Source).unwrap();
+    let source = lines.iter().find(|l| l.section == Role::Source.section()).unwrap();
     assert!(!source.ok);
     assert!(source.message.contains("uses the `sql` capability but [source] grants none"), "{source}");
 

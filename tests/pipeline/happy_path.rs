@@ -71,7 +71,7 @@ async fn changed_file_is_stored_again() {
     let mut bytes = std::fs::read(&img.path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
-    std::fs::write(&img.path, &bytes).unwrap();
+    ferry_tests::write_settled(&img.path, &bytes).unwrap();
 
     let again = run(&rt).await;
     let r = report(&again, &img.rel_path);

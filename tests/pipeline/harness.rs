@@ -21,6 +21,9 @@ impl Fixture {
     pub fn new(builder: SiteBuilder) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let site = builder.build(&dir.path().join("site")).expect("site builds");
+        // ferry never creates a store's root folder (a share that is not
+        // mounted must not fill the local disk): the clinic makes it
+        std::fs::create_dir(dir.path().join("store")).expect("store folder");
         Fixture { dir, site }
     }
 

@@ -4,12 +4,14 @@
 
 mod harness;
 
+mod check_refusals;
 mod compile_cache;
 mod crash_recovery;
 mod corrupt_input;
 mod graceful_stop;
 mod grants;
 mod happy_path;
+mod partial_files;
 mod patient_matching;
 mod production_path;
 mod resolver_faults;

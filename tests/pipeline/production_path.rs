@@ -87,7 +87,7 @@ async fn changed_file_is_uploaded_again_and_new_images_use_the_cache() {
     let mut bytes = std::fs::read(&img.path).unwrap();
     let n = bytes.len();
     bytes[n - 1] ^= 0x5a;
-    std::fs::write(&img.path, &bytes).unwrap();
+    ferry_tests::write_settled(&img.path, &bytes).unwrap();
     let asked = resolver.requests();
 
     let again = run(&rt).await;
@@ -168,7 +168,7 @@ async fn a_card_that_changes_patient_is_noticed() {
     let mut bytes = std::fs::read(&img.path).unwrap();
     let n = bytes.len();
     bytes[n - 2] ^= 1;
-    std::fs::write(&img.path, &bytes).unwrap();
+    ferry_tests::write_settled(&img.path, &bytes).unwrap();
     let s = run(&rt).await;
     assert_eq!(report(&s, &img.rel_path).patient_guid.as_deref(), Some(new_guid.as_str()));
     let log = fx.ledger().log_entries(None, 200).unwrap();
@@ -191,7 +191,7 @@ async fn check_tests_sql_login_resolver_and_bucket() {
     for l in &lines {
         assert!(l.ok, "{l}");
     }
-    let line = |lines: &[ferry::runtime::CheckLine], r: Role| lines.iter().find(|l| l.role == r).unwrap().clone();
+    let line = |lines: &[ferry::runtime::CheckLine], r: Role| lines.iter().find(|l| l.section == r.section()).unwrap().clone();
     assert!(line(&lines, Role::Resolver).message.contains("test lookup answered"));
     assert!(line(&lines, Role::Store).message.contains(&format!("s3://{BUCKET}/")));
 

@@ -55,10 +55,36 @@ async fn streams_the_stored_bytes_with_ranges() {
         assert_eq!(res.headers()["content-length"], (last - first + 1).to_string().as_str());
         assert_eq!(res.bytes().await.unwrap().as_ref(), &file[first..=last], "{asked}");
     }
-    for bad in [format!("bytes={total}-"), format!("bytes={}-{}", total + 1, total + 9), "bytes=9-1".into(), "bytes=0-1,5-6".into(), "lines=1-2".into(), "bytes=-0".into()] {
+    // unsatisfiable: 416 with the size, and the header is not echoed back
+    for bad in [format!("bytes={total}-"), format!("bytes={}-{}", total + 1, total + 9), "bytes=-0".into()] {
         let res = range(&bad).await;
         assert_eq!(res.headers().get("content-range").map(|v| v.to_str().unwrap().to_owned()), Some(format!("bytes */{total}")), "{bad}");
-        problem(res, 416).await;
+        let body = problem(res, 416).await;
+        assert!(!body.to_string().contains(&bad), "{bad} echoed: {body}");
+    }
+    // RFC 9110 §14.2: a Range that cannot be parsed, several ranges, or
+    // another unit are ignored: 200 with the whole file
+    let huge = format!("bytes={}", "0-1,".repeat(4000));
+    for ignored in ["bytes=9-1", "bytes=0-1,5-6", "lines=1-2", "bytes=x-y", "bytes=--1", huge.as_str()] {
+        let res = range(ignored).await;
+        assert_eq!(res.status(), 200, "{}", &ignored[..ignored.len().min(40)]);
+        assert!(res.headers().get("content-range").is_none());
+        assert_eq!(res.bytes().await.unwrap().len(), total);
+    }
+    // If-Range: the range only when the validator is the current strong ETag
+    let if_range = |validator: String| {
+        let svc = &svc;
+        let path = path.clone();
+        let token = token.clone();
+        async move { svc.request(reqwest::Method::GET, &path, Some(&token), &[("range", "bytes=0-9"), ("if-range", &validator)]).await }
+    };
+    let res = if_range(etag.to_owned()).await;
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), &file[..10]);
+    for stale in ["\"0000\"", "W/\"0000\"", "Tue, 01 Dec 2026 10:00:00 GMT"] {
+        let res = if_range(stale.to_owned()).await;
+        assert_eq!(res.status(), 200, "{stale}");
+        assert_eq!(res.bytes().await.unwrap().as_ref(), file.as_slice(), "{stale}");
     }
 
     // unknown image of a known patient, sidecar names: 404

@@ -40,7 +40,7 @@ pub use s3_server::S3Server;
 pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};
 pub use site::{
     guid, image_file_name, patient_folder, ExpectedCounts, Fate, ImageKind, ImageSpec, PatientSpec,
-    Site, SiteBuilder, SiteImage, SourceFailure, MARKER_FILE,
+    Site, SiteBuilder, SiteImage, SourceFailure, MARKER_FILE, settle, write_settled, SETTLED_AGE,
 };
 
 /// The workspace root (the directory of the root `Cargo.toml`).

@@ -235,7 +235,10 @@ impl SiteBuilder {
         &self.images
     }
 
-    /// Writes the site into `dir`, which must be missing or empty.
+    /// Writes the site into `dir`, which must be missing or empty. Files
+    /// get a modification time an hour in the past, as on a real share
+    /// where images were taken before ferry looks (`[source] min_age`
+    /// defers younger files).
     pub fn build(&self, dir: &Path) -> Result<Site> {
         self.validate()?;
         if dir.exists() {
@@ -265,6 +268,7 @@ impl SiteBuilder {
             let path = pdata.join(&folder).join(image_file_name(spec.image_id));
             fs::create_dir_all(pdata.join(&folder))?;
             fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+            settle(&path)?;
             images.push(SiteImage {
                 spec: spec.clone(),
                 rel_path,
@@ -283,6 +287,7 @@ impl SiteBuilder {
                 fs::create_dir_all(parent)?;
             }
             fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+            settle(&path)?;
         }
 
         let db = dir.join("sidexis.db");
@@ -658,4 +663,31 @@ impl Site {
 fn is_patient_folder(name: &str) -> bool {
     name.strip_prefix("P_")
         .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// How far in the past [`settle`] puts a file's modification time.
+pub const SETTLED_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Sets `path`'s modification time to [`SETTLED_AGE`] ago: a file the
+/// imaging software finished writing a while back.
+pub fn settle(path: &Path) -> Result<()> {
+    let when = std::time::SystemTime::now() - SETTLED_AGE;
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(when))
+        .with_context(|| format!("setting the modification time of {}", path.display()))
+}
+
+/// Writes `bytes` to `path` like a re-export that finished a little while
+/// ago: new content, a modification time in the past but newer than
+/// [`settle`]'s (so size+mtime fingerprints change).
+pub fn write_settled(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(when))
+        .with_context(|| format!("setting the modification time of {}", path.display()))
 }

@@ -101,6 +101,8 @@ fn demo(root: &Path) -> Result<()> {
     if !status.success() {
         bail!("demo-site failed ({status})");
     }
+    // the demo's destination folder (ferry never creates a store's root)
+    std::fs::create_dir_all(demo.join("store"))?;
     eprintln!("==> running pipelines/demo.toml");
     let started = std::time::Instant::now();
     let status = Command::new(bin.join("ferry"))

@@ -371,15 +371,20 @@ impl ObjectStore for FsStore {
         Ok(None)
     }
 
+    /// Proves the root exists and is writable without leaving anything
+    /// behind (`ferry check` must not create folders): an anonymous
+    /// temporary file (O_TMPFILE where the OS has it).
     async fn probe(&self) -> Result<(), HostError> {
-        let dir = self.root.join(".ferry");
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| io_error(&self.root.display().to_string(), e))?;
-        let probe = dir.join("probe");
-        tokio::fs::write(&probe, b"ok").await.map_err(|e| io_error(&probe.display().to_string(), e))?;
-        tokio::fs::remove_file(&probe).await.ok();
-        Ok(())
+        let root = self.root.clone();
+        let what = root.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            if !root.is_dir() {
+                return Err(HostError::NotFound(format!("the store folder {} does not exist", root.display())));
+            }
+            tempfile::tempfile_in(&root).map(drop).map_err(|e| io_error(&what, e))
+        })
+        .await
+        .map_err(|e| HostError::Failed(format!("host task failed: {e}")))?
     }
 }
 

@@ -138,8 +138,20 @@ impl S3Store {
         Ok(out.checksum_sha256().map(str::to_owned))
     }
 
-    async fn put_multipart(&self, key: &str, source: &Path, size: u64, content_type: &str, meta: HashMap<String, String>)
-        -> Result<(), HostError> {
+    /// Uploads `source` in parts. Each part is hashed as it is read and
+    /// sent with that checksum (S3 refuses a part whose bytes differ); the
+    /// parts' bytes together must hash to `sha` (what the object's
+    /// metadata says), else the upload is aborted: a file that changed
+    /// while it was uploaded never becomes an object.
+    async fn put_multipart(
+        &self,
+        key: &str,
+        source: &Path,
+        size: u64,
+        content_type: &str,
+        meta: HashMap<String, String>,
+        sha: &[u8],
+    ) -> Result<(), HostError> {
         let client = self.client().await;
         let bucket = &self.grant.bucket;
         let full = self.full_key(key);
@@ -159,9 +171,11 @@ impl S3Store {
             let part_size = self.grant.part_size;
             let mut offset = 0u64;
             let mut number = 1i32;
+            let mut whole = Sha256::new();
             while offset < size {
                 let len = part_size.min(size - offset);
-                let part_sha = hash_range(source, offset, len).await?;
+                let (part_sha, w) = hash_range(source, offset, len, whole).await?;
+                whole = w;
                 let body = ByteStream::read_from()
                     .path(source)
                     .offset(offset)
@@ -190,6 +204,9 @@ impl S3Store {
                 );
                 offset += len;
                 number += 1;
+            }
+            if whole.finalize().as_slice() != sha {
+                return Err(changed_during_upload(&self.grant.bucket, key));
             }
             client
                 .complete_multipart_upload()
@@ -229,17 +246,29 @@ impl S3Store {
         let meta = Self::user_metadata(&metadata, &sha_hex);
         if size <= self.grant.multipart_threshold {
             let echoed = self.put_single(key, source, content_type, meta, &sha, create_only).await?;
-            // S3 checked the body against our checksum and says so: no
-            // need to ask again
-            if echoed.as_deref() == Some(base64::engine::general_purpose::STANDARD.encode(&sha).as_str()) {
-                let mut info = self.info(key, size, None);
-                info.sha256 = Some(sha_hex);
-                info.metadata = metadata;
-                info.metadata.sort();
-                return Ok(info);
+            let ours = base64::engine::general_purpose::STANDARD.encode(&sha);
+            match echoed {
+                // S3 checked the body against our checksum and says so: no
+                // need to ask again
+                Some(e) if e == ours => {
+                    let mut info = self.info(key, size, None);
+                    info.sha256 = Some(sha_hex);
+                    info.metadata = metadata;
+                    info.metadata.sort();
+                    return Ok(info);
+                }
+                // the server hashed other bytes than ours (a server that
+                // does not enforce the checksum, and a file that changed
+                // after it was hashed): the object's metadata would lie,
+                // so it must not stay
+                Some(_) => {
+                    let _ = self.client().await.delete_object().bucket(&self.grant.bucket).key(self.full_key(key)).send().await;
+                    return Err(changed_during_upload(&self.grant.bucket, key));
+                }
+                None => {}
             }
         } else {
-            self.put_multipart(key, source, size, content_type, meta).await?;
+            self.put_multipart(key, source, size, content_type, meta, &sha).await?;
         }
         // trust, then verify: the object is there with the size we sent
         match self.head(key).await? {
@@ -265,8 +294,16 @@ impl S3Store {
     }
 }
 
-/// Hex-free SHA-256 of `len` bytes at `offset`, read in blocks.
-async fn hash_range(path: &Path, offset: u64, len: u64) -> Result<[u8; 32], HostError> {
+fn changed_during_upload(bucket: &str, key: &str) -> HostError {
+    HostError::Unavailable(format!(
+        "s3://{bucket}/{key}: the file changed while it was uploaded (its bytes no longer match the checksum taken before); \
+         upload aborted, tried again later"
+    ))
+}
+
+/// SHA-256 of `len` bytes at `offset`, read in blocks; the same bytes also
+/// go into `whole` (returned), the running hash of the entire file.
+async fn hash_range(path: &Path, offset: u64, len: u64, mut whole: Sha256) -> Result<([u8; 32], Sha256), HostError> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
@@ -282,8 +319,9 @@ async fn hash_range(path: &Path, offset: u64, len: u64) -> Result<[u8; 32], Host
                 break;
             }
             h.update(&buf[..n]);
+            whole.update(&buf[..n]);
         }
-        Ok(h.finalize().into())
+        Ok((h.finalize().into(), whole))
     })
     .await
     .unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))

@@ -48,8 +48,6 @@ use crate::ledger::ImageFacts;
 
 /// Where the store plugins file images: `images/{patientGuid}/{name}`.
 pub const IMAGES_PREFIX: &str = "images/";
-/// Largest object rendered as a preview.
-pub const MAX_PREVIEW_BYTES: u64 = 256 << 20;
 /// Lifetime of presigned download URLs.
 pub const PRESIGN_TTL: Duration = Duration::from_secs(300);
 /// Longest image name accepted (one file-system name).
@@ -474,34 +472,51 @@ async fn list_images(
     Ok(Json(ImagePage { patient_guid: guid, images, next_cursor, next }))
 }
 
-/// `Range: bytes=…` as asked; suffix ranges need the size to resolve.
+/// One byte range as asked (RFC 9110 §14.1.2); suffix ranges need the
+/// size to resolve.
 #[derive(Debug, PartialEq, Eq)]
 enum RangeAsk {
     From(u64, Option<u64>),
     Suffix(u64),
 }
 
-/// One range of `bytes=a-b`, `bytes=a-` or `bytes=-n`; `Err` for anything
-/// else (other units, several ranges, garbage).
-fn parse_range(value: &str) -> Result<RangeAsk, String> {
-    let spec = value.trim().strip_prefix("bytes=").ok_or("only `bytes=` ranges are supported")?;
-    if spec.contains(',') {
-        return Err("only one range per request is supported".into());
+/// The single range of `bytes=a-b`, `bytes=a-` or `bytes=-n`.
+///
+/// `None` means "ignore the header and send the whole file" (RFC 9110
+/// §14.2: a server may ignore Range, and must for a range-set it cannot
+/// parse): other units, syntax errors, `last < first`, and several ranges
+/// (answered whole rather than as `multipart/byteranges`: viewers ask for
+/// one range at a time, and a whole DICOM file is always a correct answer).
+fn parse_range(value: &str) -> Option<RangeAsk> {
+    let (unit, spec) = value.trim().split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return None;
     }
-    let (a, b) = spec.trim().split_once('-').ok_or("a range is `first-last`, `first-` or `-suffix`")?;
-    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| format!("`{s}` is not a byte offset"));
+    let (a, b) = spec.trim().split_once('-')?;
+    let num = |s: &str| {
+        let s = s.trim();
+        // 1*DIGIT only: no signs, no spaces inside, at most u64
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse::<u64>().ok()).flatten()
+    };
     match (a.trim().is_empty(), b.trim().is_empty()) {
-        (true, true) => Err("a range needs at least one offset".into()),
-        (true, false) => Ok(RangeAsk::Suffix(num(b)?)),
-        (false, true) => Ok(RangeAsk::From(num(a)?, None)),
+        (true, true) => None,
+        (true, false) => Some(RangeAsk::Suffix(num(b)?)),
+        (false, true) => Some(RangeAsk::From(num(a)?, None)),
         (false, false) => {
             let (first, last) = (num(a)?, num(b)?);
-            if last < first {
-                return Err(format!("the range {first}-{last} ends before it starts"));
-            }
-            Ok(RangeAsk::From(first, Some(last)))
+            (last >= first).then_some(RangeAsk::From(first, Some(last)))
         }
     }
+}
+
+/// `If-Range` (RFC 9110 §13.1.5): the range is served only if the
+/// validator is a strong entity tag equal to the current one. Dates are
+/// never honoured (these responses carry no Last-Modified), weak tags
+/// never match: in both cases the whole file is sent.
+fn if_range_allows(if_range: &HeaderValue, current_etag: Option<&str>) -> bool {
+    let Ok(v) = if_range.to_str() else { return false };
+    let v = v.trim();
+    v.starts_with('"') && current_etag == Some(v)
 }
 
 fn unsatisfiable(total: Option<u64>, detail: String) -> Response {
@@ -534,7 +549,9 @@ const DOWNLOAD_CACHE: &str = "private, max-age=3600";
 
 /// Download an image (DICOM).
 ///
-/// Supports one byte range (`Range: bytes=first-last`, `first-`, `-suffix`).
+/// Supports one byte range (`Range: bytes=first-last`, `first-`, `-suffix`)
+/// and `If-Range` with the ETag; a Range header that is malformed, asks
+/// for several ranges, or fails `If-Range` is ignored (200, whole file).
 /// With `[serve] presign = true` and an S3 store, answers `307` to a
 /// presigned S3 URL valid for 5 minutes instead of streaming.
 #[utoipa::path(
@@ -558,7 +575,7 @@ const DOWNLOAD_CACHE: &str = "private, max-age=3600";
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such image", body = Problem, content_type = "application/problem+json"),
-        (status = 416, description = "The range is malformed or outside the file", body = Problem, content_type = "application/problem+json",
+        (status = 416, description = "The range starts beyond the end of the file", body = Problem, content_type = "application/problem+json",
             headers(("Content-Range" = String, description = "`bytes */total`"))),
     )
 )]
@@ -586,21 +603,27 @@ async fn get_image(
             return Ok(res);
         }
     }
-    let asked = match headers.get(header::RANGE) {
-        None => None,
-        Some(v) => match v.to_str().map_err(|_| "the Range header is not text".to_string()).and_then(parse_range) {
-            Ok(r) => Some(r),
-            Err(why) => {
-                let total = state.store.head(&key).await.map_err(Problem::store)?.ok_or_else(missing)?.size;
-                return Ok(unsatisfiable(Some(total), format!("Range `{}`: {why}", v.to_str().unwrap_or("?"))));
+    let mut asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
+    // the object's facts, when a decision about the range needs them
+    let mut head = None;
+    if asked.is_some() {
+        if let Some(if_range) = headers.get(header::IF_RANGE) {
+            let info = state.store.head(&key).await.map_err(Problem::store)?.ok_or_else(missing)?;
+            let current = info.sha256.as_ref().map(|s| format!("\"{s}\""));
+            if !if_range_allows(if_range, current.as_deref()) {
+                asked = None;
             }
-        },
-    };
+            head = Some(info);
+        }
+    }
     let range: Option<ByteRange> = match asked {
         None => None,
         Some(RangeAsk::From(first, last)) => Some((first, last)),
         Some(RangeAsk::Suffix(n)) => {
-            let total = state.store.head(&key).await.map_err(Problem::store)?.ok_or_else(missing)?.size;
+            let total = match head {
+                Some(info) => info.size,
+                None => state.store.head(&key).await.map_err(Problem::store)?.ok_or_else(missing)?.size,
+            };
             if n == 0 || total == 0 {
                 return Ok(unsatisfiable(Some(total), "an empty suffix range selects nothing".into()));
             }
@@ -689,15 +712,13 @@ async fn preview(
         return Err(Problem::bad_request("invalid-size", "`size` is 16 to 4096 pixels"));
     }
     let info = state.store.head(&key).await.map_err(Problem::store)?.ok_or_else(missing)?;
-    let too_large = || {
-        Problem::new(
+    let max = state.max_preview;
+    if info.size > max {
+        return Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
-            format!("the image has {} bytes; previews are made of images up to {} MiB", info.size, MAX_PREVIEW_BYTES >> 20),
-        )
-    };
-    if info.size > MAX_PREVIEW_BYTES {
-        return Err(too_large());
+            format!("the image has {} bytes; previews are made of images up to {} MiB ([serve.preview] max_file)", info.size, max >> 20),
+        ));
     }
     let etag = info.sha256.as_ref().map(|s| format!("\"{s}-{size}\""));
     if let Some(etag) = &etag {
@@ -711,9 +732,9 @@ async fn preview(
     let previews = &state.previews;
     // a cached preview needs no download
     let png = match previews.cached(&cache_key, Some(size)).await {
-        Some(png) => png,
+        Some(answer) => answer.map_err(preview_problem)?,
         None => {
-            let tmp = download(&state, &key, previews.cache_dir()).await?.ok_or_else(missing)?;
+            let tmp = download(&state, &key, previews.download_dir()).await?.ok_or_else(missing)?;
             previews.render(tmp.path(), &cache_key, Some(size)).await.map_err(preview_problem)?
         }
     };
@@ -727,19 +748,20 @@ async fn preview(
     Ok(res)
 }
 
-/// Copies an object to a temporary file (deleted on drop), refusing more
-/// than [`MAX_PREVIEW_BYTES`].
+/// Copies an object to a temporary file in `dir` (deleted on drop),
+/// refusing more than `[serve.preview] max_file`.
 async fn download(state: &AppState, key: &str, dir: &Path) -> ApiResult<Option<tempfile::NamedTempFile>> {
     let Some((_, total, mut body)) = state.store.get(key, None).await.map_err(Problem::store)? else {
         return Ok(None);
     };
+    let max = state.max_preview;
     let too_large = || {
-        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("previews are made of images up to {} MiB", MAX_PREVIEW_BYTES >> 20))
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("previews are made of images up to {} MiB", max >> 20))
     };
-    if total > MAX_PREVIEW_BYTES {
+    if total > max {
         return Err(too_large());
     }
-    let tmp_dir = dir.join("tmp");
+    let tmp_dir = dir;
     let io = |e: std::io::Error| Problem::internal(format!("cannot write a temporary file for the preview: {e}"));
     tokio::fs::create_dir_all(&tmp_dir).await.map_err(io)?;
     let tmp = tempfile::Builder::new().prefix("download-").suffix(".dcm").tempfile_in(&tmp_dir).map_err(io)?;
@@ -748,7 +770,7 @@ async fn download(state: &AppState, key: &str, dir: &Path) -> ApiResult<Option<t
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Problem::unavailable(format!("reading the image from the store: {e}")))?;
         written += chunk.len() as u64;
-        if written > MAX_PREVIEW_BYTES {
+        if written > max {
             return Err(too_large());
         }
         out.write_all(&chunk).await.map_err(io)?;
@@ -761,11 +783,15 @@ fn preview_problem(e: super::preview::PreviewError) -> Problem {
     use super::preview::PreviewError::*;
     match e {
         TooLarge(m) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("too large to preview: {m}")),
-        Io(_) | Internal => {
+        Cannot(m) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot-preview", format!("this image cannot be previewed: {m}")),
+        Unavailable(m) => {
+            tracing::warn!("preview unavailable: {m}");
+            Problem::unavailable(format!("the preview could not be made now: {m}"))
+        }
+        e @ Io(_) => {
             tracing::error!("preview failed: {e}");
             Problem::internal(format!("the preview could not be made: {e}"))
         }
-        e => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot-preview", format!("this image cannot be previewed: {e}")),
     }
 }
 
@@ -991,14 +1017,21 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9"), Ok(RangeAsk::From(0, Some(9))));
-        assert_eq!(parse_range("bytes=10-"), Ok(RangeAsk::From(10, None)));
-        assert_eq!(parse_range("bytes=-5"), Ok(RangeAsk::Suffix(5)));
-        assert!(parse_range("bytes=9-1").is_err());
-        assert!(parse_range("bytes=0-1,4-5").is_err());
-        assert!(parse_range("items=0-1").is_err());
-        assert!(parse_range("bytes=a-b").is_err());
-        assert!(parse_range("bytes=-").is_err());
+        assert_eq!(parse_range("bytes=0-9"), Some(RangeAsk::From(0, Some(9))));
+        assert_eq!(parse_range("Bytes = 0-9"), Some(RangeAsk::From(0, Some(9))));
+        assert_eq!(parse_range("bytes=10-"), Some(RangeAsk::From(10, None)));
+        assert_eq!(parse_range("bytes=-5"), Some(RangeAsk::Suffix(5)));
+        // ignored (the whole file is sent): invalid, several, other units
+        for bad in ["bytes=9-1", "bytes=0-1,4-5", "items=0-1", "bytes=a-b", "bytes=-", "bytes=+1-2", "bytes=1-2-3",
+            "bytes=99999999999999999999999-", "bytes", ""] {
+            assert_eq!(parse_range(bad), None, "{bad}");
+        }
+        let tag = Some("\"abc\"");
+        assert!(if_range_allows(&HeaderValue::from_static("\"abc\""), tag));
+        assert!(!if_range_allows(&HeaderValue::from_static("\"abd\""), tag));
+        assert!(!if_range_allows(&HeaderValue::from_static("W/\"abc\""), tag));
+        assert!(!if_range_allows(&HeaderValue::from_static("Tue, 01 Dec 2026 10:00:00 GMT"), tag));
+        assert!(!if_range_allows(&HeaderValue::from_static("\"abc\""), None));
         assert_eq!(range_span(Some((0, Some(9))), 5), (0, 5));
         assert_eq!(range_span(Some((5, None)), 5), (5, 0));
         assert_eq!(range_span(None, 7), (0, 7));

@@ -173,6 +173,13 @@ impl Auth {
             .iter()
             .filter(|b| **b)
             .count();
+        if cfg.dev_mode && configured > 0 {
+            return Err(AuthError::Config(
+                "dev_mode = true turns authentication off, yet a key is configured too: remove dev_mode to check tokens \
+                 with the key, or remove the key for a local demo"
+                    .into(),
+            ));
+        }
         let (mode, source) = if cfg.dev_mode {
             tracing::warn!(
                 "authentication is OFF ([serve.auth] dev_mode = true): every caller is admin; use only for a demo on 127.0.0.1"
@@ -252,6 +259,13 @@ impl Auth {
             Ok(h) => h,
             Err(_) => return Err(unauth(describe_bad_header(token))),
         };
+        if let Some(names) = critical_extensions(token) {
+            // RFC 7515 §4.1.11: a recipient that does not understand a
+            // critical extension must reject the token; ferry knows none
+            return Err(unauth(format!(
+                "the token's header marks extensions as critical (`crit`: {names}); this server understands none, so it refuses the token"
+            )));
+        }
         let key = match &self.mode {
             Mode::Dev => unreachable!("dev mode does not verify"),
             Mode::Single(k) => k,
@@ -432,6 +446,26 @@ fn highest_role(v: &Value) -> Option<Role> {
     };
     names.into_iter().filter_map(|n| n.parse::<Role>().ok()).max()
 }
+
+/// The `crit` header parameter, if the token has one (as text for the
+/// message). The header was already decoded once by `decode_header`, so
+/// it is valid base64url JSON of bounded size here.
+fn critical_extensions(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let head = token.split('.').next()?;
+    if head.len() > MAX_HEADER_CHARS {
+        return Some("(header too large to read)".into());
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head.trim_end_matches('=')).ok()?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    header.get("crit").map(|c| {
+        let text = c.to_string();
+        text.chars().take(80).collect()
+    })
+}
+
+/// Longest JWT header read for `crit` (base64url characters).
+const MAX_HEADER_CHARS: usize = 8192;
 
 fn read_key_file(path: &Path, what: &str) -> Result<String, AuthError> {
     std::fs::read_to_string(path).map_err(|e| AuthError::Config(format!("cannot read {what} {}: {e}", path.display())))
@@ -748,6 +782,31 @@ mod tests {
                 assert!(m.contains("alg: none"), "{m}");
             }
         }
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused() {
+        let cfg = hs_cfg();
+        let auth = Auth::from_config(&cfg).unwrap();
+        let secret = cfg.hs256_secret.as_ref().unwrap().0.as_bytes().to_vec();
+        let good = claims(json!("admin"));
+        // the same token without `crit` is accepted: the refusal is about crit
+        let plain = hand_hs256(&json!({ "alg": "HS256", "typ": "JWT" }), &good, &secret);
+        assert!(auth.authorize(Some(&bearer(&plain)), Role::Viewer).is_ok());
+        for crit in [json!(["exp"]), json!(["b64"]), json!(["http://example.com/ext"]), json!([])] {
+            let header = json!({ "alg": "HS256", "typ": "JWT", "crit": crit, "b64": false, "http://example.com/ext": 1 });
+            let t = hand_hs256(&header, &good, &secret);
+            let m = unauthenticated(auth.authorize(Some(&bearer(&t)), Role::Viewer));
+            assert!(m.contains("crit"), "{m}");
+        }
+    }
+
+    #[test]
+    fn dev_mode_with_a_key_is_a_configuration_error() {
+        let mut cfg = hs_cfg();
+        cfg.dev_mode = true;
+        let m = config_err(Auth::from_config(&cfg));
+        assert!(m.contains("dev_mode") && m.contains("key"), "{m}");
     }
 
     #[test]

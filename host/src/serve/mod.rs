@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Modules: [`api`] (handlers, OpenAPI), [`auth`] (JWT and roles),
-//! [`preview`] (DICOM → PNG), [`web`] (the page), [`passes`] (schedule and
+//! [`preview`] (previews through the sandboxed renderer), [`web`] (the page), [`passes`] (schedule and
 //! sync jobs), [`metrics`], [`problem`] (RFC 7807 errors).
 //!
 //! Library use (tests, embedding): [`start`] returns a [`Running`] service
@@ -85,6 +85,8 @@ pub struct AppState {
     /// The API's own connection (WAL: reads do not wait for the pipeline).
     pub(crate) ledger: Arc<dyn Ledger>,
     pub(crate) previews: Previews,
+    /// `[serve.preview] max_file`.
+    pub(crate) max_preview: u64,
     pub(crate) jobs: Arc<Jobs>,
     pub(crate) metrics: Arc<Metrics>,
     /// The OpenAPI document, serialised once.
@@ -148,37 +150,85 @@ fn serve_config(pipeline: &Pipeline) -> ServeConfig {
     })
 }
 
+/// What `start` refuses before it listens, as one check: the key source
+/// (exactly one, of the right kind, or dev mode without any), dev mode
+/// only on loopback, a store to read images back from. `listen` is the
+/// address that will be bound.
+fn validate(pipeline: &Pipeline, cfg: &ServeConfig, listen: &[SocketAddr]) -> Result<Auth, ServeError> {
+    let auth = Auth::from_config(&cfg.auth)?;
+    if auth.is_dev_mode() {
+        if let Some(addr) = listen.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(ServeError::Config(format!(
+                "[serve.auth] dev_mode = true turns authentication off; it is only allowed on a loopback address, not {addr}"
+            )));
+        }
+    }
+    if pipeline.stage(StageRole::Store).and_then(|s| s.grants.object_store.as_ref()).is_none() {
+        return Err(ServeError::Config(
+            "[store] has no grants.object_store: ferry serve reads images back from the store stage's destination".into(),
+        ));
+    }
+    Ok(auth)
+}
+
+/// `[serve] listen` resolved to socket addresses, without binding.
+async fn listen_addrs(listen: &str) -> Result<Vec<SocketAddr>, ServeError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| ServeError::Config(format!("[serve] listen = {listen:?} is not an address to listen on ({e}); use HOST:PORT, e.g. \"127.0.0.1:8080\"")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ServeError::Config(format!("[serve] listen = {listen:?} resolves to no address")));
+    }
+    Ok(addrs)
+}
+
+/// `ferry check` for `[serve]`: everything [`start`] would refuse, without
+/// listening or running a pass; plus a renderer that loads and configures.
+pub async fn check(pipeline: &Pipeline, engine: &wasmtime::Engine, options: &Options) -> anyhow::Result<String> {
+    let cfg = serve_config(pipeline);
+    let addrs = listen_addrs(&cfg.listen).await?;
+    let auth = validate(pipeline, &cfg, &addrs)?;
+    let dir = tempfile::tempdir()?;
+    let renderer = crate::runtime::renderer(engine, pipeline, &cfg.preview, dir.path(), options)?;
+    renderer.warm_up().await?;
+    Ok(format!(
+        "listen {}; auth: {}; previews: {} ({} at once, {} MiB each)",
+        cfg.listen,
+        auth.describe(),
+        renderer.context().plugin_name,
+        cfg.preview.concurrency(),
+        cfg.preview.limits.memory >> 20
+    ))
+}
+
 /// Loads the pipeline, binds `listen` (else `[serve] listen`), starts the
 /// schedule and the HTTP server. Configuration problems (auth keys, a
 /// store without an object store grant, plugins) are errors here, before
 /// anything listens.
 pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options) -> Result<Running, ServeError> {
     let cfg = serve_config(&pipeline);
-    let auth = Auth::from_config(&cfg.auth)?;
-    let grant = pipeline
-        .stage(StageRole::Store)
-        .and_then(|s| s.grants.object_store.clone())
-        .ok_or_else(|| {
-            ServeError::Config(
-                "[store] has no grants.object_store: ferry serve reads images back from the store stage's destination".into(),
-            )
-        })?;
+    let listen = listen.unwrap_or_else(|| cfg.listen.clone());
+    let auth = validate(&pipeline, &cfg, &listen_addrs(&listen).await?)?;
+    let grant = pipeline.stage(StageRole::Store).and_then(|s| s.grants.object_store.clone()).expect("validated");
     let store = object_store::open(&grant);
     let every = pipeline.schedule.as_ref().map(|s| s.every).unwrap_or(DEFAULT_EVERY);
     let previews_dir = cfg.preview_cache.clone().unwrap_or_else(|| pipeline.state_dir.join("previews"));
     let ledger_path = pipeline.ledger_path();
-    let listen = listen.unwrap_or_else(|| cfg.listen.clone());
 
     let runtime = Arc::new(Runtime::new(pipeline, options).await.map_err(ServeError::Runtime)?);
+    let download_dir = previews_dir.join("tmp");
+    let renderer = crate::runtime::renderer(&runtime.engine, &runtime.pipeline, &cfg.preview, &download_dir, options)
+        .map_err(ServeError::Runtime)?;
+    renderer.warm_up().await.map_err(|e| ServeError::Runtime(e.into()))?;
+    let previews =
+        Previews::new(previews_dir, download_dir.canonicalize().unwrap_or(download_dir), Arc::new(renderer), cfg.preview.concurrency());
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(&ledger_path)?);
     let listener =
         tokio::net::TcpListener::bind(&listen).await.map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;
-    if auth.is_dev_mode() && !addr.ip().is_loopback() {
-        return Err(ServeError::Config(format!(
-            "[serve.auth] dev_mode = true turns authentication off; it is only allowed on a loopback address, not {addr}"
-        )));
-    }
+    // the bound address, in case the name resolved differently
+    validate(&runtime.pipeline, &cfg, &[addr])?;
 
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
@@ -190,7 +240,8 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
         store,
         presign: cfg.presign,
         ledger,
-        previews: Previews::new(previews_dir),
+        previews,
+        max_preview: cfg.preview.max_file,
         jobs,
         metrics,
         openapi: OnceLock::new(),
