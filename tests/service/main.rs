@@ -9,6 +9,7 @@ mod auth;
 mod browser;
 mod download;
 mod health;
+mod hostile_files;
 mod image_preview;
 mod listing;
 mod load;

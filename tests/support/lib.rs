@@ -25,6 +25,7 @@
 
 mod demo;
 mod dicom;
+pub mod hostile;
 mod pipelines;
 pub mod resolver_server;
 mod runtime;

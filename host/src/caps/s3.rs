@@ -539,3 +539,61 @@ impl ObjectStore for S3Store {
         self.list("", None, 1).await.map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(s3: &ferry_tests::S3Server, bucket: &str) -> S3Store {
+        let toml = format!(
+            "bucket = \"{bucket}\"\nendpoint = \"{}\"\npath_style = true\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nmultipart_threshold = \"5MiB\"\npart_size = \"5MiB\"",
+            s3.endpoint(),
+            s3.access_key(),
+            s3.secret_key()
+        );
+        S3Store::new(toml::from_str(&toml).unwrap())
+    }
+
+    /// The parts' bytes are hashed as they are sent; when they do not add
+    /// up to the checksum taken before (the file changed in between), the
+    /// upload is aborted and no object appears.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multipart_upload_of_other_bytes_than_were_hashed_is_aborted() {
+        let s3 = ferry_tests::S3Server::start();
+        s3.create_bucket("parts");
+        let store = store(&s3, "parts");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big.dcm");
+        let bytes: Vec<u8> = (0..(11u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&file, &bytes).unwrap();
+        let right = Sha256::digest(&bytes);
+        let mut wrong = right;
+        wrong[0] ^= 1;
+
+        let meta = S3Store::user_metadata(&Vec::new(), &hex::encode(wrong));
+        let err = store.put_multipart("a/b.dcm", &file, bytes.len() as u64, "application/dicom", meta, &wrong).await.unwrap_err();
+        assert!(matches!(&err, HostError::Unavailable(m) if m.contains("changed while it was uploaded")), "{err:?}");
+        assert!(s3.list("parts", "").await.is_empty(), "an object appeared");
+        // s3s-fs keeps the parts of an open upload as files; abort removes them
+        let left: Vec<_> = walk(s3.root()).into_iter().filter(|p| !p.ends_with("parts")).collect();
+        assert!(left.is_empty(), "the multipart upload was not aborted: {left:?}");
+
+        // the same file with its real checksum goes up
+        let meta = S3Store::user_metadata(&Vec::new(), &hex::encode(right));
+        store.put_multipart("a/b.dcm", &file, bytes.len() as u64, "application/dicom", meta, &right).await.unwrap();
+        assert_eq!(s3.get("parts", "a/b.dcm").await.unwrap(), bytes);
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+}

@@ -37,6 +37,10 @@ pub struct Config {
     pub folders_per_page: u32,
 }
 
+/// Largest `folders_per_page`: one page is one plugin call, which must end
+/// well within its deadline, with its SQL answers in memory.
+pub const MAX_FOLDERS_PER_PAGE: u32 = 1000;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -84,8 +88,11 @@ impl Config {
         if self.connection.is_empty() {
             return Err(permanent("invalid [config] connection: must name an sql connection"));
         }
-        if self.folders_per_page == 0 {
-            return Err(permanent("invalid [config] folders_per_page: must be at least 1"));
+        if !(1..=MAX_FOLDERS_PER_PAGE).contains(&self.folders_per_page) {
+            return Err(permanent(format!(
+                "invalid [config] folders_per_page: {} is outside 1..={MAX_FOLDERS_PER_PAGE} (a page must fit well inside the call deadline)",
+                self.folders_per_page
+            )));
         }
         Ok(())
     }

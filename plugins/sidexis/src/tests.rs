@@ -48,6 +48,9 @@ fn config_defaults_and_errors() {
     assert!(e.message.contains("image_table"), "{}", e.message);
     let e = Config::parse(r#"{"folders_per_page": 0}"#).unwrap_err();
     assert!(e.message.contains("folders_per_page"), "{}", e.message);
+    let e = Config::parse(r#"{"folders_per_page": 3000000}"#).unwrap_err();
+    assert!(e.message.contains("folders_per_page: 3000000 is outside 1..=1000"), "{}", e.message);
+    assert!(Config::parse(r#"{"folders_per_page": 1000}"#).is_ok());
 }
 
 /// An in-memory Sidexis site.
