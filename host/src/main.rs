@@ -327,14 +327,15 @@ fn parse_every(s: &str) -> Result<Duration, String> {
 
 fn progress_message(s: &Summary) -> String {
     format!(
-        "scanned {} · stored {} · unchanged {} · skipped {} · unresolved {} · quarantined {} · failed {}",
+        "scanned {} · stored {} · unchanged {} · skipped {} · unresolved {} · quarantined {} · failed {} · deferred {}",
         s.scanned(),
         s.count(Outcome::Stored),
         s.count(Outcome::Unchanged),
         s.count(Outcome::Skipped),
         s.count(Outcome::Unresolved),
         s.count(Outcome::Quarantined),
-        s.count(Outcome::Failed)
+        s.count(Outcome::Failed),
+        s.count(Outcome::Deferred)
     )
 }
 

@@ -64,8 +64,15 @@ async fn a_file_growing_between_scan_and_upload_is_stored_whole_next_pass() {
     // waits to be resolved (after the scan, before the upload)
     resolver.set_fault(Fault::Slow(Duration::from_millis(1500)));
     let growing = fx.site.image(21);
-    let mut whole = std::fs::read(&growing.path).unwrap();
-    let half = whole.len() / 2;
+    // what the file becomes: the same image at a higher resolution
+    let later = tempfile::tempdir().unwrap();
+    let bigger = SiteBuilder::new()
+        .patient(PatientSpec::new(2, "C-2", "Zweite", "Zoe"))
+        .image(ImageSpec::new(2, 21, "Panoramic", ImageKind::Panoramic).pixels(400, 800))
+        .build(&later.path().join("site"))
+        .unwrap();
+    let whole = std::fs::read(&bigger.image(21).path).unwrap();
+    assert!(whole.len() as u64 > growing.size);
 
     let pass = {
         let rt = &rt;
@@ -77,7 +84,6 @@ async fn a_file_growing_between_scan_and_upload_is_stored_whole_next_pass() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // the imaging software rewrites the file: a longer image
-        whole.extend(std::iter::repeat_n(0u8, half));
         ferry_tests::write_settled(&growing.path, &whole).unwrap();
     };
     let (first, ()) = tokio::join!(pass, grow);

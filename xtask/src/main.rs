@@ -1,4 +1,4 @@
-//! Project chores: `cargo xtask <plugins|test|demo|check>`.
+//! Project chores: `cargo xtask <plugins|test|demo|check|bench|fuzz>`.
 //!
 //! Why an xtask and not a shell script: building the guest plugins needs a
 //! wasm target, and a fresh machine may have only rustup's stable host
@@ -23,6 +23,7 @@ fn main() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("demo") => demo(&root),
         Some("bench") => bench(&root, &args[1..]),
+        Some("fuzz") => fuzz(&root, &args[1..]),
         Some("check") => {
             build_plugins(&root)?;
             cargo(&root, &["run", "--quiet", "-p", "ferry", "--", "check", "pipelines/demo.toml"], &[])
@@ -35,7 +36,8 @@ fn main() -> Result<()> {
                  test      build plugins, then run every test (extra args go to cargo test)\n  \
                  demo      build plugins, generate a synthetic Sidexis site, run pipelines/demo.toml\n  \
                  check     build plugins, then `ferry check pipelines/demo.toml`\n  \
-                 bench     build plugins and ferry, print pipeline vs plain-upload figures (--quick: smaller site; --release)"
+                 bench     build plugins and ferry, print pipeline vs plain-upload figures (--quick: smaller site; --release)\n  \
+                 fuzz      fuzz the DICOM parsers natively: --seconds N [--target extract|render|all] (args go to plugins/fuzz)"
             );
             std::process::exit(2);
         }
@@ -150,6 +152,43 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         bail!("bench failed ({status})");
     }
     Ok(())
+}
+
+/// `cargo xtask fuzz --seconds N [--target T] ...`: the DICOM fuzz harness
+/// (`plugins/fuzz`), run natively in an optimised build, every argument
+/// passed on (`--help` lists them). The plugins workspace's release profile
+/// aborts on panic (right for wasm guests, fatal for a harness that
+/// catches panics), so this uses a `fuzz` profile defined here: release
+/// optimisation, unwinding panics, line tables for backtraces, no LTO (a
+/// quicker build). Findings land in `target/fuzz-out/` (`--out` to change).
+fn fuzz(root: &Path, extra: &[String]) -> Result<()> {
+    let profile = [
+        "profile.fuzz.inherits=\"release\"",
+        "profile.fuzz.panic=\"unwind\"",
+        "profile.fuzz.opt-level=3",
+        "profile.fuzz.lto=false",
+        "profile.fuzz.codegen-units=16",
+        "profile.fuzz.debug=\"line-tables-only\"",
+        "profile.fuzz.strip=false",
+    ];
+    let mut cmd = Command::new(env_or("CARGO", "cargo"));
+    cmd.current_dir(root.join("plugins"));
+    for p in profile {
+        cmd.args(["--config", p]);
+    }
+    cmd.args(["run", "--profile", "fuzz", "-p", "ferry-fuzz", "--bin", "fuzz", "--"]).args(extra);
+    cmd.env_remove("RUSTFLAGS").env_remove("CARGO_ENCODED_RUSTFLAGS");
+    eprintln!("==> fuzz (plugins/fuzz, profile fuzz)");
+    let status = cmd.status().context("running cargo run -p ferry-fuzz")?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(1) => {
+            // Not an error of xtask's: the report above says what was found.
+            eprintln!("==> the fuzz run has findings (see the report above)");
+            std::process::exit(1)
+        }
+        _ => bail!("fuzz failed ({status})"),
+    }
 }
 
 fn env_or(key: &str, default: &str) -> OsString {

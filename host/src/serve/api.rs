@@ -360,7 +360,12 @@ async fn sidecar_facts(state: &AppState, key: &str) -> Option<ImageFacts> {
     let mut bytes = Vec::with_capacity(total as usize);
     while let Some(chunk) = body.next().await {
         bytes.extend_from_slice(&chunk.ok()?);
+        // the declared size is the store's word; the bytes are checked too
+        if bytes.len() > 1 << 20 {
+            return None;
+        }
     }
+    // serde_json caps nesting at 128 levels
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let md = &v["metadata"];
     let text = |k: &str| md[k].as_str().map(str::to_owned);

@@ -17,6 +17,12 @@
 //! (`x-amz-meta-ferry-item-id`); the host adds `ferry-sha256`, which tells
 //! `unchanged` items from changed ones without downloading anything.
 //!
-//! The logic (idempotence, collisions, sidecar) is shared with `fs-store`
-//! in `ferry-store-common`.
+//! Every key segment is a plain file name on Windows and Unix disks (no
+//! `..`, no leading dot, no trailing dot or space, no control characters,
+//! none of `/\<>:"|?*`, no device names such as `CON` or `COM1`, at most
+//! 255 bytes), so a bucket or folder can be copied anywhere with ordinary
+//! tools; names that were already such keep the keys they always had.
+//!
+//! The logic (idempotence, collisions, boring keys, sidecar) is shared
+//! with `fs-store` in `ferry-store-common`.
 ferry_store_common::export_store!(S3Store, ferry_store_common::S3_PROFILE, wit = "../../wit");

@@ -6,8 +6,9 @@
 //! - the capability bindings (`log`, `fs`, `sql`, `http`, `object-store`)
 //!   generated once from `wit/ferry.wit`, re-exported at the crate root;
 //! - one macro per stage world ([`source_plugin!`], [`extractor_plugin!`],
-//!   [`resolver_plugin!`], [`store_plugin!`]) that generates the export side
-//!   for your type and wires it to the shared types;
+//!   [`resolver_plugin!`], [`store_plugin!`], [`renderer_plugin!`]) that
+//!   generates the export side for your type and wires it to the shared
+//!   types;
 //! - helpers: typed config parsing ([`parse_config`]), error constructors,
 //!   a `Read + Seek` adapter over host files ([`FileReader`]), logging.
 //!
@@ -31,7 +32,7 @@
 //! goes to stderr), so `cargo test` in `plugins/` runs plugin unit tests.
 //!
 //! Why macros instead of a trait in this crate: `wit-bindgen` embeds the
-//! world a component exports as a custom section; generating all four
+//! world a component exports as a custom section; generating all the
 //! stage worlds here would make every plugin claim to export all of them.
 //! So this crate generates only the imports, and each plugin generates its
 //! own export world with `with:` pointing back here.
@@ -178,4 +179,10 @@ macro_rules! resolver_plugin {
 #[macro_export]
 macro_rules! store_plugin {
     ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("store-plugin", $ty, $wit); };
+}
+
+/// Exports `$ty` (implementing `ferry_exports::renderer::Guest`).
+#[macro_export]
+macro_rules! renderer_plugin {
+    ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("renderer-plugin", $ty, $wit); };
 }

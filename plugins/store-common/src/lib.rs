@@ -19,6 +19,16 @@
 //! keeps it as `ferry-sha256` user metadata); an object whose store knows
 //! no checksum is rewritten (or, if it has no owner, left alone).
 //!
+//! Keys are boring: clinics copy buckets to Windows and Unix disks with
+//! ordinary tools, so every segment ferry makes is a plain file name there
+//! (no `..`, no leading dot, no trailing dot or space, no control
+//! characters, none of `/\<>:"|?*`, no device name such as `CON` or
+//! `com1.dcm`, at most [`MAX_SEGMENT`] bytes; see [`defect`]). Each value
+//! is made so by [`sanitise`], literal template text is checked when the
+//! pipeline is configured, and every key is checked again before use. A
+//! name that was already boring keeps the key it always had, so changing
+//! these rules never re-uploads an existing object under a new key.
+//!
 //! The logic is written against the small [`Backend`] trait so that it can
 //! be tested without a host; [`HostBackend`] is the real one.
 use std::collections::BTreeMap;
@@ -55,10 +65,16 @@ pub struct Profile {
 }
 
 /// `fs-store`: a folder (or any store the host grants).
-pub const FS_PROFILE: Profile = Profile { default_key: "images/{patientGuid}/{imageName}", default_sidecar: true };
+pub const FS_PROFILE: Profile = Profile {
+    default_key: "images/{patientGuid}/{imageName}",
+    default_sidecar: true,
+};
 
 /// `s3-store`: an S3 bucket.
-pub const S3_PROFILE: Profile = Profile { default_key: "images/{patientGuid}/{imageName}", default_sidecar: true };
+pub const S3_PROFILE: Profile = Profile {
+    default_key: "images/{patientGuid}/{imageName}",
+    default_sidecar: true,
+};
 
 /// Object keys are at most this long (S3's limit and the host's rule).
 pub const MAX_KEY: usize = 1024;
@@ -169,8 +185,14 @@ impl Template {
                         return Err(bad("`{` inside a placeholder".into()));
                     }
                     let Some((_, p)) = Placeholder::ALL.iter().find(|(n, _)| *n == name) else {
-                        let known: Vec<String> = Placeholder::ALL.iter().map(|(n, _)| format!("{{{n}}}")).collect();
-                        return Err(bad(format!("unknown placeholder {{{name}}} (known: {})", known.join(", "))));
+                        let known: Vec<String> = Placeholder::ALL
+                            .iter()
+                            .map(|(n, _)| format!("{{{n}}}"))
+                            .collect();
+                        return Err(bad(format!(
+                            "unknown placeholder {{{name}}} (known: {})",
+                            known.join(", ")
+                        )));
                     };
                     if o > 0 {
                         parts.push(Part::Literal(rest[..o].to_string()));
@@ -182,13 +204,35 @@ impl Template {
             }
         }
         let t = Template { parts };
-        // Literal text must make a valid key whatever the values are.
+        // Literal text must make a valid key whatever the values are, and
+        // a boring one: values never start or end with a dot or a blank,
+        // so a sample value shows every defect literal text can cause
+        // (a device name made of literal and value is fixed per key).
         let sample = t.render(|_| "x".to_string());
         if let Err(why) = check_key(&sample) {
             return Err(bad(why));
         }
-        if !t.parts.iter().any(|p| matches!(p, Part::Value(v) if *v != Placeholder::ClinicId)) {
-            return Err(bad("no per-item placeholder: every item would get the same key".into()));
+        if let Some((segment, why)) = sample
+            .split('/')
+            .find_map(|seg| defect(seg).map(|why| (seg, why)))
+        {
+            let shown = if t.parts.iter().any(|p| matches!(p, Part::Value(_))) {
+                format!("segment {segment:?} (with `x` for each placeholder)")
+            } else {
+                format!("segment {segment:?}")
+            };
+            return Err(bad(format!(
+                "{shown} {why}: keys must be plain file and folder names"
+            )));
+        }
+        if !t
+            .parts
+            .iter()
+            .any(|p| matches!(p, Part::Value(v) if *v != Placeholder::ClinicId))
+        {
+            return Err(bad(
+                "no per-item placeholder: every item would get the same key".into(),
+            ));
         }
         Ok(t)
     }
@@ -225,25 +269,191 @@ fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// One substituted value made safe as (part of) a key segment: no `/` or
-/// `\`, no control characters, none of `<>:"|?*` (refused by Windows), no
-/// leading dots, no surrounding blanks or trailing dots; `_` if nothing is
-/// left. Other Unicode is kept.
-pub fn sanitise(value: &str) -> String {
+/// Characters Windows refuses in a file name (`/` separates key segments).
+const REFUSED: [char; 9] = ['/', '\\', '<', '>', ':', '"', '|', '?', '*'];
+
+/// Names Windows gives to devices: a file called `CON`, `con.dcm` or
+/// `Nul .tar.gz` cannot be created or copied there. Microsoft's list
+/// ("Naming Files, Paths, and Namespaces") plus `CONIN$`/`CONOUT$`, which
+/// `CreateFile` also treats as devices.
+const DEVICE_NAMES: [&str; 32] = [
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    "CONIN$",
+    "CONOUT$",
+    "COM0",
+    "COM1",
+    "COM2",
+    "COM3",
+    "COM4",
+    "COM5",
+    "COM6",
+    "COM7",
+    "COM8",
+    "COM9",
+    "COM\u{b9}",
+    "COM\u{b2}",
+    "COM\u{b3}",
+    "LPT0",
+    "LPT1",
+    "LPT2",
+    "LPT3",
+    "LPT4",
+    "LPT5",
+    "LPT6",
+    "LPT7",
+    "LPT8",
+    "LPT9",
+    "LPT\u{b9}",
+    "LPT\u{b2}",
+    "LPT\u{b3}",
+];
+
+/// Is `segment`'s stem a device name? Windows looks at the part before
+/// the first dot, ignores trailing spaces and case.
+fn is_device_name(segment: &str) -> bool {
+    let stem = segment
+        .split('.')
+        .next()
+        .unwrap_or(segment)
+        .trim_end_matches(' ');
+    DEVICE_NAMES.iter().any(|d| stem.eq_ignore_ascii_case(d))
+}
+
+/// Why `segment` would not be a boring file name on Windows and Unix disks
+/// (or in tools that copy keys there), if it would not. Length is checked
+/// separately ([`is_boring`]).
+pub fn defect(segment: &str) -> Option<&'static str> {
+    if segment.is_empty() {
+        Some("is empty")
+    } else if segment.contains("..") {
+        Some("contains `..`")
+    } else if segment.starts_with('.') {
+        Some("starts with a dot")
+    } else if segment.ends_with(['.', ' ']) {
+        Some("ends with a dot or a space")
+    } else if segment.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if segment.contains(REFUSED) {
+        Some("contains one of `/\\<>:\"|?*`")
+    } else if is_device_name(segment) {
+        Some("is a Windows device name (CON, PRN, AUX, NUL, COM1, LPT1, ...)")
+    } else {
+        None
+    }
+}
+
+/// Can `segment` be a file or folder name everywhere a clinic syncs its
+/// bucket to: no [`defect`], at most [`MAX_SEGMENT`] bytes.
+pub fn is_boring(segment: &str) -> bool {
+    segment.len() <= MAX_SEGMENT && defect(segment).is_none()
+}
+
+/// What `sanitise` has always done (kept byte for byte, so that every
+/// name it already made boring keeps its key): `/\<>:"|?*` and control
+/// characters become `_`; surrounding blanks, leading dots and trailing
+/// dots and spaces go; `_` if nothing is left.
+fn replace_and_trim(value: &str) -> String {
     let replaced: String = value
         .chars()
         .map(|c| match c {
-            '/' | '\\' | '<' | '>' | ':' | '"' | '|' | '?' | '*' => '_',
+            c if REFUSED.contains(&c) => '_',
             c if c.is_control() => '_',
             c => c,
         })
         .collect();
-    let trimmed = replaced.trim().trim_start_matches('.').trim_end_matches(['.', ' ']).trim();
+    let trimmed = replaced
+        .trim()
+        .trim_start_matches('.')
+        .trim_end_matches(['.', ' '])
+        .trim();
     if trimmed.is_empty() {
         "_".to_string()
     } else {
         trimmed.to_string()
     }
+}
+
+/// Removes what [`replace_and_trim`] leaves and [`defect`] refuses: every
+/// run of two or more dots becomes `_`; the ends are trimmed until no
+/// blank, leading dot or trailing dot/space is left; a device-name stem
+/// gets `_` after it (`CON.dcm` → `CON_.dcm`).
+fn make_boring(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut dots = 0;
+    let flush = |out: &mut String, dots: usize| match dots {
+        0 => {}
+        1 => out.push('.'),
+        _ => out.push('_'),
+    };
+    for c in s.chars() {
+        if c == '.' {
+            dots += 1;
+        } else {
+            flush(&mut out, dots);
+            dots = 0;
+            out.push(c);
+        }
+    }
+    flush(&mut out, dots);
+    loop {
+        let t = out
+            .trim()
+            .trim_start_matches('.')
+            .trim_end_matches(['.', ' ']);
+        if t.len() == out.len() {
+            break;
+        }
+        out = t.to_string();
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    if is_device_name(&out) {
+        let at = out.find('.').unwrap_or(out.len());
+        out.insert(at, '_');
+    }
+    out
+}
+
+/// `name~1a2b3c4d.ext` (or `name~1a2b3c4d` without an extension).
+fn with_hash(name: &str, hash: &str) -> String {
+    let at = match name.rfind('.') {
+        Some(dot)
+            if dot > 0
+                && (2..=11).contains(&(name.len() - dot))
+                && name[dot + 1..].bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            dot
+        }
+        _ => name.len(),
+    };
+    format!("{}~{hash}{}", &name[..at], &name[at..])
+}
+
+/// One substituted value (`{imageName}`, `{itemId}`, `{modality}`,
+/// `{patientGuid}`, `clinic_id`) made a boring key segment, or part of one
+/// (see [`defect`]). Unicode letters are kept as they come (no
+/// normalisation: `ü` stays the code points it was sent as).
+///
+/// Refused characters and controls become `_` and the ends are trimmed,
+/// as they always were; a name that leaves boring keeps exactly the key
+/// it always had. What that used to let through (`a..b`, `CON`, a dot
+/// left at an end by inner blanks) is made boring too, and then the value
+/// gets `~` and 8 hex digits of the SHA-256 of the original value before
+/// its extension (`CON.dcm` → `CON_~1a2b3c4d.dcm`): such a name can never
+/// take the key of a name that was boring, and two such names only share
+/// a key if they were equal. Distinct values that sanitise alike
+/// (`a?b`, `a*b`) are kept apart when stored, like two items of the same
+/// name: the second goes to `name~<8 hex of its item id>`.
+pub fn sanitise(value: &str) -> String {
+    let cleaned = replace_and_trim(value);
+    if defect(&cleaned).is_none() {
+        return cleaned;
+    }
+    with_hash(&make_boring(&cleaned), &short_hash(value, 8))
 }
 
 /// `.dcm` for `P_1/0000_2.DCM`: the lowercased extension of a path's last
@@ -253,7 +463,8 @@ pub fn extension(path: &str) -> String {
     match name.rfind('.') {
         Some(dot) if dot > 0 => {
             let ext = &name[dot + 1..];
-            if !ext.is_empty() && ext.len() <= 10 && ext.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            if !ext.is_empty() && ext.len() <= 10 && ext.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
                 format!(".{}", ext.to_ascii_lowercase())
             } else {
                 String::new()
@@ -330,27 +541,45 @@ impl Key {
             // As the name spells it (`.DCM` stays `.DCM`).
             name[name.len() - source_ext.len()..].to_string()
         };
-        let stem = name[..name.len() - ext.len()].to_string();
+        let mut stem = name[..name.len() - ext.len()].to_string();
+        // Values are sanitised one by one; what literal text next to them
+        // can still make (`COM{modality}` with `1`) is fixed here, for the
+        // stem only, so that the extension stays. A boring stem makes a
+        // boring name with any `.alnum` extension.
+        if defect(&name).is_some() {
+            stem = sanitise(&stem);
+        }
         // Folder segments too long for a file system: shorten with a hash.
         let dir: Vec<String> = dir
             .split_terminator('/')
             .map(|seg| {
+                if defect(seg).is_some() {
+                    sanitise(seg)
+                } else {
+                    seg.to_string()
+                }
+            })
+            .map(|seg| {
                 if seg.len() <= MAX_SEGMENT {
                     seg.to_string()
                 } else {
-                    let hash = short_hash(seg, 8);
-                    format!("{}~{hash}", truncate(seg, MAX_SEGMENT - 9))
+                    let hash = short_hash(&seg, 8);
+                    format!("{}~{hash}", truncate(&seg, MAX_SEGMENT - 9))
                 }
             })
             .map(|seg| seg + "/")
             .collect();
-        Ok(Key { dir: dir.concat(), stem, ext })
+        Ok(Key {
+            dir: dir.concat(),
+            stem,
+            ext,
+        })
     }
 
     /// The object key, with `tag` (e.g. `~1a2b3c4d`) after the stem, at
     /// most [`MAX_KEY`] bytes with the sidecar's `.json`. See [`Key::render_within`].
     pub fn render(&self, tag: &str) -> Result<String, StageError> {
-        self.render_within(tag, MAX_KEY)
+        self.render_checked(tag, MAX_KEY)
     }
 
     /// The object key, with `tag` after the stem. Keeps the file name
@@ -377,6 +606,22 @@ impl Key {
         let stem = truncate(&self.stem, budget - fixed);
         Ok(format!("{}{stem}{hash}{tag}{}", self.dir, self.ext))
     }
+
+    /// [`Key::render_within`], checked: every segment of the key and of
+    /// its sidecar's key is boring ([`is_boring`]). `Key::new` and
+    /// [`sanitise`] make sure of that; this turns a mistake there into a
+    /// failed item instead of an object no clinic disk can hold.
+    pub fn render_checked(&self, tag: &str, max_key: usize) -> Result<String, StageError> {
+        let key = self.render_within(tag, max_key)?;
+        let sidecar = format!("{key}{SIDECAR_SUFFIX}");
+        if let Some(seg) = sidecar.split('/').find(|seg| !is_boring(seg)) {
+            return Err(permanent(format!(
+                "bug: object key {key:?} has a segment {seg:?} that {}",
+                defect(seg).unwrap_or("is too long")
+            )));
+        }
+        Ok(key)
+    }
 }
 
 /// Percent-encodes what is not printable ASCII (and `%`), for metadata.
@@ -393,28 +638,50 @@ pub fn percent_encode(s: &str) -> String {
 }
 
 fn meta_get<'a>(info: &'a ObjectInfo, key: &str) -> Option<&'a str> {
-    info.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    info.metadata
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 fn metadata_text<'a>(metadata: &'a Metadata, key: &str) -> Option<&'a str> {
-    metadata.iter().rev().find(|(k, _)| k == key).and_then(|(_, v)| match v {
-        Value::Text(t) if !t.trim().is_empty() => Some(t.as_str()),
-        _ => None,
-    })
+    metadata
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| match v {
+            Value::Text(t) if !t.trim().is_empty() => Some(t.as_str()),
+            _ => None,
+        })
 }
 
 /// What the store needs from the host.
 pub trait Backend {
     fn head(&mut self, key: &str) -> Result<Option<ObjectInfo>, HostError>;
     /// Writes `file` at `key`, replacing what is there.
-    fn put_file(&mut self, key: &str, file: &FileRef, content_type: &str, meta: &[(String, String)])
-        -> Result<ObjectInfo, HostError>;
+    fn put_file(
+        &mut self,
+        key: &str,
+        file: &FileRef,
+        content_type: &str,
+        meta: &[(String, String)],
+    ) -> Result<ObjectInfo, HostError>;
     /// Writes `file` at `key` only if no object is there: `None` if one is.
     /// Of two concurrent calls for one key, at most one may write.
-    fn create_file(&mut self, key: &str, file: &FileRef, content_type: &str, meta: &[(String, String)])
-        -> Result<Option<ObjectInfo>, HostError>;
-    fn put_bytes(&mut self, key: &str, body: &[u8], content_type: &str, meta: &[(String, String)])
-        -> Result<ObjectInfo, HostError>;
+    fn create_file(
+        &mut self,
+        key: &str,
+        file: &FileRef,
+        content_type: &str,
+        meta: &[(String, String)],
+    ) -> Result<Option<ObjectInfo>, HostError>;
+    fn put_bytes(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        content_type: &str,
+        meta: &[(String, String)],
+    ) -> Result<ObjectInfo, HostError>;
     fn sha256(&mut self, file: &FileRef) -> Result<String, HostError>;
 }
 
@@ -425,16 +692,31 @@ impl Backend for HostBackend {
     fn head(&mut self, key: &str) -> Result<Option<ObjectInfo>, HostError> {
         object_store::head(key)
     }
-    fn put_file(&mut self, key: &str, file: &FileRef, content_type: &str, meta: &[(String, String)])
-        -> Result<ObjectInfo, HostError> {
+    fn put_file(
+        &mut self,
+        key: &str,
+        file: &FileRef,
+        content_type: &str,
+        meta: &[(String, String)],
+    ) -> Result<ObjectInfo, HostError> {
         object_store::put_file(key, file, content_type, meta)
     }
-    fn create_file(&mut self, key: &str, file: &FileRef, content_type: &str, meta: &[(String, String)])
-        -> Result<Option<ObjectInfo>, HostError> {
+    fn create_file(
+        &mut self,
+        key: &str,
+        file: &FileRef,
+        content_type: &str,
+        meta: &[(String, String)],
+    ) -> Result<Option<ObjectInfo>, HostError> {
         object_store::put_file_new(key, file, content_type, meta)
     }
-    fn put_bytes(&mut self, key: &str, body: &[u8], content_type: &str, meta: &[(String, String)])
-        -> Result<ObjectInfo, HostError> {
+    fn put_bytes(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        content_type: &str,
+        meta: &[(String, String)],
+    ) -> Result<ObjectInfo, HostError> {
         object_store::put_bytes(key, body, content_type, meta)
     }
     fn sha256(&mut self, file: &FileRef) -> Result<String, HostError> {
@@ -475,7 +757,9 @@ impl Placer<'_> {
             return Ok(sha.clone());
         }
         let file = &self.item.file;
-        let sha = backend.sha256(file).context(format_args!("hashing {}", file.path))?;
+        let sha = backend
+            .sha256(file)
+            .context(format_args!("hashing {}", file.path))?;
         Ok(self.content_sha.insert(sha).clone())
     }
 
@@ -485,13 +769,23 @@ impl Placer<'_> {
 
     /// Stores at `key` unless another item's (or nobody's) object is
     /// there: `None` then.
-    fn place(&mut self, backend: &mut dyn Backend, key: &str) -> Result<Option<(ObjectInfo, Outcome)>, StageError> {
+    fn place(
+        &mut self,
+        backend: &mut dyn Backend,
+        key: &str,
+    ) -> Result<Option<(ObjectInfo, Outcome)>, StageError> {
         let content_type = content_type(key);
         let file = &self.item.file;
         // Twice at most: a create that loses a race looks again.
         for _ in 0..2 {
-            let Some(info) = backend.head(key).context(format_args!("looking up {key}"))? else {
-                match backend.create_file(key, file, content_type, &self.object_meta()).context(format_args!("storing {key}"))? {
+            let Some(info) = backend
+                .head(key)
+                .context(format_args!("looking up {key}"))?
+            else {
+                match backend
+                    .create_file(key, file, content_type, &self.object_meta())
+                    .context(format_args!("storing {key}"))?
+                {
                     Some(info) => return Ok(Some((info, Outcome::Stored))),
                     None => continue,
                 }
@@ -501,7 +795,10 @@ impl Placer<'_> {
                 return Ok(None);
             }
             let sha = self.sha(backend)?;
-            let same_bytes = info.sha256.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&sha));
+            let same_bytes = info
+                .sha256
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(&sha));
             if owner.is_none() {
                 // An object without an owner (put there by hand, or a crash
                 // between the bytes and their record): ours only if it holds
@@ -512,8 +809,9 @@ impl Placer<'_> {
                 return Ok(Some((info, Outcome::Unchanged)));
             }
             // An older version of this item: replace it.
-            let info =
-                backend.put_file(key, file, content_type, &self.object_meta()).context(format_args!("storing {key}"))?;
+            let info = backend
+                .put_file(key, file, content_type, &self.object_meta())
+                .context(format_args!("storing {key}"))?;
             return Ok(Some((info, Outcome::Stored)));
         }
         Ok(None)
@@ -545,12 +843,13 @@ pub fn store_item(
         content_sha: None,
     };
 
-    let primary = key.render_within("", settings.max_key)?;
+    let primary = key.render_checked("", settings.max_key)?;
     let (object_key, (info, outcome)) = match placer.place(backend, &primary)? {
         Some(placed) => (primary, placed),
         None => {
             // Another item's object holds the key: go next to it.
-            let alt = key.render_within(&format!("~{}", short_hash(&item.id, 8)), settings.max_key)?;
+            let alt =
+                key.render_checked(&format!("~{}", short_hash(&item.id, 8)), settings.max_key)?;
             match placer.place(backend, &alt)? {
                 Some(placed) => (alt, placed),
                 None => {
@@ -561,24 +860,51 @@ pub fn store_item(
             }
         }
     };
-    debug(&format!("{}: {} ({object_key})", item.id, if outcome == Outcome::Stored { "stored" } else { "unchanged" }));
+    debug(&format!(
+        "{}: {} ({object_key})",
+        item.id,
+        if outcome == Outcome::Stored {
+            "stored"
+        } else {
+            "unchanged"
+        }
+    ));
 
     if settings.sidecar {
         let sidecar_key = format!("{object_key}{SIDECAR_SUFFIX}");
         let missing = outcome == Outcome::Stored
-            || backend.head(&sidecar_key).context(format_args!("looking up {sidecar_key}"))?.is_none();
+            || backend
+                .head(&sidecar_key)
+                .context(format_args!("looking up {sidecar_key}"))?
+                .is_none();
         if missing {
             let sha = match (&info.sha256, &placer.content_sha) {
                 (Some(s), _) | (None, Some(s)) => s.clone(),
                 (None, None) => placer.sha(backend)?,
             };
-            let body = sidecar(item, metadata, patient_guid, settings.clinic_id.as_deref(), &object_key, &sha, info.size);
+            let body = sidecar(
+                item,
+                metadata,
+                patient_guid,
+                settings.clinic_id.as_deref(),
+                &object_key,
+                &sha,
+                info.size,
+            );
             backend
-                .put_bytes(&sidecar_key, &body, "application/json", &placer.object_meta())
+                .put_bytes(
+                    &sidecar_key,
+                    &body,
+                    "application/json",
+                    &placer.object_meta(),
+                )
                 .context(format_args!("storing {sidecar_key}"))?;
         }
     }
-    Ok(Placed { location: object_key, outcome })
+    Ok(Placed {
+        location: object_key,
+        outcome,
+    })
 }
 
 /// The sidecar: a pretty, deterministic JSON object (sorted keys, no
@@ -604,8 +930,15 @@ pub fn sidecar(
             Value::Reals(rs) => J::Array(rs.iter().map(|r| real(*r)).collect()),
         }
     };
-    let metadata: Map<String, J> = metadata.iter().map(|(k, v)| (k.clone(), value(v))).collect();
-    let attributes: BTreeMap<&str, &str> = item.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let metadata: Map<String, J> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), value(v)))
+        .collect();
+    let attributes: BTreeMap<&str, &str> = item
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut doc = json!({
         "itemId": item.id,
         "patientGuid": patient_guid,
@@ -658,7 +991,10 @@ macro_rules! export_store {
                     $crate::Outcome::Stored => ferry_exports::store::StoreOutcome::Stored,
                     $crate::Outcome::Unchanged => ferry_exports::store::StoreOutcome::Unchanged,
                 };
-                Ok(ferry_exports::store::Stored { location: placed.location, outcome })
+                Ok(ferry_exports::store::Stored {
+                    location: placed.location,
+                    outcome,
+                })
             }
         }
 
