@@ -7,7 +7,10 @@
 //! under a memory cap (`StoreLimits`, with growth failure trapping instead
 //! of letting the guest abort in its allocator). An instance that trapped
 //! is dropped, never reused: after a trap its state is unknown. The next
-//! call gets a fresh instance, configured again.
+//! call gets a fresh instance, configured again. An instance whose memory
+//! grew past [`KEEP_IDLE_BELOW`] (or half its limit) is dropped after its
+//! call too: linear memory never shrinks, and one large item must not
+//! leave every idle instance holding its peak.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +32,10 @@ use crate::bindings::types::{ErrorKind, FileRef, Item, Metadata, PatientKey, Sta
 use crate::caps::{StageContext, StageState};
 use crate::config::{Limits, Role};
 use crate::plugin::Plugin;
+
+/// Instances whose linear memory grew beyond this (or beyond half their
+/// memory limit, if that is less) are not kept idle after a call.
+pub const KEEP_IDLE_BELOW: usize = 64 << 20;
 
 /// Engine epoch tick. Deadlines are accurate to about this much.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -274,7 +281,8 @@ impl StagePool {
         inst.store.data_mut().current_file = None;
         match r {
             Ok(r) => {
-                if !self.stopping.load(Ordering::Relaxed) {
+                let keep_below = KEEP_IDLE_BELOW.min(self.limits.memory as usize / 2);
+                if !self.stopping.load(Ordering::Relaxed) && inst.store.data().limits.grown_to <= keep_below {
                     self.idle.lock().unwrap().push(inst);
                 }
                 r.map_err(CallError::Stage)

@@ -162,20 +162,9 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
 /// optimisation, unwinding panics, line tables for backtraces, no LTO (a
 /// quicker build). Findings land in `target/fuzz-out/` (`--out` to change).
 fn fuzz(root: &Path, extra: &[String]) -> Result<()> {
-    let profile = [
-        "profile.fuzz.inherits=\"release\"",
-        "profile.fuzz.panic=\"unwind\"",
-        "profile.fuzz.opt-level=3",
-        "profile.fuzz.lto=false",
-        "profile.fuzz.codegen-units=16",
-        "profile.fuzz.debug=\"line-tables-only\"",
-        "profile.fuzz.strip=false",
-    ];
+    // profile `fuzz` is defined in plugins/Cargo.toml
     let mut cmd = Command::new(env_or("CARGO", "cargo"));
     cmd.current_dir(root.join("plugins"));
-    for p in profile {
-        cmd.args(["--config", p]);
-    }
     cmd.args(["run", "--profile", "fuzz", "-p", "ferry-fuzz", "--bin", "fuzz", "--"]).args(extra);
     cmd.env_remove("RUSTFLAGS").env_remove("CARGO_ENCODED_RUSTFLAGS");
     eprintln!("==> fuzz (plugins/fuzz, profile fuzz)");

@@ -52,10 +52,53 @@ impl StageContext {
     }
 }
 
+/// The memory cap of one instance ([`StoreLimits`]), remembering how far
+/// its linear memory grew: an instance left large by one big item is not
+/// kept idle (see `stage::StagePool`).
+pub struct Limiter {
+    inner: StoreLimits,
+    /// Largest linear memory granted so far, in bytes.
+    pub grown_to: usize,
+}
+
+impl Limiter {
+    pub fn new(inner: StoreLimits) -> Self {
+        Limiter { inner, grown_to: 0 }
+    }
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if ok {
+            self.grown_to = self.grown_to.max(desired);
+        }
+        Ok(ok)
+    }
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 /// The data of one plugin instance's `Store`.
 pub struct StageState {
     pub ctx: Arc<StageContext>,
-    pub limits: StoreLimits,
+    pub limits: Limiter,
     pub table: ResourceTable,
     /// The file of the item the current call is about (readable without a
     /// grant: handing the item to the stage is the grant).
@@ -66,7 +109,7 @@ pub struct StageState {
 
 impl StageState {
     pub fn new(ctx: Arc<StageContext>, limits: StoreLimits) -> Self {
-        StageState { ctx, limits, table: ResourceTable::new(), current_file: None, deadline: Instant::now() }
+        StageState { ctx, limits: Limiter::new(limits), table: ResourceTable::new(), current_file: None, deadline: Instant::now() }
     }
 
     /// Time left in the current call.

@@ -1,11 +1,10 @@
 //! Hand-built files: every byte of a test's input is visible here, so each
 //! test says exactly which lie it tells.
-use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::cell::Cell;
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
 use super::*;
+use ferry_testkit::{deflate_bomb, peak_allocation};
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
@@ -921,112 +920,6 @@ fn deflate(bytes: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-/// LSB-first bit writer for hand-made deflate streams.
-#[derive(Default)]
-struct Bits {
-    out: Vec<u8>,
-    acc: u64,
-    n: u32,
-}
-
-impl Bits {
-    fn put(&mut self, value: u64, bits: u32) {
-        self.acc |= value << self.n;
-        self.n += bits;
-        while self.n >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.n -= 8;
-        }
-    }
-
-    /// A Huffman code, most significant bit first.
-    fn code(&mut self, code: u64, bits: u32) {
-        for i in (0..bits).rev() {
-            self.put((code >> i) & 1, 1);
-        }
-    }
-
-    fn align(&mut self) {
-        if self.n > 0 {
-            self.put(0, 8 - self.n);
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.align();
-        self.out
-    }
-}
-
-/// A raw deflate stream of `prefix` (a stored block) followed by
-/// `1 + 258 * matches` zero bytes in one dynamic-Huffman block whose
-/// 258-byte match costs 2 bits: about 1 MiB of stream per GiB.
-fn deflate_bomb(prefix: &[u8], matches: u64) -> Vec<u8> {
-    let mut b = Bits::default();
-    // Stored block, not final.
-    b.put(0, 1);
-    b.put(0, 2);
-    b.align();
-    let len = prefix.len() as u64;
-    assert!(len <= 0xFFFF);
-    b.put(len, 16);
-    b.put(!len & 0xFFFF, 16);
-    for &byte in prefix {
-        b.put(u64::from(byte), 8);
-    }
-    // Dynamic block, final. Literal/length code: 285 (length 258) 1 bit,
-    // literal 0 and end-of-block 2 bits; one distance code (distance 1).
-    b.put(1, 1);
-    b.put(2, 2);
-    b.put(286 - 257, 5); // HLIT
-    b.put(0, 5); // HDIST: 1 code
-    b.put(18 - 4, 4); // HCLEN: 18 code length code lengths
-                      // Code length codes in the RFC 1951 order; used: 18 (1 bit), 1 and 2 (2 bits).
-    let order = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1];
-    for sym in order {
-        let len = match sym {
-            18 => 1,
-            1 | 2 => 2,
-            _ => 0,
-        };
-        b.put(len, 3);
-    }
-    // Canonical codes: 18 → 0, 1 → 10, 2 → 11.
-    let cl = |b: &mut Bits, sym: u32| match sym {
-        18 => b.code(0, 1),
-        1 => b.code(0b10, 2),
-        2 => b.code(0b11, 2),
-        _ => unreachable!(),
-    };
-    let zeros = |b: &mut Bits, mut n: u64| {
-        while n > 0 {
-            let run = n.min(138);
-            assert!(run >= 11);
-            cl(b, 18);
-            b.put(run - 11, 7);
-            n -= run;
-        }
-    };
-    // Literal/length lengths: 0 → 2, 1..=255 → 0, 256 → 2, 257..=284 → 0, 285 → 1.
-    cl(&mut b, 2);
-    zeros(&mut b, 138);
-    zeros(&mut b, 117);
-    cl(&mut b, 2);
-    zeros(&mut b, 28);
-    cl(&mut b, 1);
-    // Distance lengths: code 0 → 1.
-    cl(&mut b, 1);
-    // Canonical: 285 → 0, literal 0 → 10, 256 → 11; distance 0 → 0.
-    b.code(0b10, 2);
-    for _ in 0..matches {
-        b.code(0, 1);
-        b.code(0, 1);
-    }
-    b.code(0b11, 2);
-    b.finish()
-}
-
 fn inflate_len(stream: &[u8]) -> u64 {
     std::io::copy(
         &mut flate2::read::DeflateDecoder::new(stream),
@@ -1150,59 +1043,5 @@ fn a_deflate_bomb_hiding_its_size_is_cut_off_at_the_limit() {
 
 // --- allocation accounting ---------------------------------------------------
 
-/// Tracks the bytes allocated by each thread, so a test can assert that a
-/// scan did not allocate what a file declares (tests run in parallel).
-struct Tracking;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn note(delta: isize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            note(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: AllocLayout) {
-        unsafe { System.dealloc(p, layout) };
-        note(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: AllocLayout, new: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, layout, new) };
-        if !q.is_null() {
-            note(new as isize - layout.size() as isize);
-        }
-        q
-    }
-}
-
 #[global_allocator]
-static TRACKING: Tracking = Tracking;
-
-/// The most this thread had allocated during `f`, above what it had before.
-fn peak_allocation<T>(f: impl FnOnce() -> T) -> (usize, T) {
-    let before = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(before));
-    let out = f();
-    (PEAK.with(Cell::get).saturating_sub(before) as usize, out)
-}
-
-#[test]
-fn the_allocation_tracker_sees_allocations() {
-    let (peak, v) = peak_allocation(|| vec![0u8; 1 << 20]);
-    assert!(peak >= 1 << 20 && v.len() == 1 << 20);
-}
+static TRACKING: ferry_testkit::Tracking = ferry_testkit::Tracking;

@@ -2,8 +2,6 @@
 //! files it now has to survive by itself. Fixtures are built in memory by
 //! [`fixture`] (the host's generator lives in a workspace plugins cannot
 //! use).
-use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::cell::Cell;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::time::Instant;
 
@@ -14,6 +12,7 @@ use dicom_object::{DefaultDicomObject, Tag};
 
 use super::pixels::{fit, resize, Gray};
 use super::*;
+use ferry_testkit::peak_allocation;
 
 mod fixture;
 use fixture::{generate, variant, Kind, DEFLATED, PATIENT_NAME};
@@ -852,62 +851,8 @@ fn config_keys_and_their_bounds() {
 
 // --- allocation accounting -------------------------------------------------
 
-/// Tracks each thread's live allocations, so that a test can assert a
-/// render did not allocate what a file declares (tests run in parallel).
-struct Tracking;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn note(delta: isize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            note(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: AllocLayout) {
-        unsafe { System.dealloc(p, layout) };
-        note(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: AllocLayout, new: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, layout, new) };
-        if !q.is_null() {
-            note(new as isize - layout.size() as isize);
-        }
-        q
-    }
-}
-
 #[global_allocator]
-static TRACKING: Tracking = Tracking;
-
-/// The most this thread had allocated during `f`, above what it had before.
-fn peak_allocation<T>(f: impl FnOnce() -> T) -> (usize, T) {
-    let before = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(before));
-    let out = f();
-    (PEAK.with(Cell::get).saturating_sub(before) as usize, out)
-}
-
-#[test]
-fn the_allocation_tracker_sees_allocations() {
-    let (peak, v) = peak_allocation(|| vec![0u8; 1 << 20]);
-    assert!(peak >= 1 << 20 && v.len() == 1 << 20);
-}
+static TRACKING: ferry_testkit::Tracking = ferry_testkit::Tracking;
 
 /// `cargo test -p dicom-preview --release timing -- --ignored --nocapture`
 #[test]
