@@ -55,3 +55,30 @@ async fn runaway_guests_are_stopped_and_the_run_goes_on() {
     let created = rt.stages.extractor.as_ref().unwrap().instances_created();
     assert!(created >= 3, "one instance per trap at least (created {created})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_left_large_by_one_item_is_not_kept_idle() {
+    let fx = Fixture::new(
+        SiteBuilder::new()
+            .patient(PatientSpec::new(1, "C-1", "Muster", "Anna"))
+            .image(ImageSpec::new(1, 21, "big one", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 22, "plain a", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 23, "big two", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 24, "plain b", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 25, "plain c", ImageKind::IntraOral))
+            .map_card("C-1", &demo_guid(1)),
+    );
+    // one instance at a time, so the count is exact
+    let toml = fx
+        .pipeline_toml("fixture-hostile", "{ memory = \"32MiB\", timeout = \"10s\" }", "")
+        .replace("plugin = \"fixture-hostile\"\nconcurrency = 2", "plugin = \"fixture-hostile\"\nconcurrency = 1");
+    assert!(toml.contains("concurrency = 1"), "{toml}");
+    let rt = runtime(fx.load(&toml)).await;
+    let s = run(&rt).await;
+    assert_eq!(s.count(Outcome::Stored), 5, "{}", s.line());
+    // the start-up instance serves `big one` and is dropped (20 MiB of a
+    // 32 MiB limit stay grown); `plain a` gets a new one, kept; `big two`
+    // uses it and drops it; `plain b` gets a third, which `plain c` reuses
+    let created = rt.stages.extractor.as_ref().unwrap().instances_created();
+    assert_eq!(created, 3, "instances created");
+}
