@@ -516,7 +516,7 @@ fn len_text(len: u32) -> String {
 /// VRs with a 2-byte length in explicit VR (PS3.5 Table 7.1-2), exactly
 /// as `dicom-encoding` lists them; everything else, unknown codes
 /// included, has 2 reserved bytes and a 4-byte length.
-fn short_length(vr: [u8; 2]) -> bool {
+pub fn short_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
         b"AE"

@@ -1,6 +1,6 @@
 //! Hand-built files: every byte of a test's input is visible here, so each
 //! test says exactly which lie it tells.
-use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+use std::io::{Cursor, Write};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -877,25 +877,7 @@ fn unknown_transfer_syntaxes_are_named() {
 
 // --- reading discipline --------------------------------------------------
 
-/// Counts the bytes read through it.
-struct Counting<R> {
-    inner: R,
-    read: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        Ok(n)
-    }
-}
-
-impl<R: Seek> Seek for Counting<R> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        self.inner.seek(to)
-    }
-}
+use ferry_testkit::Counting;
 
 #[test]
 fn pixel_data_are_skipped_not_read() {

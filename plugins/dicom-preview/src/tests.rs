@@ -2,7 +2,7 @@
 //! files it now has to survive by itself. Fixtures are built in memory by
 //! [`fixture`] (the host's generator lives in a workspace plugins cannot
 //! use).
-use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::io::Cursor;
 use std::time::Instant;
 
 use dicom_core::value::PixelFragmentSequence;
@@ -537,25 +537,7 @@ fn packbits_lengths() {
 
 // --- multi-frame: one frame's bytes ----------------------------------------
 
-/// Counts the bytes read through it.
-struct Counting<R> {
-    inner: R,
-    read: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        Ok(n)
-    }
-}
-
-impl<R: Seek> Seek for Counting<R> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        self.inner.seek(to)
-    }
-}
+use ferry_testkit::Counting;
 
 #[test]
 fn only_the_first_frame_is_read() {

@@ -82,24 +82,10 @@ pub struct Layout {
     pub transfer_syntax: Option<Header>,
 }
 
-/// VRs with a 2-byte reserved field and a 4-byte length.
+/// VRs with a 2-byte reserved field and a 4-byte length: the guard's
+/// grammar (unknown codes included), so mutations aim where it reads.
 pub fn long_vr(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
-    )
+    !dicom_guard::short_length(vr)
 }
 
 const MAX_HEADERS: usize = 20_000;

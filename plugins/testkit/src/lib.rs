@@ -7,11 +7,39 @@
 //!   allocate what the file declares (tests run in parallel, so the count
 //!   is per thread). A test binary installs it once:
 //!   `#[global_allocator] static A: ferry_testkit::Tracking = ferry_testkit::Tracking;`
+//! - [`Counting`]: a reader that counts the bytes read through it, to
+//!   prove that a parser skipped (sought past) what it did not need;
 //! - [`deflate_bomb`]: a raw deflate stream that inflates a thousandfold,
 //!   written bit by bit (an encoder would need the whole output first).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+
+/// Counts the bytes read through it (seeks are free).
+pub struct Counting<R> {
+    pub inner: R,
+    pub read: u64,
+}
+
+impl<R> Counting<R> {
+    pub fn new(inner: R) -> Self {
+        Counting { inner, read: 0 }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: std::io::Seek> std::io::Seek for Counting<R> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(to)
+    }
+}
 
 /// The system allocator, counting each thread's live bytes and peak.
 pub struct Tracking;
