@@ -144,6 +144,15 @@ async fn hostile_files_in_the_store_cannot_crash_or_flood_the_service() {
     assert_eq!(res.status(), 200);
     assert!(res.bytes().await.unwrap().starts_with(b"\x89PNG"));
 
+    // each hostile file was rendered once; the second round came from the
+    // remembered failures
+    let metrics = http.get(format!("{}/metrics", svc.url)).send().await.unwrap().text().await.unwrap();
+    let count = |outcome: &str| -> u64 {
+        let prefix = format!("ferry_previews_total{{outcome=\"{outcome}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    };
+    assert_eq!((count("refused"), count("refused_cached"), count("rendered")), (3, 3, 1), "{metrics}");
+
     let peak = peak_rss_mib(pid);
     // what the renderers may hold at once, plus slack for the host's own
     // buffers; a native render of the lying length alone took 4.2 GB

@@ -7,7 +7,9 @@
 //! (`ferry_items_in_flight`, `ferry_ledger_items{state}` — parked items
 //! are the retries still to come), whether the PMS is asked more than
 //! needed (`ferry_resolver_cache_{hits,misses}_total`), how much goes up
-//! (`ferry_stored_bytes_total`) and how the API is used
+//! (`ferry_stored_bytes_total`), whether previews fail
+//! (`ferry_previews_total{outcome}`: a file refused once is answered from
+//! the cache afterwards, `refused_cached`) and how the API is used
 //! (`ferry_http_requests_total{route,method,status}`, durations). Item
 //! counters are fed from each pass's [`Summary`] when the pass ends; the
 //! in-flight gauge is sampled while it runs. Labels never carry a guid or
@@ -57,6 +59,9 @@ struct RouteLabel {
     route: String,
 }
 
+/// The outcomes of `ferry_previews_total`.
+pub const PREVIEW_OUTCOMES: [&str; 5] = ["rendered", "cached", "refused", "refused_cached", "unavailable"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the service exports.
@@ -76,6 +81,7 @@ pub struct Metrics {
     scan_errors: Counter,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: HistogramFamily<RouteLabel>,
+    previews: Family<OutcomeLabel, Counter>,
     /// Ledger states seen so far, so a state that empties goes to 0.
     known_states: Mutex<Vec<String>>,
 }
@@ -150,8 +156,18 @@ impl Metrics {
             "Time to the response head, by route",
             http_duration.clone(),
         );
+        let previews = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "previews",
+            "Preview requests by outcome: rendered, cached, refused (the renderer refused the file or hit a limit), refused_cached, unavailable",
+            previews.clone(),
+        );
+        for outcome in PREVIEW_OUTCOMES {
+            let _ = previews.get_or_create(&OutcomeLabel { outcome });
+        }
         Metrics {
             registry,
+            previews,
             items,
             scanned,
             passes,
@@ -219,6 +235,12 @@ impl Metrics {
             let n = by_state.iter().find(|(s, _)| s == state).map(|(_, n)| *n).unwrap_or(0);
             self.ledger_items.get_or_create(&StateLabel { state: state.clone() }).set(n as i64);
         }
+    }
+
+    /// One preview answered (`outcome` is one of [`PREVIEW_OUTCOMES`]).
+    pub fn preview(&self, outcome: &'static str) {
+        debug_assert!(PREVIEW_OUTCOMES.contains(&outcome), "{outcome}");
+        self.previews.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     fn http(&self, route: String, method: String, status: u16, took: Duration) {

@@ -221,8 +221,14 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
     let renderer = crate::runtime::renderer(&runtime.engine, &runtime.pipeline, &cfg.preview, &download_dir, options)
         .map_err(ServeError::Runtime)?;
     renderer.warm_up().await.map_err(|e| ServeError::Runtime(e.into()))?;
-    let previews =
-        Previews::new(previews_dir, download_dir.canonicalize().unwrap_or(download_dir), Arc::new(renderer), cfg.preview.concurrency());
+    let metrics = Arc::new(Metrics::new());
+    let previews = Previews::new(
+        previews_dir,
+        download_dir.canonicalize().unwrap_or(download_dir),
+        Arc::new(renderer),
+        cfg.preview.concurrency(),
+        metrics.clone(),
+    );
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(&ledger_path)?);
     let listener =
         tokio::net::TcpListener::bind(&listen).await.map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;
@@ -231,7 +237,6 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
     validate(&runtime.pipeline, &cfg, &[addr])?;
 
     let stop = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
     let passes = Arc::new(Passes::new(runtime.clone(), metrics.clone(), ledger.clone(), stop.clone()));
     let jobs = Arc::new(Jobs::new(passes.clone()));
     tracing::info!(auth = auth.describe(), store = %store.describe(), presign = cfg.presign, "API ready");

@@ -39,6 +39,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::metrics::Metrics;
 use crate::bindings::types::{ErrorKind, FileRef};
 use crate::stage::{CallError, StagePool};
 
@@ -90,6 +91,7 @@ struct Inner {
     permits: Semaphore,
     rendered: AtomicU64,
     failed: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Previews {
@@ -102,7 +104,13 @@ impl Previews {
     /// Previews cached in `cache_dir`, rendered by `renderer` (whose
     /// context must have [`DOWNLOAD_ROOT`] = `download_dir` as a root),
     /// at most `concurrency` at a time.
-    pub fn new(cache_dir: PathBuf, download_dir: PathBuf, renderer: Arc<StagePool>, concurrency: usize) -> Previews {
+    pub fn new(
+        cache_dir: PathBuf,
+        download_dir: PathBuf,
+        renderer: Arc<StagePool>,
+        concurrency: usize,
+        metrics: Arc<Metrics>,
+    ) -> Previews {
         Previews {
             inner: Arc::new(Inner {
                 cache_dir,
@@ -111,6 +119,7 @@ impl Previews {
                 permits: Semaphore::new(concurrency.max(1)),
                 rendered: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -146,9 +155,12 @@ impl Previews {
         let max_size = max_size.map(|s| s.max(1));
         let (png, fail) = self.paths(cache_key, max_size);
         if let Some(png) = read_cached(&png).await {
+            self.inner.metrics.preview("cached");
             return Some(Ok(png));
         }
-        read_failure(&fail).await.map(Err)
+        let failure = read_failure(&fail).await?;
+        self.inner.metrics.preview("refused_cached");
+        Some(Err(failure))
     }
 
     fn paths(&self, cache_key: &str, max_size: Option<u32>) -> (PathBuf, PathBuf) {
@@ -181,6 +193,7 @@ impl Previews {
         match self.inner.renderer.render(&file, max_size).await {
             Ok(picture) if picture.body.starts_with(&PNG_SIGNATURE) => {
                 self.inner.rendered.fetch_add(1, Ordering::Relaxed);
+                self.inner.metrics.preview("rendered");
                 let png = picture.body;
                 let (path, bytes) = (png_path, png.clone());
                 let _ = tokio::task::spawn_blocking(move || {
@@ -203,6 +216,8 @@ impl Previews {
                 let (e, repeatable) = classify(e);
                 if repeatable {
                     self.remember(fail_path, &e).await;
+                } else {
+                    self.inner.metrics.preview("unavailable");
                 }
                 Err(e)
             }
@@ -211,6 +226,7 @@ impl Previews {
 
     async fn remember(&self, path: PathBuf, e: &PreviewError) {
         self.inner.failed.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.preview("refused");
         let text = match e {
             PreviewError::TooLarge(m) => format!("too-large\n{m}"),
             other => format!("cannot\n{other}"),
