@@ -4,6 +4,10 @@
 //! source ──queue──▶ extractor ×N ──queue──▶ resolver (batches) ×N ──queue──▶ store ×N
 //! ```
 //!
+//! Each stage is a dispatcher ([`dispatch`]) that starts a task per item
+//! (or batch) as it arrives, up to the stage's `concurrency`; plugin
+//! instances are likewise created on demand by the stage's pool.
+//!
 //! The source is paged, so a scan of 50,000 images never sits in memory;
 //! bounded queues give back-pressure, so a slow store slows the scan
 //! instead of filling RAM. Each item ends in exactly one outcome, counted
@@ -553,6 +557,104 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
     }
 }
 
+/// Runs `work` on what arrives on `rx` (up to `batch` queued messages at
+/// a time), at most `max` at once. Tasks start as messages arrive and end
+/// with their message: an idle stage holds nothing, and a large
+/// `concurrency` costs only what is really in flight.
+async fn dispatch<T, F, Fut>(mut rx: mpsc::Receiver<T>, max: usize, batch: usize, summary: Arc<Summary>, work: F)
+where
+    T: Send + 'static,
+    F: Fn(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(max.max(1)));
+    let mut running = tokio::task::JoinSet::new();
+    let failed = |r: Result<(), tokio::task::JoinError>| {
+        if let Err(e) = r {
+            summary.error(format!("internal error: a pipeline task failed: {e}"));
+        }
+    };
+    loop {
+        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let Some(first) = rx.recv().await else { break };
+        let mut taken = vec![first];
+        while taken.len() < batch.max(1) {
+            match rx.try_recv() {
+                Ok(x) => taken.push(x),
+                Err(_) => break,
+            }
+        }
+        let fut = work(taken);
+        running.spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+        while let Some(r) = running.try_join_next() {
+            failed(r);
+        }
+    }
+    while let Some(r) = running.join_next().await {
+        failed(r);
+    }
+}
+
+/// One item through the store stage, recorded in the summary.
+#[allow(clippy::too_many_arguments)]
+async fn store_one(
+    store: &StagePool,
+    ledger: Option<&dyn Ledger>,
+    roots: &BTreeMap<String, PathBuf>,
+    summary: &Summary,
+    cancel: &CancellationToken,
+    retries: u32,
+    w: Work,
+    md: Metadata,
+    guid: String,
+) {
+    // a file that changes under ferry is not stored this pass: what would
+    // land is a half-written image
+    if changed_since_scan(roots, &w) {
+        summary.item(&w, Outcome::Deferred, "the file changed after it was scanned (size or modification time); next pass");
+        return;
+    }
+    // recorded as stored only once the store said so
+    let result = with_retries(retries, cancel, || store.store(&w.item, &md, &guid)).await;
+    if changed_since_scan(roots, &w) {
+        // whatever was uploaded is replaced on the next pass, which sees
+        // the new fingerprint
+        summary.item(&w, Outcome::Deferred, "the file changed while it was being stored; it is stored again on the next pass");
+        return;
+    }
+    let report = match result {
+        Ok(stored) => {
+            if let Some(ledger) = ledger {
+                let facts = image_facts(&w.item, &md);
+                if let Err(e) = ledger.index_image(&w.item.id, &guid, &stored.location, &facts) {
+                    tracing::warn!("cannot index {}: {e}", w.item.id);
+                }
+            }
+            Report {
+                subject: w.item.id.clone(),
+                outcome: match stored.outcome {
+                    StoreOutcome::Stored => Outcome::Stored,
+                    StoreOutcome::Unchanged => Outcome::Unchanged,
+                },
+                detail: String::new(),
+                patient_guid: Some(guid),
+                location: Some(stored.location),
+            }
+        }
+        Err(e) => Report {
+            subject: w.item.id.clone(),
+            outcome: Outcome::Failed,
+            detail: format!("store: {e}"),
+            patient_guid: Some(guid),
+            location: None,
+        },
+    };
+    summary.record(report, w.fingerprint.as_deref());
+}
+
 async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationToken, summary: Arc<Summary>) {
     let depth = settings.queue_depth;
     let (to_extract, extract_rx) = mpsc::channel::<Work>(depth);
@@ -669,29 +771,26 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
         });
     }
 
-    // extractor workers (or a pass-through when the pipeline has none)
-    let extract_rx = Arc::new(tokio::sync::Mutex::new(extract_rx));
-    for _ in 0..settings.extractor_concurrency.max(1) {
-        let rx = extract_rx.clone();
+    // extractor (or a pass-through when the pipeline has none)
+    {
         let tx = to_resolve.clone();
         let extractor = stages.extractor.clone();
-        let summary = summary.clone();
+        let summary2 = summary.clone();
         let cancel = cancel.clone();
         let retries = settings.extractor_retries;
         let roots = stages.fs_roots.clone();
-        tasks.spawn(async move {
-            loop {
-                let Some(work) = rx.lock().await.recv().await else { return };
+        let work = move |mut batch: Vec<Work>| {
+            let (tx, extractor, summary, cancel, roots) =
+                (tx.clone(), extractor.clone(), summary2.clone(), cancel.clone(), roots.clone());
+            async move {
+                let Some(work) = batch.pop() else { return };
                 let metadata = match &extractor {
                     None => Ok(Vec::new()),
                     Some(x) => with_retries(retries, &cancel, || x.extract(&work.item)).await,
                 };
                 match metadata {
-                    Ok(md) => {
-                        if tx.send((work, md)).await.is_err() {
-                            return;
-                        }
-                    }
+                    // the resolver's queue is open while anything can send
+                    Ok(md) => drop(tx.send((work, md)).await),
                     Err(_) if changed_since_scan(&roots, &work) => summary.item(
                         &work,
                         Outcome::Deferred,
@@ -700,35 +799,24 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                     Err(e) => summary.item(&work, Outcome::Failed, format!("extract: {e}")),
                 }
             }
-        });
+        };
+        tasks.spawn(dispatch(extract_rx, settings.extractor_concurrency, 1, summary.clone(), work));
     }
     drop(to_resolve);
 
-    // resolver workers: take what is queued (up to a batch), ask once per
-    // distinct key not in the cache, decide per item
-    let resolve_rx = Arc::new(tokio::sync::Mutex::new(resolve_rx));
-    for _ in 0..settings.resolver_concurrency.max(1) {
-        let rx = resolve_rx.clone();
+    // resolver: take what is queued (up to a batch), ask once per distinct
+    // key not in the cache, decide per item
+    {
         let tx = to_store.clone();
         let resolver = stages.resolver.clone();
-        let summary = summary.clone();
+        let summary2 = summary.clone();
         let cancel = cancel.clone();
         let ledger = stages.ledger.clone();
-        let settings = settings.clone();
-        tasks.spawn(async move {
-            loop {
-                let mut batch = Vec::new();
-                {
-                    let mut rx = rx.lock().await;
-                    let Some(first) = rx.recv().await else { return };
-                    batch.push(first);
-                    while batch.len() < settings.resolve_batch.max(1) {
-                        match rx.try_recv() {
-                            Ok(x) => batch.push(x),
-                            Err(_) => break,
-                        }
-                    }
-                }
+        let settings2 = settings.clone();
+        let work = move |batch: Vec<(Work, Metadata)>| {
+            let (tx, resolver, summary, cancel, ledger, settings) =
+                (tx.clone(), resolver.clone(), summary2.clone(), cancel.clone(), ledger.clone(), settings2.clone());
+            async move {
                 let mut keys: Vec<PatientKey> = Vec::new();
                 for (w, _) in &batch {
                     for k in &w.item.patient_keys {
@@ -745,83 +833,40 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         for (w, _) in &batch {
                             summary.item(w, Outcome::Failed, msg.clone());
                         }
-                        continue;
+                        return;
                     }
                 };
                 for (w, md) in batch {
                     match decide(&w.item.patient_keys, &answers) {
-                        Decision::Attach(guid) => {
-                            if tx.send((w, md, guid)).await.is_err() {
-                                return;
-                            }
-                        }
+                        Decision::Attach(guid) => drop(tx.send((w, md, guid)).await),
                         Decision::Unresolved(why) => summary.item(&w, Outcome::Unresolved, why),
                         Decision::Quarantine(why) => summary.item(&w, Outcome::Quarantined, why),
                         Decision::Invalid(why) => summary.item(&w, Outcome::Failed, format!("resolve: {why}")),
                     }
                 }
             }
-        });
+        };
+        tasks.spawn(dispatch(resolve_rx, settings.resolver_concurrency, settings.resolve_batch, summary.clone(), work));
     }
     drop(to_store);
 
-    // store workers
-    let store_rx = Arc::new(tokio::sync::Mutex::new(store_rx));
-    for _ in 0..settings.store_concurrency.max(1) {
-        let rx = store_rx.clone();
+    // store
+    {
         let store = stages.store.clone();
-        let summary = summary.clone();
+        let summary2 = summary.clone();
         let cancel = cancel.clone();
         let retries = settings.store_retries;
         let ledger = stages.ledger.clone();
         let roots = stages.fs_roots.clone();
-        tasks.spawn(async move {
-            loop {
-                let Some((w, md, guid)) = rx.lock().await.recv().await else { return };
-                // a file that changes under ferry is not stored this pass:
-                // what would land is a half-written image
-                if changed_since_scan(&roots, &w) {
-                    summary.item(&w, Outcome::Deferred, "the file changed after it was scanned (size or modification time); next pass");
-                    continue;
-                }
-                // recorded as stored only once the store said so
-                let result = with_retries(retries, &cancel, || store.store(&w.item, &md, &guid)).await;
-                if changed_since_scan(&roots, &w) {
-                    // whatever was uploaded is replaced on the next pass,
-                    // which sees the new fingerprint
-                    summary.item(&w, Outcome::Deferred, "the file changed while it was being stored; it is stored again on the next pass");
-                    continue;
-                }
-                let report = match result {
-                    Ok(stored) => {
-                        if let Some(ledger) = &ledger {
-                            let facts = image_facts(&w.item, &md);
-                            if let Err(e) = ledger.index_image(&w.item.id, &guid, &stored.location, &facts) {
-                                tracing::warn!("cannot index {}: {e}", w.item.id);
-                            }
-                        }
-                        Report {
-                        subject: w.item.id.clone(),
-                        outcome: match stored.outcome {
-                            StoreOutcome::Stored => Outcome::Stored,
-                            StoreOutcome::Unchanged => Outcome::Unchanged,
-                        },
-                        detail: String::new(),
-                        patient_guid: Some(guid),
-                        location: Some(stored.location),
-                    }
-                    }
-                    Err(e) => Report {
-                        subject: w.item.id.clone(),
-                        outcome: Outcome::Failed,
-                        detail: format!("store: {e}"),
-                        patient_guid: Some(guid),
-                        location: None,
-                    },
-                };
-                summary.record(report, w.fingerprint.as_deref());
+        let work = move |mut batch: Vec<(Work, Metadata, String)>| {
+            let (store, summary, cancel, ledger, roots) =
+                (store.clone(), summary2.clone(), cancel.clone(), ledger.clone(), roots.clone());
+            async move {
+                let Some((w, md, guid)) = batch.pop() else { return };
+                store_one(&store, ledger.as_deref(), &roots, &summary, &cancel, retries, w, md, guid).await
             }
-        });
+        };
+        tasks.spawn(dispatch(store_rx, settings.store_concurrency, 1, summary.clone(), work));
     }
 
     while let Some(r) = tasks.join_next().await {

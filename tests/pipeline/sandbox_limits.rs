@@ -82,3 +82,22 @@ async fn an_instance_left_large_by_one_item_is_not_kept_idle() {
     let created = rt.stages.extractor.as_ref().unwrap().instances_created();
     assert_eq!(created, 3, "instances created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_concurrency_costs_only_what_is_in_flight() {
+    let fx = Fixture::new(
+        SiteBuilder::new()
+            .patient(PatientSpec::new(1, "C-1", "Muster", "Anna"))
+            .image(ImageSpec::new(1, 31, "one", ImageKind::IntraOral))
+            .image(ImageSpec::new(1, 32, "two", ImageKind::IntraOral))
+            .map_card("C-1", &demo_guid(1)),
+    );
+    let toml = fx.stock_toml().replace("plugin = \"dicom-meta\"\nconcurrency = 2", "plugin = \"dicom-meta\"\nconcurrency = 64");
+    assert!(toml.contains("concurrency = 64"), "{toml}");
+    let rt = runtime(fx.load(&toml)).await;
+    let s = run(&rt).await;
+    assert_eq!(s.count(Outcome::Stored), 2, "{}", s.line());
+    // the start-up instance plus at most one per item in flight, not 64
+    let created = rt.stages.extractor.as_ref().unwrap().instances_created();
+    assert!(created <= 3, "instances created: {created}");
+}
