@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::runner::Outcome;
+use crate::outcome::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 #[error("ledger {path}: {source}")]

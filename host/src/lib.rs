@@ -25,6 +25,7 @@ pub mod caps;
 pub mod config;
 pub mod ledger;
 pub mod plugin;
+pub mod outcome;
 pub mod runner;
 pub mod runtime;
 pub mod serve;

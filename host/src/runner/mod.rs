@@ -17,8 +17,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -30,191 +30,17 @@ use crate::bindings::store_world::exports::ferry::pipeline::store::StoreOutcome;
 use crate::bindings::types::{Item, Metadata, PatientKey};
 use crate::config::CacheConfig;
 use crate::ledger::{Backoff, CachedAnswer, Ledger};
-use crate::stage::{CallError, StagePool};
+use crate::stage::StagePool;
 
-/// How one item (or one entry the source reported) ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Written to the destination in this run.
-    Stored,
-    /// Already at the destination, identical; nothing written.
-    Unchanged,
-    /// Deliberately left out by the source (no card id, stray file).
-    Skipped,
-    /// No key of the item resolved to a patient.
-    Unresolved,
-    /// Keys resolved to different patients (or one key to several):
-    /// never stored until a person sorts it out.
-    Quarantined,
-    /// Something went wrong; the detail says what.
-    Failed,
-    /// Not stored this pass because its file is still being written
-    /// (younger than `[source] min_age`, or it changed between scan and
-    /// upload); tried again on the next pass. Not a failure.
-    Deferred,
-}
+mod decide;
+mod retry;
+mod summary;
 
-impl Outcome {
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Stored,
-        Outcome::Unchanged,
-        Outcome::Skipped,
-        Outcome::Unresolved,
-        Outcome::Quarantined,
-        Outcome::Failed,
-        Outcome::Deferred,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Stored => "stored",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Skipped => "skipped",
-            Outcome::Unresolved => "unresolved",
-            Outcome::Quarantined => "quarantined",
-            Outcome::Failed => "failed",
-            Outcome::Deferred => "deferred",
-        }
-    }
-}
-
-/// One line of the run report. `subject` is the source's item id or the
-/// path a notice is about; `detail` explains (no PHI), `location` is where
-/// a stored item went.
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub subject: String,
-    pub outcome: Outcome,
-    pub detail: String,
-    pub patient_guid: Option<String>,
-    pub location: Option<String>,
-}
-
-/// Live counters of a run, readable while it goes on (progress bar).
-#[derive(Default)]
-pub struct Summary {
-    scanned: AtomicU64,
-    counts: [AtomicU64; 7],
-    reports: Mutex<Vec<Report>>,
-    /// Problems not tied to one item (the scan stopped, ...).
-    errors: Mutex<Vec<String>>,
-    interrupted: AtomicBool,
-    /// Patient keys answered from the resolution cache / asked.
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
-    journal: std::sync::OnceLock<Journal>,
-}
-
-/// Where outcomes are written down besides the summary.
-struct Journal {
-    ledger: Arc<dyn Ledger>,
-    run_id: i64,
-    backoff: Backoff,
-    quarantine_backoff: Backoff,
-}
-
-impl Summary {
-    pub fn scanned(&self) -> u64 {
-        self.scanned.load(Ordering::Relaxed)
-    }
-
-    pub fn count(&self, o: Outcome) -> u64 {
-        self.counts[o as usize].load(Ordering::Relaxed)
-    }
-
-    pub fn reports(&self) -> Vec<Report> {
-        self.reports.lock().unwrap().clone()
-    }
-
-    /// The report of one subject, if any.
-    pub fn report(&self, subject: &str) -> Option<Report> {
-        self.reports.lock().unwrap().iter().find(|r| r.subject == subject).cloned()
-    }
-
-    pub fn errors(&self) -> Vec<String> {
-        self.errors.lock().unwrap().clone()
-    }
-
-    pub fn interrupted(&self) -> bool {
-        self.interrupted.load(Ordering::Relaxed)
-    }
-
-    /// (answered from the resolution cache, asked the resolver).
-    pub fn cache_stats(&self) -> (u64, u64) {
-        (self.cache_hits.load(Ordering::Relaxed), self.cache_misses.load(Ordering::Relaxed))
-    }
-
-    /// Did anything fail (an item, or the scan itself)?
-    pub fn has_failures(&self) -> bool {
-        self.count(Outcome::Failed) > 0 || !self.errors.lock().unwrap().is_empty()
-    }
-
-    /// `done: scanned=N stored=N unchanged=N skipped=N unresolved=N quarantined=N failed=N deferred=N`
-    pub fn line(&self) -> String {
-        let mut s = format!("done: scanned={}", self.scanned());
-        for o in Outcome::ALL {
-            s.push_str(&format!(" {}={}", o.as_str(), self.count(o)));
-        }
-        if self.interrupted() {
-            s.push_str(" (interrupted)");
-        }
-        s
-    }
-
-    fn record(&self, r: Report, fingerprint: Option<&str>) {
-        self.count_only(&r);
-        if let Some(j) = self.journal.get() {
-            let backoff = if r.outcome == Outcome::Quarantined { j.quarantine_backoff } else { j.backoff };
-            let written = j.ledger.record(
-                j.run_id,
-                &r.subject,
-                r.outcome,
-                fingerprint,
-                r.patient_guid.as_deref(),
-                r.location.as_deref(),
-                &r.detail,
-                backoff,
-            );
-            if let Err(e) = written {
-                // the item is done; only its record is missing: the next
-                // run redoes it and the store finds it unchanged
-                self.error(format!("{}: cannot record the outcome: {e}", r.subject));
-            }
-        }
-        self.reports.lock().unwrap().push(r);
-    }
-
-    /// Counts and logs an outcome without writing the ledger (for items
-    /// whose ledger record already says it).
-    fn count_only(&self, r: &Report) {
-        match r.outcome {
-            Outcome::Failed => tracing::warn!(item = %r.subject, "failed: {}", r.detail),
-            Outcome::Quarantined => tracing::warn!(item = %r.subject, "quarantined: {}", r.detail),
-            Outcome::Unresolved => tracing::info!(item = %r.subject, "unresolved: {}", r.detail),
-            Outcome::Skipped => tracing::debug!(item = %r.subject, "skipped: {}", r.detail),
-            Outcome::Deferred => tracing::info!(item = %r.subject, "deferred: {}", r.detail),
-            Outcome::Stored | Outcome::Unchanged => {
-                tracing::debug!(item = %r.subject, location = r.location.as_deref().unwrap_or(""), "{}", r.outcome.as_str())
-            }
-        }
-        self.counts[r.outcome as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn remembered(&self, r: Report) {
-        self.count_only(&r);
-        self.reports.lock().unwrap().push(r);
-    }
-
-    fn item(&self, w: &Work, outcome: Outcome, detail: impl Into<String>) {
-        let r = Report { subject: w.item.id.clone(), outcome, detail: detail.into(), patient_guid: None, location: None };
-        self.record(r, w.fingerprint.as_deref());
-    }
-
-    fn error(&self, e: String) {
-        tracing::error!("{e}");
-        self.errors.lock().unwrap().push(e);
-    }
-}
+pub use crate::outcome::{Outcome, Report};
+pub use decide::{decide, valid_guid, Decision};
+use retry::with_retries;
+pub use summary::Summary;
+use summary::Journal;
 
 /// The stages of a pipeline, ready to run.
 pub struct Stages {
@@ -292,82 +118,6 @@ pub struct Settings {
     pub force: bool,
     /// `[source] min_age`: younger files wait for the next pass.
     pub min_age: Duration,
-}
-
-/// Calls `f` again on retryable errors, with exponential backoff.
-async fn with_retries<T, F, Fut>(retries: u32, cancel: &CancellationToken, mut f: F) -> Result<T, CallError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, CallError>>,
-{
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Err(e) if e.retryable() && attempt < retries && !cancel.is_cancelled() => {
-                let backoff = Duration::from_millis(200 * (1 << attempt.min(6)));
-                tracing::debug!("retrying in {backoff:?}: {e}");
-                tokio::time::sleep(backoff).await;
-                attempt += 1;
-            }
-            r => return r,
-        }
-    }
-}
-
-/// A guid is used in object keys and URLs: keep it to a safe alphabet.
-pub fn valid_guid(g: &str) -> bool {
-    !g.is_empty()
-        && g.len() <= 128
-        && !g.starts_with('.')
-        && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-}
-
-/// What to do with an item, given the resolutions of its keys.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
-    Attach(String),
-    Unresolved(String),
-    Quarantine(String),
-    Invalid(String),
-}
-
-/// The attachment rule: every key that resolves must agree on one guid;
-/// a key resolving to several patients quarantines the item; keys the
-/// PMS does not know (or the resolver does not handle) are ignored when
-/// another key resolves, because they say nothing against it.
-pub fn decide(keys: &[PatientKey], answers: &HashMap<(String, String), Resolution>) -> Decision {
-    let mut guids: Vec<&str> = Vec::new();
-    for k in keys {
-        match answers.get(&(k.scheme.clone(), k.value.clone())) {
-            Some(Resolution::Resolved(g)) => {
-                if !valid_guid(g) {
-                    return Decision::Invalid(format!(
-                        "the resolver returned an unusable patient guid for a `{}` key (allowed: letters, digits, - _ .)",
-                        k.scheme
-                    ));
-                }
-                if !guids.contains(&g.as_str()) {
-                    guids.push(g);
-                }
-            }
-            Some(Resolution::Ambiguous(gs)) => {
-                return Decision::Quarantine(format!("a `{}` key belongs to {} patients in the PMS", k.scheme, gs.len()))
-            }
-            _ => {}
-        }
-    }
-    match guids.len() {
-        1 => Decision::Attach(guids[0].to_owned()),
-        0 => {
-            let schemes: Vec<&str> = keys.iter().map(|k| k.scheme.as_str()).collect();
-            Decision::Unresolved(if keys.is_empty() {
-                "the source gave no patient keys".into()
-            } else {
-                format!("no key resolved to a patient ({} keys tried: {})", keys.len(), schemes.join(", "))
-            })
-        }
-        n => Decision::Quarantine(format!("the item's card ids resolve to {n} different patients")),
-    }
 }
 
 /// The facts the service shows for an image, from its metadata.
@@ -876,47 +626,3 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(s: &str, v: &str) -> PatientKey {
-        PatientKey { scheme: s.into(), value: v.into() }
-    }
-
-    fn answers(list: &[(&str, &str, Resolution)]) -> HashMap<(String, String), Resolution> {
-        list.iter().map(|(s, v, r)| ((s.to_string(), v.to_string()), r.clone())).collect()
-    }
-
-    #[test]
-    fn attachment_rule() {
-        let keys = [key("sidexis-id", "17"), key("card-id", "A"), key("card-id", "B")];
-        let a = answers(&[
-            ("sidexis-id", "17", Resolution::Unsupported),
-            ("card-id", "A", Resolution::Resolved("g1".into())),
-            ("card-id", "B", Resolution::Resolved("g1".into())),
-        ]);
-        assert_eq!(decide(&keys, &a), Decision::Attach("g1".into()));
-
-        let a = answers(&[
-            ("card-id", "A", Resolution::Resolved("g1".into())),
-            ("card-id", "B", Resolution::NotFound),
-        ]);
-        assert_eq!(decide(&keys, &a), Decision::Attach("g1".into()));
-
-        let a = answers(&[
-            ("card-id", "A", Resolution::Resolved("g1".into())),
-            ("card-id", "B", Resolution::Resolved("g2".into())),
-        ]);
-        assert!(matches!(decide(&keys, &a), Decision::Quarantine(_)));
-
-        let a = answers(&[("card-id", "A", Resolution::Ambiguous(vec!["g1".into(), "g2".into()]))]);
-        assert!(matches!(decide(&keys, &a), Decision::Quarantine(_)));
-
-        let a = answers(&[("card-id", "A", Resolution::NotFound)]);
-        assert!(matches!(decide(&keys, &a), Decision::Unresolved(_)));
-
-        let a = answers(&[("card-id", "A", Resolution::Resolved("../etc".into()))]);
-        assert!(matches!(decide(&keys, &a), Decision::Invalid(_)));
-    }
-}
