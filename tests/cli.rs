@@ -110,7 +110,9 @@ fn check_names_the_typo_and_the_missing_grant() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("FAIL  source     sidexis.wasm uses the `sql` capability but [source] grants none: add `grants.sql"),
+        stdout.contains(
+            "FAIL  source     sidexis.wasm uses the `sql` capability but [source] grants none: add `grants.sql"
+        ),
         "{stdout}"
     );
     assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 3, "{stdout}");

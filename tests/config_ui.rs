@@ -44,7 +44,12 @@ fn pipeline_files() {
             failures.push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", case.display()));
         }
     }
-    assert!(failures.is_empty(), "{} ui case(s) differ (FERRY_BLESS=1 to update):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} ui case(s) differ (FERRY_BLESS=1 to update):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The pipelines we ship parse, with every `${VAR}` they use set.

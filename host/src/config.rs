@@ -113,9 +113,9 @@ fn show_d(d: Duration) -> String {
 }
 
 fn show_b(b: u64) -> String {
-    if b >= 1 << 30 && b % (1 << 30) == 0 {
+    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
         format!("{}GiB", b >> 30)
-    } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+    } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
         format!("{}MiB", b >> 20)
     } else {
         format!("{b} bytes")
@@ -259,8 +259,7 @@ impl Default for PreviewConfig {
 impl PreviewConfig {
     /// Renders at once: as configured, else the number of cores (2–8).
     pub fn concurrency(&self) -> usize {
-        self.concurrency
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8))
+        self.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8))
     }
 }
 
@@ -717,8 +716,8 @@ impl Pipeline {
 
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text, &|k| std::env::var(k).ok())
     }
 
@@ -746,7 +745,10 @@ impl Pipeline {
             return Err(invalid("pipeline.name".into(), "must not be empty".into()));
         }
         if !raw.pipeline.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(invalid("pipeline.name".into(), "use letters, digits, - and _ (it names the state folder)".into()));
+            return Err(invalid(
+                "pipeline.name".into(),
+                "use letters, digits, - and _ (it names the state folder)".into(),
+            ));
         }
         let bound = |r: Result<(), (String, String)>| r.map_err(|(k, m)| invalid(k, m));
         let (lo, hi) = bounds::QUEUE_DEPTH;
@@ -799,7 +801,14 @@ impl Pipeline {
 
         let cache = raw.resolver.cache.clone().unwrap_or_default();
         bound(within("resolver.cache.ttl", cache.ttl, Duration::ZERO, bounds::CACHE_TTL, show_d, ""))?;
-        bound(within("resolver.cache.not_found_ttl", cache.not_found_ttl, Duration::ZERO, bounds::CACHE_TTL, show_d, ""))?;
+        bound(within(
+            "resolver.cache.not_found_ttl",
+            cache.not_found_ttl,
+            Duration::ZERO,
+            bounds::CACHE_TTL,
+            show_d,
+            "",
+        ))?;
         let min_age = raw.source.min_age.unwrap_or(DEFAULT_MIN_AGE);
         bound(within("source.min_age", min_age, Duration::ZERO, bounds::MIN_AGE, show_d, ""))?;
         let sections = [
@@ -813,8 +822,8 @@ impl Pipeline {
         for (role, section) in sections {
             let Some(s) = section else { continue };
             let sec = role.section();
-            let plugin = find_plugin(&s.plugin, &base, &plugin_path)
-                .map_err(|m| invalid(format!("{sec}.plugin"), m))?;
+            let plugin =
+                find_plugin(&s.plugin, &base, &plugin_path).map_err(|m| invalid(format!("{sec}.plugin"), m))?;
             check_stage_numbers(sec, s.concurrency, s.retries, &s.limits).map_err(|(k, m)| invalid(k, m))?;
             if s.cache.is_some() && role != Role::Resolver {
                 return Err(invalid(format!("{sec}.cache"), "only the [resolver] has a cache".into()));
@@ -858,7 +867,10 @@ impl Pipeline {
             for (i, h) in s.grants.http.iter().enumerate() {
                 let key = format!("{sec}.grants.http[{i}]");
                 if h.is_empty() || h.contains('/') || h.contains('*') {
-                    return Err(invalid(key, format!("`{h}` is not a host name or host:port (no scheme, path or wildcard)")));
+                    return Err(invalid(
+                        key,
+                        format!("`{h}` is not a host name or host:port (no scheme, path or wildcard)"),
+                    ));
                 }
                 grants.http.push(h.to_ascii_lowercase());
             }
@@ -873,21 +885,33 @@ impl Pipeline {
                     if g.access_key_id.is_some() != g.secret_access_key.is_some() {
                         return Err(invalid(
                             key,
-                            "give both access_key_id and secret_access_key, or neither (standard AWS credential chain)".into(),
+                            "give both access_key_id and secret_access_key, or neither (standard AWS credential chain)"
+                                .into(),
                         ));
                     }
                     let (lo, hi) = bounds::S3_PART;
-                    bound(within(&format!("{key}.part_size"), g.part_size, lo, hi, show_b, " (S3's part size limits)"))?;
+                    bound(within(
+                        &format!("{key}.part_size"),
+                        g.part_size,
+                        lo,
+                        hi,
+                        show_b,
+                        " (S3's part size limits)",
+                    ))?;
                     bound(within(&format!("{key}.multipart_threshold"), g.multipart_threshold, lo, hi, show_b, ""))?;
                     let (lo, hi) = bounds::S3_ATTEMPTS;
                     bound(within(&format!("{key}.max_attempts"), g.max_attempts, lo, hi, show_n, " attempts"))?;
                     if !g.prefix.is_empty() && (g.prefix.starts_with('/') || !g.prefix.ends_with('/')) {
-                        return Err(invalid(format!("{key}.prefix"), "must not start with / and must end with /".into()));
+                        return Err(invalid(
+                            format!("{key}.prefix"),
+                            "must not start with / and must end with /".into(),
+                        ));
                     }
                     Some(ObjectStoreGrant::S3(g.clone()))
                 }
             };
-            let config_json = serde_json::to_string(&toml::Value::Table(s.config.clone())).expect("TOML values are valid JSON");
+            let config_json =
+                serde_json::to_string(&toml::Value::Table(s.config.clone())).expect("TOML values are valid JSON");
             stages.push(Stage {
                 role,
                 plugin,

@@ -274,8 +274,15 @@ pub trait Ledger: Send + Sync {
     ) -> Result<(), LedgerError>;
 
     /// Appends a free-form entry to the synchronization log.
-    fn log(&self, run_id: i64, item_id: &str, patient_guid: Option<&str>, action: &str, status: &str, details: &str)
-        -> Result<(), LedgerError>;
+    fn log(
+        &self,
+        run_id: i64,
+        item_id: &str,
+        patient_guid: Option<&str>,
+        action: &str,
+        status: &str,
+        details: &str,
+    ) -> Result<(), LedgerError>;
 
     /// The synchronization log, newest first.
     fn log_entries(&self, patient_guid: Option<&str>, limit: u32) -> Result<Vec<LogEntry>, LedgerError>;
@@ -285,8 +292,13 @@ pub trait Ledger: Send + Sync {
 
     /// Stores an answer; returns the previous one (even expired) if it
     /// named a different patient, so the caller can report the change.
-    fn remember(&self, scheme: &str, value: &str, answer: &CachedAnswer, ttl: Duration)
-        -> Result<Option<CachedAnswer>, LedgerError>;
+    fn remember(
+        &self,
+        scheme: &str,
+        value: &str,
+        answer: &CachedAnswer,
+        ttl: Duration,
+    ) -> Result<Option<CachedAnswer>, LedgerError>;
 
     /// Makes parked items (in `states`) due now; returns how many.
     fn requeue(&self, states: &[Outcome]) -> Result<usize, LedgerError>;
@@ -311,8 +323,12 @@ pub trait Ledger: Send + Sync {
 
     /// A page of the synchronization log, newest first: entries older than
     /// `before` (an entry id), optionally of one patient.
-    fn log_page(&self, patient_guid: Option<&str>, before: Option<i64>, limit: u32)
-        -> Result<Vec<LogEntry>, LedgerError>;
+    fn log_page(
+        &self,
+        patient_guid: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, LedgerError>;
 
     /// The items attached to a patient (whatever their state), by id.
     fn items_of(&self, guid: &str) -> Result<Vec<ItemRecord>, LedgerError>;
@@ -369,8 +385,11 @@ impl Ledger for SqliteLedger {
 
     fn end_run(&self, run_id: i64, summary: &str) -> Result<(), LedgerError> {
         self.with(|c| {
-            c.execute("UPDATE runs SET finished_at = ?1, summary = ?2 WHERE id = ?3", params![now_ms(), summary, run_id])
-                .map(|_| ())
+            c.execute(
+                "UPDATE runs SET finished_at = ?1, summary = ?2 WHERE id = ?3",
+                params![now_ms(), summary, run_id],
+            )
+            .map(|_| ())
         })
     }
 
@@ -445,8 +464,15 @@ impl Ledger for SqliteLedger {
     }
 
     /// Appends a free-form entry to the synchronization log.
-    fn log(&self, run_id: i64, item_id: &str, patient_guid: Option<&str>, action: &str, status: &str, details: &str)
-        -> Result<(), LedgerError> {
+    fn log(
+        &self,
+        run_id: i64,
+        item_id: &str,
+        patient_guid: Option<&str>,
+        action: &str,
+        status: &str,
+        details: &str,
+    ) -> Result<(), LedgerError> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO sync_log (at, run_id, item_id, patient_guid, action, status, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -495,8 +521,13 @@ impl Ledger for SqliteLedger {
 
     /// Stores an answer; returns the previous one (even expired) if it
     /// named a different patient, so the caller can report the change.
-    fn remember(&self, scheme: &str, value: &str, answer: &CachedAnswer, ttl: Duration)
-        -> Result<Option<CachedAnswer>, LedgerError> {
+    fn remember(
+        &self,
+        scheme: &str,
+        value: &str,
+        answer: &CachedAnswer,
+        ttl: Duration,
+    ) -> Result<Option<CachedAnswer>, LedgerError> {
         let now = now_ms();
         let hash = key_hash(scheme, value);
         let encoded = encode_answer(answer);
@@ -649,8 +680,12 @@ impl Ledger for SqliteLedger {
 
     /// A page of the synchronization log, newest first: entries older than
     /// `before` (an entry id), optionally of one patient.
-    fn log_page(&self, patient_guid: Option<&str>, before: Option<i64>, limit: u32)
-        -> Result<Vec<LogEntry>, LedgerError> {
+    fn log_page(
+        &self,
+        patient_guid: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, LedgerError> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, at, run_id, item_id, patient_guid, action, status, details FROM sync_log
@@ -770,7 +805,8 @@ mod tests {
         let r = l.item("P_1/0000_1.dcm").unwrap().unwrap();
         assert_eq!((r.state, r.attempts), (Outcome::Failed, 2));
         assert!(r.next_attempt_at >= now_ms() + 119_000, "second failure waits 2 minutes");
-        l.record(run, "P_1/0000_1.dcm", Outcome::Stored, Some("10:1"), Some("g"), Some("images/g/x.dcm"), "", B).unwrap();
+        l.record(run, "P_1/0000_1.dcm", Outcome::Stored, Some("10:1"), Some("g"), Some("images/g/x.dcm"), "", B)
+            .unwrap();
         let r = l.item("P_1/0000_1.dcm").unwrap().unwrap();
         assert_eq!((r.state, r.attempts, r.next_attempt_at), (Outcome::Stored, 0, 0));
         assert_eq!(r.location.as_deref(), Some("images/g/x.dcm"));
@@ -782,11 +818,17 @@ mod tests {
     #[test]
     fn patient_search_folds_case_and_accents() {
         let (_d, l) = ledger();
-        let facts = |pn: &str, name: &str| ImageFacts { name: name.into(), patient_name: Some(pn.into()), ..Default::default() };
+        let facts = |pn: &str, name: &str| ImageFacts {
+            name: name.into(),
+            patient_name: Some(pn.into()),
+            ..Default::default()
+        };
         l.index_image("a", "g1", "images/g1/a.dcm", &facts("Müller^Jürgen", "a")).unwrap();
         l.index_image("b", "g1", "images/g1/b.dcm", &facts("Müller^Jürgen", "b")).unwrap();
         l.index_image("c", "g2", "images/g2/c.dcm", &facts("Straße^Zoë", "c")).unwrap();
-        let s = |q: &str| l.search_patients(q, 10).unwrap().into_iter().map(|h| (h.guid, h.image_count)).collect::<Vec<_>>();
+        let s = |q: &str| {
+            l.search_patients(q, 10).unwrap().into_iter().map(|h| (h.guid, h.image_count)).collect::<Vec<_>>()
+        };
         assert_eq!(s("mul"), vec![("g1".to_string(), 2)]);
         assert_eq!(s("JURG muell"), vec![("g1".to_string(), 2)]);
         assert_eq!(s("strass"), vec![("g2".to_string(), 1)]);
@@ -806,7 +848,9 @@ mod tests {
         let changed = l.remember("card-id", "C-1", &CachedAnswer::Resolved("g2".into()), day).unwrap();
         assert_eq!(changed, Some(CachedAnswer::Resolved("g1".into())));
         // no raw key at rest
-        let raw: i64 = l.with(|c| c.query_row("SELECT count(*) FROM resolutions WHERE key_hash LIKE '%C-1%'", [], |r| r.get(0))).unwrap();
+        let raw: i64 = l
+            .with(|c| c.query_row("SELECT count(*) FROM resolutions WHERE key_hash LIKE '%C-1%'", [], |r| r.get(0)))
+            .unwrap();
         assert_eq!(raw, 0);
         l.remember("card-id", "C-2", &CachedAnswer::NotFound, Duration::from_millis(1)).unwrap();
         std::thread::sleep(Duration::from_millis(5));

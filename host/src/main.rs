@@ -139,7 +139,9 @@ async fn real_main(cli: Cli) -> Result<i32> {
         Command::Run { pipeline, every, no_progress } => {
             let progress = (!no_progress && std::io::stderr().is_terminal()).then(|| {
                 let pb = ProgressBar::new_spinner();
-                pb.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
+                pb.set_style(
+                    ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"),
+                );
                 pb
             });
             init_logging(cli.log_format, progress.clone());
@@ -204,7 +206,12 @@ async fn real_main(cli: Cli) -> Result<i32> {
                     let due = if r.next_attempt_at <= ferry::ledger::now_ms() {
                         "due now".to_string()
                     } else {
-                        format!("next try in {}", ferry::stage::humantime(Duration::from_secs(((r.next_attempt_at - ferry::ledger::now_ms()) / 1000).max(1) as u64)))
+                        format!(
+                            "next try in {}",
+                            ferry::stage::humantime(Duration::from_secs(
+                                ((r.next_attempt_at - ferry::ledger::now_ms()) / 1000).max(1) as u64
+                            ))
+                        )
                     };
                     println!(
                         "  {:<11} {}  ({} attempts, {due}): {}",
@@ -310,7 +317,10 @@ async fn run_pass(runtime: &Runtime, cancel: &CancellationToken, progress: Optio
 fn open_ledger(p: &ferry::config::Pipeline) -> Result<SqliteLedger> {
     let path = p.ledger_path();
     if !path.exists() {
-        anyhow::bail!("no ledger at {}: the pipeline has not run yet (or [pipeline] state_dir differs)", path.display());
+        anyhow::bail!(
+            "no ledger at {}: the pipeline has not run yet (or [pipeline] state_dir differs)",
+            path.display()
+        );
     }
     Ok(SqliteLedger::open(&path)?)
 }

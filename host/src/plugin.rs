@@ -66,7 +66,7 @@ impl Plugin {
     /// Checks the plugin implements the world of `role`.
     pub fn check_role(&self, role: Role) -> Result<(), PluginError> {
         let wanted = format!("{PACKAGE}/{}@{VERSION}", role.export());
-        if self.exports.iter().any(|e| *e == wanted) {
+        if self.exports.contains(&wanted) {
             return Ok(());
         }
         let other = Role::ALL
@@ -81,7 +81,11 @@ impl Plugin {
             path: self.path.clone(),
             role,
             wanted,
-            found: if self.exports.is_empty() { "it exports nothing".into() } else { format!("exports: {}", self.exports.join(", ")) },
+            found: if self.exports.is_empty() {
+                "it exports nothing".into()
+            } else {
+                format!("exports: {}", self.exports.join(", "))
+            },
             hint,
         })
     }

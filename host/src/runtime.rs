@@ -56,7 +56,11 @@ struct Shared {
 /// paths that do not exist yet (a state folder before the first run) can
 /// still be compared with real ones.
 fn real_path(p: &Path) -> PathBuf {
-    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()) };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    };
     let mut missing = Vec::new();
     let mut cur = abs.as_path();
     loop {
@@ -193,7 +197,7 @@ impl Runtime {
             pools.insert(stage.role, Arc::new(pool));
         }
         let ledger = SqliteLedger::open(&pipeline.ledger_path())
-            .with_context(|| format!("opening the ledger (set [pipeline] state_dir to move it)"))?;
+            .with_context(|| "opening the ledger (set [pipeline] state_dir to move it)".to_string())?;
         let stages = Stages {
             source: pools.remove(&Role::Source).expect("source is required"),
             extractor: pools.remove(&Role::Extractor),
@@ -296,14 +300,17 @@ async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, option
     }
     let mut granted = Vec::new();
     for (name, path) in &g.fs {
-        let rd = std::fs::read_dir(path)
-            .with_context(|| format!("grants.fs.{name}: cannot list {}", path.display()))?;
+        let rd =
+            std::fs::read_dir(path).with_context(|| format!("grants.fs.{name}: cannot list {}", path.display()))?;
         drop(rd);
         granted.push(format!("fs:{name}"));
     }
     for c in &g.sql {
         shared.sql.probe(c).await.map_err(|e| {
-            anyhow::anyhow!("grants.sql: connection `{c}` does not work: {} (see [connections.{c}])", host_error_text(&e))
+            anyhow::anyhow!(
+                "grants.sql: connection `{c}` does not work: {} (see [connections.{c}])",
+                host_error_text(&e)
+            )
         })?;
         granted.push(format!("sql:{c}"));
     }
@@ -312,10 +319,9 @@ async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, option
     }
     if let Some(os) = &g.object_store {
         let store = object_store::open(os);
-        store
-            .probe()
-            .await
-            .map_err(|e| anyhow::anyhow!("grants.object_store: {} is not writable: {}", store.describe(), host_error_text(&e)))?;
+        store.probe().await.map_err(|e| {
+            anyhow::anyhow!("grants.object_store: {} is not writable: {}", store.describe(), host_error_text(&e))
+        })?;
         granted.push(format!("store:{}", store.describe()));
     }
     let pool = shared.pool(pipeline, stage, &plugin)?;
@@ -365,8 +371,9 @@ pub fn renderer(
         http: http::Client::new(),
         object_store: None,
     });
-    let config_json = serde_json::to_string(&toml::Value::Table(cfg.config.clone())).expect("TOML values are valid JSON");
-    Ok(StagePool::new(engine, &plugin, ctx, cfg.limits.clone(), config_json)?)
+    let config_json =
+        serde_json::to_string(&toml::Value::Table(cfg.config.clone())).expect("TOML values are valid JSON");
+    StagePool::new(engine, &plugin, ctx, cfg.limits.clone(), config_json)
 }
 
 fn host_error_text(e: &crate::bindings::types::HostError) -> String {

@@ -20,13 +20,13 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
 use crate::bindings::extractor_world::{ExtractorPlugin, ExtractorPluginPre};
+use crate::bindings::renderer_world::exports::ferry::pipeline::renderer::Picture;
+use crate::bindings::renderer_world::{RendererPlugin, RendererPluginPre};
 use crate::bindings::resolver_world::exports::ferry::pipeline::resolver::Resolution;
 use crate::bindings::resolver_world::{ResolverPlugin, ResolverPluginPre};
 use crate::bindings::source_world::exports::ferry::pipeline::source::Page;
 use crate::bindings::source_world::{SourcePlugin, SourcePluginPre};
 use crate::bindings::store_world::exports::ferry::pipeline::store::Stored;
-use crate::bindings::renderer_world::exports::ferry::pipeline::renderer::Picture;
-use crate::bindings::renderer_world::{RendererPlugin, RendererPluginPre};
 use crate::bindings::store_world::{StorePlugin, StorePluginPre};
 use crate::bindings::types::{ErrorKind, FileRef, Item, Metadata, PatientKey, StageError};
 use crate::caps::{StageContext, StageState};
@@ -49,15 +49,13 @@ pub fn engine() -> anyhow::Result<Engine> {
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     let engine = Engine::new(&config)?;
     let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("ferry-epoch".into())
-        .spawn(move || loop {
-            std::thread::sleep(TICK);
-            match weak.upgrade() {
-                Some(e) => e.increment_epoch(),
-                None => return,
-            }
-        })?;
+    std::thread::Builder::new().name("ferry-epoch".into()).spawn(move || loop {
+        std::thread::sleep(TICK);
+        match weak.upgrade() {
+            Some(e) => e.increment_epoch(),
+            None => return,
+        }
+    })?;
     Ok(engine)
 }
 
@@ -127,9 +125,9 @@ impl StagePool {
         plugin.check_role(ctx.role)?;
         let mut linker: Linker<StageState> = Linker::new(engine);
         crate::bindings::caps::Capabilities::add_to_linker::<StageState, HasSelf<StageState>>(&mut linker, |s| s)?;
-        let ipre = linker.instantiate_pre(&plugin.component).map_err(|e| {
-            anyhow::anyhow!("{}: cannot link {}: {e:#}", ctx.who(), plugin.path.display())
-        })?;
+        let ipre = linker
+            .instantiate_pre(&plugin.component)
+            .map_err(|e| anyhow::anyhow!("{}: cannot link {}: {e:#}", ctx.who(), plugin.path.display()))?;
         let pre = match ctx.role {
             Role::Source => Pre::Source(SourcePluginPre::new(ipre)?),
             Role::Extractor => Pre::Extractor(ExtractorPluginPre::new(ipre)?),
@@ -202,7 +200,12 @@ impl StagePool {
         };
         match configured {
             Ok(Ok(())) => Ok(Instance { store, guest }),
-            Ok(Err(e)) => Err(CallError::Setup(format!("{} rejected its [{}.config]: {}", self.ctx.who(), self.ctx.role, e.message))),
+            Ok(Err(e)) => Err(CallError::Setup(format!(
+                "{} rejected its [{}.config]: {}",
+                self.ctx.who(),
+                self.ctx.role,
+                e.message
+            ))),
             Err(e) => Err(CallError::Setup(self.trap_message(&e, "configure"))),
         }
     }
@@ -273,9 +276,11 @@ impl StagePool {
             (Guest::Store(g), Request::Store(item, md, guid)) => {
                 g.ferry_pipeline_store().call_store(&mut *store, item, md, guid).await.map(|r| r.map(Response::Stored))
             }
-            (Guest::Renderer(g), Request::Render(file, max_size)) => {
-                g.ferry_pipeline_renderer().call_render(&mut *store, file, max_size).await.map(|r| r.map(Response::Picture))
-            }
+            (Guest::Renderer(g), Request::Render(file, max_size)) => g
+                .ferry_pipeline_renderer()
+                .call_render(&mut *store, file, max_size)
+                .await
+                .map(|r| r.map(Response::Picture)),
             _ => unreachable!("the plugin's role is checked when the pool is built"),
         };
         inst.store.data_mut().current_file = None;
@@ -352,9 +357,9 @@ fn first_line(s: &str) -> &str {
 pub fn humantime(d: Duration) -> String {
     if d.as_millis() < 1000 {
         format!("{}ms", d.as_millis())
-    } else if d.as_secs() % 3600 == 0 && d.as_secs() >= 3600 && d.subsec_millis() == 0 {
+    } else if d.as_secs().is_multiple_of(3600) && d.as_secs() >= 3600 && d.subsec_millis() == 0 {
         format!("{}h", d.as_secs() / 3600)
-    } else if d.as_secs() % 60 == 0 && d.as_secs() >= 60 {
+    } else if d.as_secs().is_multiple_of(60) && d.as_secs() >= 60 {
         format!("{}m", d.as_secs() / 60)
     } else if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())

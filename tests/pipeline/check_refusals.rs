@@ -88,15 +88,21 @@ async fn serve_refused(serve: &str, needles: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_settings_that_serve_would_refuse_fail_check() {
-    serve_refused("[serve]\nlisten = \"0.0.0.0:8080\"\nauth = { dev_mode = true }", &["dev_mode", "loopback", "0.0.0.0"]).await;
-    serve_refused(&format!("[serve]\nauth = {{ dev_mode = true, hs256_secret = \"{SECRET}\" }}"), &["dev_mode", "key"]).await;
+    serve_refused(
+        "[serve]\nlisten = \"0.0.0.0:8080\"\nauth = { dev_mode = true }",
+        &["dev_mode", "loopback", "0.0.0.0"],
+    )
+    .await;
+    serve_refused(&format!("[serve]\nauth = {{ dev_mode = true, hs256_secret = \"{SECRET}\" }}"), &["dev_mode", "key"])
+        .await;
     serve_refused(
         &format!("[serve]\nauth = {{ hs256_secret = \"{SECRET}\", jwks = \"jwks.json\" }}"),
         &["only one of hs256_secret, public_key and jwks"],
     )
     .await;
     serve_refused("[serve]\nauth = { }", &["no key to check tokens with"]).await;
-    serve_refused("[serve]\nlisten = \"not an address\"\nauth = { dev_mode = true }", &["listen", "not an address"]).await;
+    serve_refused("[serve]\nlisten = \"not an address\"\nauth = { dev_mode = true }", &["listen", "not an address"])
+        .await;
 
     // a private key where the public key belongs
     let fx = Fixture::new(demo_site());
@@ -114,7 +120,10 @@ async fn serve_settings_that_serve_would_refuse_fail_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_serve_settings_pass_check_with_the_renderer_loaded() {
     let fx = Fixture::new(demo_site());
-    let toml = format!("{}\n[serve]\nauth = {{ hs256_secret = \"{SECRET}\" }}\npreview = {{ concurrency = 3 }}\n", fx.stock_toml());
+    let toml = format!(
+        "{}\n[serve]\nauth = {{ hs256_secret = \"{SECRET}\" }}\npreview = {{ concurrency = 3 }}\n",
+        fx.stock_toml()
+    );
     let p = fx.load(&toml);
     let lines = check(&p, &options()).await.unwrap();
     let l = line(&lines, "serve");

@@ -30,7 +30,8 @@ async fn kill_dash_nine_then_rerun_is_exactly_once() {
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
     // one upload at a time, so there is a middle to kill in
-    let toml = fx.production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "").replace("concurrency = 4", "concurrency = 1");
+    let toml =
+        fx.production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "").replace("concurrency = 4", "concurrency = 1");
     std::fs::write(fx.dir.path().join("pipeline.toml"), &toml).unwrap();
 
     let mut child = ferry(&fx).spawn().unwrap();

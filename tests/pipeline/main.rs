@@ -6,8 +6,8 @@ mod harness;
 
 mod check_refusals;
 mod compile_cache;
-mod crash_recovery;
 mod corrupt_input;
+mod crash_recovery;
 mod graceful_stop;
 mod grants;
 mod happy_path;

@@ -41,7 +41,10 @@ async fn a_file_younger_than_min_age_waits_for_the_next_pass() {
     assert!(r.detail.contains("min_age = 1h"), "{}", r.detail);
     assert!(!fx.stored().keys().any(|k| k.contains("Panoramic")), "{:?}", fx.stored());
     let logged = fx.ledger().log_entries(None, 50).unwrap();
-    assert!(logged.iter().any(|e| e.item_id == young.rel_path && e.action == "defer" && e.status == "waiting"), "{logged:?}");
+    assert!(
+        logged.iter().any(|e| e.item_id == young.rel_path && e.action == "defer" && e.status == "waiting"),
+        "{logged:?}"
+    );
 
     // the software finished long ago: stored, whole
     ferry_tests::settle(&young.path).unwrap();
@@ -58,7 +61,8 @@ async fn a_file_growing_between_scan_and_upload_is_stored_whole_next_pass() {
     let resolver = ResolverServer::start(fx.site.card_map.clone());
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
-    let toml = fx.production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "").replace("timeout = \"5s\"", "timeout = \"20s\"");
+    let toml =
+        fx.production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "").replace("timeout = \"5s\"", "timeout = \"20s\"");
     let rt = runtime(fx.load_with_env(&toml)).await;
     // answers take long enough for the file to change while its item
     // waits to be resolved (after the scan, before the upload)

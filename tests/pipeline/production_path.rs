@@ -137,7 +137,8 @@ async fn lost_sql_server_connections_are_retried() {
     let resolver = ResolverServer::start(fx.site.card_map.clone());
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
-    let rt = runtime(fx.load_with_env(&fx.production_toml(&Sql::SqlServer(tds.port()), &resolver, &s3, BUCKET, ""))).await;
+    let rt =
+        runtime(fx.load_with_env(&fx.production_toml(&Sql::SqlServer(tds.port()), &resolver, &s3, BUCKET, ""))).await;
     run(&rt).await;
     let logins = tds.logins();
     // the server restarts, say: every pooled connection is dead
@@ -155,9 +156,10 @@ async fn a_card_that_changes_patient_is_noticed() {
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
     // answers expire at once, so the second run asks again
-    let toml = fx
-        .production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "")
-        .replace("limits = { memory = \"64MiB\", timeout = \"5s\" }", "limits = { memory = \"64MiB\", timeout = \"5s\" }\ncache = { ttl = \"1ms\", not_found_ttl = \"1ms\" }");
+    let toml = fx.production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "").replace(
+        "limits = { memory = \"64MiB\", timeout = \"5s\" }",
+        "limits = { memory = \"64MiB\", timeout = \"5s\" }\ncache = { ttl = \"1ms\", not_found_ttl = \"1ms\" }",
+    );
     let rt = runtime(fx.load_with_env(&toml)).await;
     run(&rt).await;
 
@@ -191,7 +193,8 @@ async fn check_tests_sql_login_resolver_and_bucket() {
     for l in &lines {
         assert!(l.ok, "{l}");
     }
-    let line = |lines: &[ferry::runtime::CheckLine], r: Role| lines.iter().find(|l| l.section == r.section()).unwrap().clone();
+    let line =
+        |lines: &[ferry::runtime::CheckLine], r: Role| lines.iter().find(|l| l.section == r.section()).unwrap().clone();
     assert!(line(&lines, Role::Resolver).message.contains("test lookup answered"));
     assert!(line(&lines, Role::Store).message.contains(&format!("s3://{BUCKET}/")));
 

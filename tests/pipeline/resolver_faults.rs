@@ -27,7 +27,10 @@ const RESOLVABLE: usize = DEMO_EXPECTED.stored + DEMO_EXPECTED.unresolved + DEMO
 async fn outage_parks_items_until_the_next_cycle() {
     let (fx, resolver, s3) = setup();
     // a backoff longer than the outage run itself
-    let toml = fx.production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "").replace("retry_after = \"200ms\"", "retry_after = \"1m\"").replace("retry_max = \"2s\"", "retry_max = \"1h\"");
+    let toml = fx
+        .production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "")
+        .replace("retry_after = \"200ms\"", "retry_after = \"1m\"")
+        .replace("retry_max = \"2s\"", "retry_max = \"1h\"");
     let rt = runtime(fx.load_with_env(&toml)).await;
     resolver.set_fault(Fault::Status(503));
     let down = run(&rt).await;
@@ -94,9 +97,10 @@ async fn bad_api_key_is_a_clear_permanent_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_slow_answers_are_parked() {
     let (fx, resolver, s3) = setup();
-    let toml = fx
-        .production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "")
-        .replace("limits = { memory = \"64MiB\", timeout = \"5s\" }", "limits = { memory = \"64MiB\", timeout = \"1s\" }");
+    let toml = fx.production_toml(&Sql::Sqlite, &resolver, &s3, BUCKET, "").replace(
+        "limits = { memory = \"64MiB\", timeout = \"5s\" }",
+        "limits = { memory = \"64MiB\", timeout = \"1s\" }",
+    );
     let rt = runtime(fx.load_with_env(&toml)).await;
 
     resolver.set_fault(Fault::Malformed);
@@ -109,7 +113,11 @@ async fn malformed_and_slow_answers_are_parked() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = run(&rt).await;
     assert_eq!(s.count(Outcome::Stored), 0, "{}", s.line());
-    let r = s.reports().into_iter().find(|r| r.outcome == Outcome::Failed && !r.detail.starts_with("parked")).expect("failures");
+    let r = s
+        .reports()
+        .into_iter()
+        .find(|r| r.outcome == Outcome::Failed && !r.detail.starts_with("parked"))
+        .expect("failures");
     assert!(r.detail.contains("deadline") || r.detail.contains("timed out"), "{}", r.detail);
     let items = fx.ledger().items().unwrap();
     assert!(items.iter().filter(|i| i.state == Outcome::Failed).all(|i| i.attempts >= 1));

@@ -92,7 +92,9 @@ async fn the_largest_concurrency_costs_only_what_is_in_flight() {
             .image(ImageSpec::new(1, 32, "two", ImageKind::IntraOral))
             .map_card("C-1", &demo_guid(1)),
     );
-    let toml = fx.stock_toml().replace("plugin = \"dicom-meta\"\nconcurrency = 2", "plugin = \"dicom-meta\"\nconcurrency = 64");
+    let toml = fx
+        .stock_toml()
+        .replace("plugin = \"dicom-meta\"\nconcurrency = 2", "plugin = \"dicom-meta\"\nconcurrency = 64");
     assert!(toml.contains("concurrency = 64"), "{toml}");
     let rt = runtime(fx.load(&toml)).await;
     let s = run(&rt).await;

@@ -101,7 +101,10 @@ impl Custom {
 
     async fn stop(mut self) {
         let running = self.running.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(120), running.shutdown()).await.expect("stops").expect("stops cleanly");
+        tokio::time::timeout(Duration::from_secs(120), running.shutdown())
+            .await
+            .expect("stops")
+            .expect("stops cleanly");
     }
 }
 
@@ -136,10 +139,14 @@ async fn an_es256_key_in_a_jwks_file_chosen_by_kid() {
     // a JWKS with two keys, written as an identity provider publishes it
     let ec_pub = jsonwebtoken::DecodingKey::from_ec_pem(&key("ec-public.pem")).unwrap();
     let rsa_pub = jsonwebtoken::DecodingKey::from_rsa_pem(&key("rsa2-public.pem")).unwrap();
-    let mut ec_jwk = serde_json::to_value(jsonwebtoken::jwk::Jwk::from_decoding_key(&ec_pub, Some(Algorithm::ES256)).unwrap()).unwrap();
+    let mut ec_jwk =
+        serde_json::to_value(jsonwebtoken::jwk::Jwk::from_decoding_key(&ec_pub, Some(Algorithm::ES256)).unwrap())
+            .unwrap();
     ec_jwk["kid"] = "ec-2026".into();
     ec_jwk["use"] = "sig".into();
-    let mut rsa_jwk = serde_json::to_value(jsonwebtoken::jwk::Jwk::from_decoding_key(&rsa_pub, Some(Algorithm::RS256)).unwrap()).unwrap();
+    let mut rsa_jwk =
+        serde_json::to_value(jsonwebtoken::jwk::Jwk::from_decoding_key(&rsa_pub, Some(Algorithm::RS256)).unwrap())
+            .unwrap();
     rsa_jwk["kid"] = "rsa-2025".into();
     let jwks = json!({ "keys": [rsa_jwk, ec_jwk] });
     let svc = start_with_files("jwks = \"keys/jwks.json\"", None, &[("jwks.json", jwks.to_string())])
@@ -149,7 +156,10 @@ async fn an_es256_key_in_a_jwks_file_chosen_by_kid() {
     let ec = EncodingKey::from_ec_pem(&key("ec-private.pem")).unwrap();
     let rsa2 = EncodingKey::from_rsa_pem(&key("rsa2-private.pem")).unwrap();
     assert_eq!(svc.status(SEARCH, Some(&sign(Algorithm::ES256, Some("ec-2026"), &ec, &claims("viewer")))).await, 200);
-    assert_eq!(svc.status(SEARCH, Some(&sign(Algorithm::RS256, Some("rsa-2025"), &rsa2, &claims("viewer")))).await, 200);
+    assert_eq!(
+        svc.status(SEARCH, Some(&sign(Algorithm::RS256, Some("rsa-2025"), &rsa2, &claims("viewer")))).await,
+        200
+    );
     // right key, wrong kid; unknown kid; no kid with two keys
     assert_eq!(svc.status(SEARCH, Some(&sign(Algorithm::ES256, Some("rsa-2025"), &ec, &claims("viewer")))).await, 401);
     assert_eq!(svc.status(SEARCH, Some(&sign(Algorithm::ES256, Some("ec-2027"), &ec, &claims("viewer")))).await, 401);
@@ -206,7 +216,11 @@ async fn ferry_token_mints_what_the_service_accepts() {
             .env("FERRY_PLUGIN_DIR", ferry_tests::plugin_dir())
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let logs = format!("/api/v1/patients/{}/logs", harness::mueller());
 

@@ -26,7 +26,13 @@ async fn the_page_and_its_assets_are_served_without_a_token() {
     let h = res.headers().clone();
     assert_eq!(h["content-type"], "text/html; charset=utf-8");
     let csp = h["content-security-policy"].to_str().unwrap();
-    for part in ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "img-src 'self' blob:", "frame-ancestors 'none'"] {
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "img-src 'self' blob:",
+        "frame-ancestors 'none'",
+    ] {
         assert!(csp.contains(part), "CSP without {part}: {csp}");
     }
     assert_eq!(h["x-content-type-options"], "nosniff");
@@ -96,9 +102,10 @@ async fn the_page_end_to_end_in_headless_chromium() {
     let script = browser_dir.join("e2e.mjs");
     let (shot2, url2) = (shot.clone(), url.clone());
     // the service keeps serving on the runtime's workers meanwhile
-    let (status, out) = tokio::task::spawn_blocking(move || run_node(&script, &url2, &token, &shot2, Duration::from_secs(300)))
-        .await
-        .unwrap();
+    let (status, out) =
+        tokio::task::spawn_blocking(move || run_node(&script, &url2, &token, &shot2, Duration::from_secs(300)))
+            .await
+            .unwrap();
     eprintln!("{out}");
     assert!(
         status,

@@ -58,7 +58,11 @@ async fn streams_the_stored_bytes_with_ranges() {
     // unsatisfiable: 416 with the size, and the header is not echoed back
     for bad in [format!("bytes={total}-"), format!("bytes={}-{}", total + 1, total + 9), "bytes=-0".into()] {
         let res = range(&bad).await;
-        assert_eq!(res.headers().get("content-range").map(|v| v.to_str().unwrap().to_owned()), Some(format!("bytes */{total}")), "{bad}");
+        assert_eq!(
+            res.headers().get("content-range").map(|v| v.to_str().unwrap().to_owned()),
+            Some(format!("bytes */{total}")),
+            "{bad}"
+        );
         let body = problem(res, 416).await;
         assert!(!body.to_string().contains(&bad), "{bad} echoed: {body}");
     }
@@ -76,7 +80,10 @@ async fn streams_the_stored_bytes_with_ranges() {
         let svc = &svc;
         let path = path.clone();
         let token = token.clone();
-        async move { svc.request(reqwest::Method::GET, &path, Some(&token), &[("range", "bytes=0-9"), ("if-range", &validator)]).await }
+        async move {
+            svc.request(reqwest::Method::GET, &path, Some(&token), &[("range", "bytes=0-9"), ("if-range", &validator)])
+                .await
+        }
     };
     let res = if_range(etag.to_owned()).await;
     assert_eq!(res.status(), 206);

@@ -46,13 +46,18 @@ async fn health_readiness_and_metrics() {
         "ferry_items_in_flight 0".into(),
         format!("ferry_ledger_items{{state=\"stored\"}} {}", e.stored),
         "ferry_pass_duration_seconds_count 1".into(),
-        "ferry_http_requests_total{route=\"/api/v1/patients/{patientGuid}/images\",method=\"GET\",status=\"200\"} 1".into(),
+        "ferry_http_requests_total{route=\"/api/v1/patients/{patientGuid}/images\",method=\"GET\",status=\"200\"} 1"
+            .into(),
         "ferry_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"503\"} 1".into(),
     ] {
         assert!(m.lines().any(|l| l == line), "metrics lack `{line}`:\n{m}");
     }
     let number = |name: &str| -> f64 {
-        m.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}:\n{m}")).parse().unwrap()
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}:\n{m}"))
+            .parse()
+            .unwrap()
     };
     let stored_bytes: u64 = svc.stored_guids().iter().flat_map(|g| svc.stored_for(g)).map(|i| i.size).sum();
     assert_eq!(number("ferry_stored_bytes_total") as u64, stored_bytes);
@@ -65,7 +70,9 @@ async fn health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_lets_the_pass_finish_and_closes_the_port() {
     // stop while the first pass is under way
-    let svc = Service::start_with(ferry_tests::demo_site(), crate::harness::Setup { no_wait: true, ..Default::default() }).await;
+    let svc =
+        Service::start_with(ferry_tests::demo_site(), crate::harness::Setup { no_wait: true, ..Default::default() })
+            .await;
     let addr = svc.running.addr();
     assert_eq!(svc.get("/healthz", None).await.status(), 200);
     let ledger_path = svc.pipeline.ledger_path();

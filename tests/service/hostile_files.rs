@@ -64,7 +64,8 @@ async fn hostile_files_in_the_store_cannot_crash_or_flood_the_service() {
     std::fs::write(&path, &text).unwrap();
     let pipeline = ferry::config::Pipeline::load(&path).unwrap();
     let auth = pipeline.serve.as_ref().unwrap().auth.clone();
-    let token = ferry::serve::auth::mint(&auth, "hostile-test", Role::Viewer, Duration::from_secs(3600), Some(CLINIC)).unwrap();
+    let token =
+        ferry::serve::auth::mint(&auth, "hostile-test", Role::Viewer, Duration::from_secs(3600), Some(CLINIC)).unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["serve".as_ref(), path.as_os_str()])
@@ -101,7 +102,8 @@ async fn hostile_files_in_the_store_cannot_crash_or_flood_the_service() {
     let listing = format!("/api/v1/patients/{guid}/images");
     loop {
         let res = get(listing.clone()).await;
-        let body: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap_or_default()).unwrap_or_default();
+        let body: serde_json::Value =
+            serde_json::from_slice(&res.bytes().await.unwrap_or_default()).unwrap_or_default();
         if body["images"].as_array().is_some_and(|a| !a.is_empty()) {
             break;
         }
@@ -149,7 +151,11 @@ async fn hostile_files_in_the_store_cannot_crash_or_flood_the_service() {
     let metrics = http.get(format!("{}/metrics", svc.url)).send().await.unwrap().text().await.unwrap();
     let count = |outcome: &str| -> u64 {
         let prefix = format!("ferry_previews_total{{outcome=\"{outcome}\"}} ");
-        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
     };
     assert_eq!((count("refused"), count("refused_cached"), count("rendered")), (3, 3, 1), "{metrics}");
 

@@ -32,7 +32,11 @@ async fn previews_are_pngs_of_the_asked_size() {
     assert!(etag.contains(&img.sha256), "ETag from the object's sha256: {etag}");
     let (w, h) = png_size(&res.bytes().await.unwrap());
     assert_eq!(w.max(h), 32, "longest side is the size asked");
-    assert_eq!((w as f64 / h as f64 * 100.0).round(), (facts.columns as f64 / facts.rows as f64 * 100.0).round(), "aspect kept");
+    assert_eq!(
+        (w as f64 / h as f64 * 100.0).round(),
+        (facts.columns as f64 / facts.rows as f64 * 100.0).round(),
+        "aspect kept"
+    );
 
     // default size: never enlarged (the image is smaller than 256)
     let res = svc.get(&path, Some(&token)).await;
@@ -43,7 +47,8 @@ async fn previews_are_pngs_of_the_asked_size() {
     let a = svc.get(&format!("{path}?size=32"), Some(&token)).await.bytes().await.unwrap();
     let b = svc.get(&format!("{path}?size=32"), Some(&token)).await.bytes().await.unwrap();
     assert_eq!(a, b);
-    let res = svc.request(reqwest::Method::GET, &format!("{path}?size=32"), Some(&token), &[("if-none-match", &etag)]).await;
+    let res =
+        svc.request(reqwest::Method::GET, &format!("{path}?size=32"), Some(&token), &[("if-none-match", &etag)]).await;
     assert_eq!(res.status(), 304);
     // another size is another ETag
     let res = svc.get(&format!("{path}?size=48"), Some(&token)).await;
@@ -53,7 +58,9 @@ async fn previews_are_pngs_of_the_asked_size() {
         let res = svc.get(&format!("{path}?{bad}"), Some(&token)).await;
         problem(res, 400).await;
     }
-    let res = svc.get(&format!("/api/v1/patients/{}/images/Nope.dcm/preview", ferry_tests::demo_guid(17)), Some(&token)).await;
+    let res = svc
+        .get(&format!("/api/v1/patients/{}/images/Nope.dcm/preview", ferry_tests::demo_guid(17)), Some(&token))
+        .await;
     problem(res, 404).await;
     svc.stop().await;
 }

@@ -13,11 +13,8 @@ use crate::harness::{split_key, Service};
 async fn lists_images_with_their_facts_and_pages_through_them() {
     let svc = Service::start().await;
     let guid = demo_guid(58); // five images: OPG 2019 (PX), Status 1/4 … 4/4 (IO)
-    let expected: BTreeMap<String, &ferry_tests::SiteImage> = svc
-        .stored_for(&guid)
-        .into_iter()
-        .map(|img| (split_key(&svc.key_of(img)).2.to_owned(), img))
-        .collect();
+    let expected: BTreeMap<String, &ferry_tests::SiteImage> =
+        svc.stored_for(&guid).into_iter().map(|img| (split_key(&svc.key_of(img)).2.to_owned(), img)).collect();
     assert_eq!(expected.len(), 5);
 
     let page = svc.json(&format!("/api/v1/patients/{guid}/images"), Role::Viewer).await;
@@ -76,7 +73,7 @@ async fn lists_images_with_their_facts_and_pages_through_them() {
 async fn images_not_in_the_index_get_their_facts_from_the_sidecar() {
     let svc = Service::start().await;
     let guid = demo_guid(61); // one panoramic
-    // forget the index (as for images stored by an older ferry)
+                              // forget the index (as for images stored by an older ferry)
     assert_eq!(forget_index(&svc, &guid), 1);
     let page = svc.json(&format!("/api/v1/patients/{guid}/images"), Role::Viewer).await;
     let i = &page["images"][0];

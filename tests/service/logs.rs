@@ -15,7 +15,10 @@ async fn a_patients_synchronization_log_newest_first() {
     assert_eq!(entries.len(), 4, "one upload per stored image: {v}");
     let mut items: Vec<&str> = entries.iter().map(|e| e["itemId"].as_str().unwrap()).collect();
     items.sort();
-    assert_eq!(items, ["P_000017/0000_101.dcm", "P_000017/0000_102.dcm", "P_000017/0000_103.dcm", "P_000017/0000_104.dcm"]);
+    assert_eq!(
+        items,
+        ["P_000017/0000_101.dcm", "P_000017/0000_102.dcm", "P_000017/0000_103.dcm", "P_000017/0000_104.dcm"]
+    );
     for e in entries {
         assert_eq!(e["action"], "upload");
         assert_eq!(e["status"], "ok");

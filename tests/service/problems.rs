@@ -30,7 +30,8 @@ async fn unknown_and_malformed_guids() {
     }
     // unknown API routes and wrong methods are problems too
     problem(svc.get("/api/v1/nope", Some(&token)).await, 404).await;
-    let res = svc.request(reqwest::Method::DELETE, &format!("/api/v1/patients/{unknown}/images"), Some(&token), &[]).await;
+    let res =
+        svc.request(reqwest::Method::DELETE, &format!("/api/v1/patients/{unknown}/images"), Some(&token), &[]).await;
     assert_eq!(res.headers().get("allow").map(|v| v.to_str().unwrap().to_owned()).as_deref(), Some("GET,HEAD"));
     problem(res, 405).await;
     svc.stop().await;
@@ -68,17 +69,14 @@ async fn image_names_cannot_leave_the_patients_folder() {
         }
     }
     // literal `..` and `.` segments
-    for target in [
-        format!("{base}/.."),
-        format!("{base}/../preview"),
-        format!("{base}/./preview"),
-    ] {
+    for target in [format!("{base}/.."), format!("{base}/../preview"), format!("{base}/./preview")] {
         let (status, body) = svc.raw_get(&target, Some(&token)).await;
         assert_eq!(status, 400, "{target}: {body}");
         assert!(body.contains("invalid-name"), "{target}: {body}");
     }
     // `/..` above the name climbs into another route's parameter: still refused or not found, never served
-    let (status, body) = svc.raw_get(&format!("/api/v1/patients/{guid}/../{}/images", demo_guid(23)), Some(&token)).await;
+    let (status, body) =
+        svc.raw_get(&format!("/api/v1/patients/{guid}/../{}/images", demo_guid(23)), Some(&token)).await;
     assert!(status == 400 || status == 404, "{status}: {body}");
     svc.stop().await;
 }

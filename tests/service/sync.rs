@@ -48,8 +48,11 @@ async fn sync_re_verifies_and_restores_a_patients_images() {
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["patientGuid"], guid.as_str());
     let c = &done["counts"];
-    assert_eq!((c["scanned"].as_u64(), c["stored"].as_u64(), c["unchanged"].as_u64(), c["failed"].as_u64()),
-        (Some(4), Some(1), Some(3), Some(0)), "only the patient's items, re-verified: {done}");
+    assert_eq!(
+        (c["scanned"].as_u64(), c["stored"].as_u64(), c["unchanged"].as_u64(), c["failed"].as_u64()),
+        (Some(4), Some(1), Some(3), Some(0)),
+        "only the patient's items, re-verified: {done}"
+    );
     assert_eq!(done["items"].as_array().unwrap().len(), 4);
     assert!(done["startedAt"].is_string() && done["finishedAt"].is_string());
     assert_eq!(svc.s3.get(BUCKET, &key).await.unwrap(), std::fs::read(&img.path).unwrap(), "stored again");

@@ -14,14 +14,8 @@ pub fn demo_guid(sidexis_id: u32) -> String {
 
 /// What a first run of `pipelines/demo.toml` with the stock plugins over
 /// [`demo_site`] should report. Every later run stores nothing new.
-pub const DEMO_EXPECTED: ExpectedCounts = ExpectedCounts {
-    scanned: 34,
-    skipped: 5,
-    failed: 0,
-    unresolved: 2,
-    quarantined: 2,
-    stored: 30,
-};
+pub const DEMO_EXPECTED: ExpectedCounts =
+    ExpectedCounts { scanned: 34, skipped: 5, failed: 0, unresolved: 2, quarantined: 2, stored: 30 };
 
 /// The demo practice: 14 patients (13 with a `PDATA` folder), 37 images,
 /// one stray file, one odd folder. Guids are [`demo_guid`]`(sidexis id)`.
@@ -62,9 +56,7 @@ pub const DEMO_EXPECTED: ExpectedCounts = ExpectedCounts {
 /// of which are reported as failures.
 pub fn demo_site() -> SiteBuilder {
     let p = |id: u32, cards: &[&str], last: &str, first: &str, birth: &str, sex: &str| {
-        PatientSpec::new(id, "", last, first)
-            .cards(cards)
-            .born(birth, sex)
+        PatientSpec::new(id, "", last, first).cards(cards).born(birth, sex)
     };
     let img = ImageSpec::new;
     let mut b = SiteBuilder::new()
@@ -73,10 +65,7 @@ pub fn demo_site() -> SiteBuilder {
         .image(img(17, 102, "Bitewing right", IntraOral))
         .image(img(17, 103, "Panoramic", Panoramic))
         .image(img(17, 104, "Zahn 36 Kontrolle", IntraOral))
-        .stray_file(
-            "P_000017/notes.txt",
-            b"Patientin brachte alte Aufnahmen auf CD mit.\r\n",
-        )
+        .stray_file("P_000017/notes.txt", b"Patientin brachte alte Aufnahmen auf CD mit.\r\n")
         .patient(p(23, &["C-1002"], "Schmidt", "Jürgen", "19650714", "M"))
         .image(img(23, 105, "Pano 2024/05/01", Panoramic))
         .image(img(23, 106, "Bißflügel rechts", IntraOral))
@@ -97,25 +86,11 @@ pub fn demo_site() -> SiteBuilder {
         .patient(p(75, &["C-1006", ""], "Fischer", "Lukas", "20150921", "M"))
         .image(img(75, 118, "Milchzahn 55", IntraOral))
         .image(img(75, 119, "Milchzahn 65", IntraOral))
-        .patient(p(
-            88,
-            &["C-1007", "C-2007"],
-            "Becker",
-            "Marie",
-            "19751224",
-            "F",
-        ))
+        .patient(p(88, &["C-1007", "C-2007"], "Becker", "Marie", "19751224", "F"))
         .image(img(88, 120, "OPG Erstbefund", Panoramic))
         .image(img(88, 121, "Bitewing left", IntraOral))
         .image(img(88, 122, "Bitewing right", IntraOral))
-        .patient(p(
-            93,
-            &["C-1008", "C-2008"],
-            "Yılmaz",
-            "Mehmet",
-            "19830415",
-            "M",
-        ))
+        .patient(p(93, &["C-1008", "C-2008"], "Yılmaz", "Mehmet", "19830415", "M"))
         .image(img(93, 123, "Zahn 47", IntraOral))
         .image(img(93, 124, "Panoramic", Panoramic))
         .patient(p(104, &["C-1009"], "Smith", "John", "19590808", "M"))
@@ -126,14 +101,7 @@ pub fn demo_site() -> SiteBuilder {
         .image(img(112, 128, "Zahn 44", IntraOral))
         .patient(p(127, &[""], "Schäfer", "Ole", "19991005", "M"))
         .image(img(127, 129, "Weisheitszahn 38", IntraOral))
-        .patient(p(
-            133,
-            &["C-0933", "C-1012"],
-            "Wagner",
-            "Sophie",
-            "19880519",
-            "F",
-        ))
+        .patient(p(133, &["C-0933", "C-1012"], "Wagner", "Sophie", "19880519", "F"))
         .image(img(133, 130, "Zahn 11", IntraOral))
         .image(img(133, 131, "Zahn 21", IntraOral))
         .image(img(133, 132, "OPG 2023", Panoramic))

@@ -80,10 +80,7 @@ pub struct DicomFacts {
 ///
 /// `patient` is `None` for images whose folder has no rows in the patient
 /// table; the header then carries placeholder demographics.
-pub fn encode(
-    patient: Option<&PatientSpec>,
-    image: &ImageSpec,
-) -> Result<(Vec<u8>, Option<DicomFacts>)> {
+pub fn encode(patient: Option<&PatientSpec>, image: &ImageSpec) -> Result<(Vec<u8>, Option<DicomFacts>)> {
     match image.kind {
         ImageKind::IntraOral | ImageKind::Panoramic => {
             let facts = facts(patient, image);
@@ -92,11 +89,8 @@ pub fn encode(
         }
         ImageKind::Corrupt => Ok((corrupt(patient, image)?, None)),
         ImageKind::NotDicom => Ok((
-            format!(
-                "Sidexis export placeholder for image {}.\nThis is not a DICOM file.\n",
-                image.image_id
-            )
-            .into_bytes(),
+            format!("Sidexis export placeholder for image {}.\nThis is not a DICOM file.\n", image.image_id)
+                .into_bytes(),
             None,
         )),
     }
@@ -108,47 +102,22 @@ fn facts(patient: Option<&PatientSpec>, image: &ImageSpec) -> DicomFacts {
     let id = image.image_id;
     let intra_oral = image.kind == ImageKind::IntraOral;
     let (last, first, birth, sex) = match patient {
-        Some(p) => (
-            p.last_name.as_str(),
-            p.first_name.as_str(),
-            p.birth_date.as_str(),
-            p.sex.as_str(),
-        ),
+        Some(p) => (p.last_name.as_str(), p.first_name.as_str(), p.birth_date.as_str(), p.sex.as_str()),
         None => ("Unknown", "", "", "O"),
     };
     let date = date_for(id);
     let (modality, sop_class, model, series_no, spacing) = if intra_oral {
-        (
-            "IO",
-            uids::DIGITAL_INTRA_ORAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
-            "XIOS XG Supreme",
-            1,
-            [0.0185, 0.0185],
-        )
+        ("IO", uids::DIGITAL_INTRA_ORAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION, "XIOS XG Supreme", 1, [0.0185, 0.0185])
     } else {
-        (
-            "PX",
-            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
-            "ORTHOPHOS SL",
-            2,
-            [0.1, 0.1],
-        )
+        ("PX", uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION, "ORTHOPHOS SL", 2, [0.1, 0.1])
     };
-    let (rows, columns) = image.pixels.unwrap_or(if intra_oral {
-        IO_DEFAULT_PIXELS
-    } else {
-        PX_DEFAULT_PIXELS
-    });
+    let (rows, columns) = image.pixels.unwrap_or(if intra_oral { IO_DEFAULT_PIXELS } else { PX_DEFAULT_PIXELS });
     // Tooth from the image id: quadrant 1..4, tooth 1..8 (ISO 3950 "16").
     let quadrant = 1 + id % 4;
     let tooth = 1 + (id / 4) % 8;
     DicomFacts {
         patient_id: pid.to_string(),
-        patient_name: if first.is_empty() {
-            last.to_string()
-        } else {
-            format!("{last}^{first}")
-        },
+        patient_name: if first.is_empty() { last.to_string() } else { format!("{last}^{first}") },
         patient_birth_date: birth.to_string(),
         patient_sex: sex.to_string(),
         study_uid: format!("{UID_ROOT}1.{pid}.{date}"),
@@ -164,10 +133,8 @@ fn facts(patient: Option<&PatientSpec>, image: &ImageSpec) -> DicomFacts {
         columns,
         bits_stored: 12,
         pixel_spacing: spacing,
-        laterality: intra_oral
-            .then(|| if matches!(quadrant, 1 | 4) { "R" } else { "L" }.to_string()),
-        anatomic_region: intra_oral
-            .then(|| if quadrant <= 2 { "T-11170" } else { "T-11180" }.to_string()),
+        laterality: intra_oral.then(|| if matches!(quadrant, 1 | 4) { "R" } else { "L" }.to_string()),
+        anatomic_region: intra_oral.then(|| if quadrant <= 2 { "T-11170" } else { "T-11180" }.to_string()),
         tooth: intra_oral.then(|| format!("{quadrant}{tooth}")),
         image_comments: image.image_name.clone(),
     }
@@ -190,11 +157,7 @@ fn full_object(f: &DicomFacts, image_id: u32) -> InMemDicomObject {
     let intra_oral = f.modality == "IO";
     let mut obj = InMemDicomObject::from_element_iter([
         DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
-        DataElement::new(
-            tags::IMAGE_TYPE,
-            VR::CS,
-            dicom_value!(Strs, ["ORIGINAL", "PRIMARY"]),
-        ),
+        DataElement::new(tags::IMAGE_TYPE, VR::CS, dicom_value!(Strs, ["ORIGINAL", "PRIMARY"])),
         DataElement::new(tags::SOP_CLASS_UID, VR::UI, f.sop_class_uid.as_str()),
         DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, f.sop_instance_uid.as_str()),
         DataElement::new(tags::STUDY_DATE, VR::DA, f.study_date.as_str()),
@@ -208,32 +171,16 @@ fn full_object(f: &DicomFacts, image_id: u32) -> InMemDicomObject {
         DataElement::new(tags::PRESENTATION_INTENT_TYPE, VR::CS, "FOR PRESENTATION"),
         DataElement::new(tags::MANUFACTURER, VR::LO, f.manufacturer.as_str()),
         DataElement::new(tags::INSTITUTION_NAME, VR::LO, "Zahnarztpraxis Demo"),
-        DataElement::new(
-            tags::REFERRING_PHYSICIAN_NAME,
-            VR::PN,
-            PrimitiveValue::Empty,
-        ),
-        DataElement::new(
-            tags::STUDY_DESCRIPTION,
-            VR::LO,
-            if intra_oral { "Intraoral" } else { "Panoramic" },
-        ),
+        DataElement::new(tags::REFERRING_PHYSICIAN_NAME, VR::PN, PrimitiveValue::Empty),
+        DataElement::new(tags::STUDY_DESCRIPTION, VR::LO, if intra_oral { "Intraoral" } else { "Panoramic" }),
         DataElement::new(tags::MANUFACTURER_MODEL_NAME, VR::LO, f.model.as_str()),
         DataElement::new(tags::PATIENT_NAME, VR::PN, f.patient_name.as_str()),
         DataElement::new(tags::PATIENT_ID, VR::LO, f.patient_id.as_str()),
-        DataElement::new(
-            tags::PATIENT_BIRTH_DATE,
-            VR::DA,
-            f.patient_birth_date.as_str(),
-        ),
+        DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, f.patient_birth_date.as_str()),
         DataElement::new(tags::PATIENT_SEX, VR::CS, f.patient_sex.as_str()),
         DataElement::new(tags::BODY_PART_EXAMINED, VR::CS, "JAW"),
         DataElement::new(tags::KVP, VR::DS, if intra_oral { "60" } else { "70" }),
-        DataElement::new(
-            tags::DEVICE_SERIAL_NUMBER,
-            VR::LO,
-            if intra_oral { "XG-10442" } else { "SL-30871" },
-        ),
+        DataElement::new(tags::DEVICE_SERIAL_NUMBER, VR::LO, if intra_oral { "XG-10442" } else { "SL-30871" }),
         DataElement::new(tags::SOFTWARE_VERSIONS, VR::LO, "SIDEXIS 4.3.1"),
         DataElement::new(tags::DETECTOR_TYPE, VR::CS, "SCINTILLATOR"),
         DataElement::new(
@@ -244,11 +191,7 @@ fn full_object(f: &DicomFacts, image_id: u32) -> InMemDicomObject {
         DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, f.study_uid.as_str()),
         DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, f.series_uid.as_str()),
         DataElement::new(tags::STUDY_ID, VR::SH, (image_id % 10_000).to_string()),
-        DataElement::new(
-            tags::SERIES_NUMBER,
-            VR::IS,
-            if intra_oral { "1" } else { "2" },
-        ),
+        DataElement::new(tags::SERIES_NUMBER, VR::IS, if intra_oral { "1" } else { "2" }),
         DataElement::new(tags::INSTANCE_NUMBER, VR::IS, image_id.to_string()),
         DataElement::new(tags::BURNED_IN_ANNOTATION, VR::CS, "NO"),
         DataElement::new(tags::IMAGE_COMMENTS, VR::LT, f.image_comments.as_str()),
@@ -262,47 +205,23 @@ fn full_object(f: &DicomFacts, image_id: u32) -> InMemDicomObject {
             dicom_value!(Strs, [ds(f.pixel_spacing[0]), ds(f.pixel_spacing[1])]),
         ),
         DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16_u16)),
-        DataElement::new(
-            tags::BITS_STORED,
-            VR::US,
-            PrimitiveValue::from(f.bits_stored),
-        ),
-        DataElement::new(
-            tags::HIGH_BIT,
-            VR::US,
-            PrimitiveValue::from(f.bits_stored - 1),
-        ),
-        DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0_u16),
-        ),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(f.bits_stored)),
+        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(f.bits_stored - 1)),
+        DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0_u16)),
         DataElement::new(tags::PIXEL_INTENSITY_RELATIONSHIP, VR::CS, "LIN"),
-        DataElement::new(
-            tags::PIXEL_INTENSITY_RELATIONSHIP_SIGN,
-            VR::SS,
-            PrimitiveValue::from(1_i16),
-        ),
+        DataElement::new(tags::PIXEL_INTENSITY_RELATIONSHIP_SIGN, VR::SS, PrimitiveValue::from(1_i16)),
         DataElement::new(tags::WINDOW_CENTER, VR::DS, "2048"),
         DataElement::new(tags::WINDOW_WIDTH, VR::DS, "4096"),
         DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "0"),
         DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"),
         DataElement::new(tags::RESCALE_TYPE, VR::LO, "US"),
         DataElement::new(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00"),
-        DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(pixels(f.rows, f.columns, image_id).into()),
-        ),
+        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels(f.rows, f.columns, image_id).into())),
     ]);
     if intra_oral {
         let laterality = f.laterality.as_deref().unwrap_or("R");
         let region = f.anatomic_region.as_deref().unwrap_or("T-11170");
-        let region_meaning = if region == "T-11170" {
-            "Maxilla"
-        } else {
-            "Mandible"
-        };
+        let region_meaning = if region == "T-11170" { "Maxilla" } else { "Mandible" };
         let tooth = f.tooth.as_deref().unwrap_or("16");
         obj.put(DataElement::new(tags::IMAGE_LATERALITY, VR::CS, laterality));
         obj.put(DataElement::new(
@@ -339,13 +258,7 @@ fn write_file(obj: InMemDicomObject) -> Result<Vec<u8>> {
 /// the first few elements) and then breaks: an element whose declared
 /// length runs past the end of the file.
 fn corrupt(patient: Option<&PatientSpec>, image: &ImageSpec) -> Result<Vec<u8>> {
-    let f = facts(
-        patient,
-        &ImageSpec {
-            kind: ImageKind::IntraOral,
-            ..image.clone()
-        },
-    );
+    let f = facts(patient, &ImageSpec { kind: ImageKind::IntraOral, ..image.clone() });
     let obj = InMemDicomObject::from_element_iter([
         DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
         DataElement::new(tags::SOP_CLASS_UID, VR::UI, f.sop_class_uid.as_str()),
@@ -387,10 +300,7 @@ impl Lcg {
     }
 
     pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         self.0 >> 33
     }
 }

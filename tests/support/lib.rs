@@ -35,21 +35,18 @@ mod site;
 use std::path::PathBuf;
 
 pub use demo::{demo_guid, demo_site, DEMO_EXPECTED};
+pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};
 pub use pipelines::{production_toml, SQLITE_CONNECTION};
 pub use resolver_server::{Fault, ResolverServer};
 pub use s3_server::S3Server;
-pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};
 pub use site::{
-    guid, image_file_name, patient_folder, ExpectedCounts, Fate, ImageKind, ImageSpec, PatientSpec,
-    Site, SiteBuilder, SiteImage, SourceFailure, MARKER_FILE, settle, write_settled, SETTLED_AGE,
+    guid, image_file_name, patient_folder, settle, write_settled, ExpectedCounts, Fate, ImageKind, ImageSpec,
+    PatientSpec, Site, SiteBuilder, SiteImage, SourceFailure, MARKER_FILE, SETTLED_AGE,
 };
 
 /// The workspace root (the directory of the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// Where the built plugins are: `$FERRY_PLUGIN_DIR`, or
@@ -63,15 +60,12 @@ pub fn plugin_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target").join("plugins"));
     if !dir.join("sidexis.wasm").is_file() {
-        panic!(
-            "plugins not built: run `cargo xtask plugins` (no sidexis.wasm in {})",
-            dir.display()
-        );
+        panic!("plugins not built: run `cargo xtask plugins` (no sidexis.wasm in {})", dir.display());
     }
     dir
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod server_tests;
+#[cfg(test)]
+mod tests;

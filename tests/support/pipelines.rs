@@ -9,7 +9,14 @@ use crate::{plugin_dir, ResolverServer, S3Server};
 
 /// `connection` is the body of `[connections.sidexis]`; `extra` is
 /// appended (e.g. a `[serve]` section). The clinic id is `clinic-7`.
-pub fn production_toml(name: &str, connection: &str, resolver: &ResolverServer, s3: &S3Server, bucket: &str, extra: &str) -> String {
+pub fn production_toml(
+    name: &str,
+    connection: &str,
+    resolver: &ResolverServer,
+    s3: &S3Server,
+    bucket: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [pipeline]

@@ -304,9 +304,9 @@ async fn resolve_get(
 }
 
 async fn resolve_batch(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let cards: Option<Vec<String>> = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-        v.get("cardIds")?.as_array()?.iter().map(|c| c.as_str().map(str::to_owned)).collect()
-    });
+    let cards: Option<Vec<String>> = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("cardIds")?.as_array()?.iter().map(|c| c.as_str().map(str::to_owned)).collect());
     if let Some(r) = gate(&state, &headers, cards.as_deref().unwrap_or_default()).await {
         return r;
     }

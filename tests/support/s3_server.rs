@@ -125,7 +125,8 @@ impl S3Server {
     /// Creates a bucket (directly on disk: no request, never faulted).
     pub fn create_bucket(&self, name: &str) {
         assert!(
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'),
+            !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'),
             "bad bucket name {name:?}"
         );
         std::fs::create_dir_all(self.dir.path().join(name)).expect("creating the bucket folder");
@@ -301,7 +302,12 @@ async fn handle(
         let resource = req.uri().path().to_owned();
         if f.down.load(Ordering::SeqCst) {
             drain(req).await;
-            return Ok(xml_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown", "Please reduce your request rate.", &resource));
+            return Ok(xml_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SlowDown",
+                "Please reduce your request rate.",
+                &resource,
+            ));
         }
         if data_put && take_one(&f.fail_puts) {
             drain(req).await;

@@ -23,11 +23,8 @@ async fn post(url: &str, body: Value, key: Option<&str>) -> (u16, Vec<(String, S
 
 async fn answer(r: reqwest::Response) -> (u16, Vec<(String, String)>, String) {
     let status = r.status().as_u16();
-    let headers = r
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
-        .collect();
+    let headers =
+        r.headers().iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned())).collect();
     (status, headers, r.text().await.expect("body"))
 }
 
@@ -294,9 +291,7 @@ async fn s3_faults() {
     let server = S3Server::start();
     server.create_bucket("ferry");
     let c = server.client();
-    let put = |key: &'static str| {
-        c.put_object().bucket("ferry").key(key).body(ByteStream::from_static(b"data")).send()
-    };
+    let put = |key: &'static str| c.put_object().bucket("ferry").key(key).body(ByteStream::from_static(b"data")).send();
     put("a").await.unwrap();
 
     // Down: 503 SlowDown for everything, nothing stored; helpers still see.
@@ -319,7 +314,10 @@ async fn s3_faults() {
     for key in ["c", "c"] {
         let e = put(key).await.unwrap_err();
         assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500));
-        assert_eq!(e.as_service_error().and_then(|s| aws_sdk_s3::error::ProvideErrorMetadata::code(s)), Some("InternalError"));
+        assert_eq!(
+            e.as_service_error().and_then(|s| aws_sdk_s3::error::ProvideErrorMetadata::code(s)),
+            Some("InternalError")
+        );
     }
     c.head_object().bucket("ferry").key("a").send().await.unwrap();
     assert_eq!(server.get("ferry", "c").await, None);

@@ -39,11 +39,7 @@ fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for e in fs::read_dir(dir).unwrap() {
             let path = e.unwrap().path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/");
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
             if path.is_dir() {
                 out.insert(format!("{rel}/"), Vec::new());
                 walk(root, &path, out);
@@ -58,12 +54,7 @@ fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn str_of(obj: &dicom_object::DefaultDicomObject, tag: dicom_core::Tag) -> String {
-    obj.element(tag)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches(['\0', ' '])
-        .to_string()
+    obj.element(tag).unwrap().to_str().unwrap().trim_end_matches(['\0', ' ']).to_string()
 }
 
 #[test]
@@ -72,30 +63,13 @@ fn demo_dicom_files_reopen_with_the_expected_headers() {
     let site = demo_site().build(&dir.0).unwrap();
     assert_eq!(site.images.len(), 37);
     for image in &site.images {
-        let facts = image
-            .dicom
-            .as_ref()
-            .expect("the demo has only well-formed DICOM");
+        let facts = image.dicom.as_ref().expect("the demo has only well-formed DICOM");
         let obj = open_file(&image.path).unwrap_or_else(|e| panic!("{}: {e}", image.rel_path));
-        assert_eq!(
-            obj.meta().transfer_syntax().trim_end_matches('\0'),
-            "1.2.840.10008.1.2.1"
-        );
-        assert_eq!(
-            obj.meta()
-                .media_storage_sop_instance_uid()
-                .trim_end_matches('\0'),
-            facts.sop_instance_uid
-        );
-        assert_eq!(
-            str_of(&obj, tags::PATIENT_ID),
-            image.spec.sidexis_id.to_string()
-        );
+        assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), "1.2.840.10008.1.2.1");
+        assert_eq!(obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0'), facts.sop_instance_uid);
+        assert_eq!(str_of(&obj, tags::PATIENT_ID), image.spec.sidexis_id.to_string());
         assert_eq!(str_of(&obj, tags::PATIENT_NAME), facts.patient_name);
-        assert_eq!(
-            str_of(&obj, tags::PATIENT_BIRTH_DATE),
-            facts.patient_birth_date
-        );
+        assert_eq!(str_of(&obj, tags::PATIENT_BIRTH_DATE), facts.patient_birth_date);
         assert_eq!(str_of(&obj, tags::SOP_CLASS_UID), facts.sop_class_uid);
         assert_eq!(str_of(&obj, tags::STUDY_INSTANCE_UID), facts.study_uid);
         assert_eq!(str_of(&obj, tags::SERIES_INSTANCE_UID), facts.series_uid);
@@ -105,75 +79,31 @@ fn demo_dicom_files_reopen_with_the_expected_headers() {
         assert_eq!(str_of(&obj, tags::MANUFACTURER), "Sirona");
         assert_eq!(str_of(&obj, tags::MANUFACTURER_MODEL_NAME), facts.model);
         assert_eq!(str_of(&obj, tags::IMAGE_COMMENTS), image.spec.image_name);
-        assert_eq!(
-            obj.element(tags::ROWS).unwrap().to_int::<u16>().unwrap(),
-            facts.rows
-        );
-        assert_eq!(
-            obj.element(tags::COLUMNS).unwrap().to_int::<u16>().unwrap(),
-            facts.columns
-        );
-        assert_eq!(
-            obj.element(tags::BITS_STORED)
-                .unwrap()
-                .to_int::<u16>()
-                .unwrap(),
-            12
-        );
-        assert_eq!(
-            obj.element(tags::HIGH_BIT)
-                .unwrap()
-                .to_int::<u16>()
-                .unwrap(),
-            11
-        );
+        assert_eq!(obj.element(tags::ROWS).unwrap().to_int::<u16>().unwrap(), facts.rows);
+        assert_eq!(obj.element(tags::COLUMNS).unwrap().to_int::<u16>().unwrap(), facts.columns);
+        assert_eq!(obj.element(tags::BITS_STORED).unwrap().to_int::<u16>().unwrap(), 12);
+        assert_eq!(obj.element(tags::HIGH_BIT).unwrap().to_int::<u16>().unwrap(), 11);
         let pixels = obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
-        assert_eq!(
-            pixels.len(),
-            usize::from(facts.rows) * usize::from(facts.columns) * 2
-        );
+        assert_eq!(pixels.len(), usize::from(facts.rows) * usize::from(facts.columns) * 2);
         match image.spec.kind {
             ImageKind::IntraOral => {
                 assert_eq!(facts.modality, "IO");
                 assert_eq!(facts.sop_class_uid, "1.2.840.10008.5.1.4.1.1.1.3");
-                assert_eq!(
-                    str_of(&obj, tags::IMAGE_LATERALITY),
-                    facts.laterality.clone().unwrap()
-                );
-                let Value::Sequence(seq) = obj
-                    .element(tags::PRIMARY_ANATOMIC_STRUCTURE_SEQUENCE)
-                    .unwrap()
-                    .value()
+                assert_eq!(str_of(&obj, tags::IMAGE_LATERALITY), facts.laterality.clone().unwrap());
+                let Value::Sequence(seq) = obj.element(tags::PRIMARY_ANATOMIC_STRUCTURE_SEQUENCE).unwrap().value()
                 else {
                     panic!("not a sequence")
                 };
                 let item = &seq.items()[0];
                 assert_eq!(
-                    item.element(tags::CODE_VALUE)
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .trim(),
+                    item.element(tags::CODE_VALUE).unwrap().to_str().unwrap().trim(),
                     facts.tooth.clone().unwrap()
                 );
-                assert_eq!(
-                    item.element(tags::CODING_SCHEME_DESIGNATOR)
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .trim(),
-                    "ISO3950"
-                );
-                let Value::Sequence(seq) =
-                    obj.element(tags::ANATOMIC_REGION_SEQUENCE).unwrap().value()
-                else {
+                assert_eq!(item.element(tags::CODING_SCHEME_DESIGNATOR).unwrap().to_str().unwrap().trim(), "ISO3950");
+                let Value::Sequence(seq) = obj.element(tags::ANATOMIC_REGION_SEQUENCE).unwrap().value() else {
                     panic!("not a sequence")
                 };
-                let region = seq.items()[0]
-                    .element(tags::CODE_VALUE)
-                    .unwrap()
-                    .to_str()
-                    .unwrap();
+                let region = seq.items()[0].element(tags::CODE_VALUE).unwrap().to_str().unwrap();
                 assert_eq!(region.trim(), facts.anatomic_region.clone().unwrap());
             }
             ImageKind::Panoramic => {
@@ -189,9 +119,12 @@ fn demo_dicom_files_reopen_with_the_expected_headers() {
 #[test]
 fn the_same_builder_writes_byte_identical_sites() {
     let (a, b) = (Scratch::new("det-a"), Scratch::new("det-b"));
-    let builder = demo_site()
-        .image(ImageSpec::new(17, 900, "corrupt", ImageKind::Corrupt))
-        .image(ImageSpec::new(17, 901, "text", ImageKind::NotDicom));
+    let builder = demo_site().image(ImageSpec::new(17, 900, "corrupt", ImageKind::Corrupt)).image(ImageSpec::new(
+        17,
+        901,
+        "text",
+        ImageKind::NotDicom,
+    ));
     let site_a = builder.build(&a.0).unwrap();
     let site_b = builder.build(&b.0).unwrap();
     let (ta, tb) = (read_tree(&a.0), read_tree(&b.0));
@@ -239,38 +172,19 @@ fn database_has_sidexis_tables() {
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
     // One row per card id, one NULL row for the patient without cards.
     let expected_rows: usize = site.patients.iter().map(|p| p.card_ids.len().max(1)).sum();
-    assert_eq!(
-        count("SELECT count(*) FROM patient") as usize,
-        expected_rows
-    );
-    assert_eq!(
-        count("SELECT count(*) FROM patient WHERE SidexisPatientId = 112 AND CardId IS NULL"),
-        1
-    );
-    assert_eq!(
-        count("SELECT count(*) FROM patient WHERE SidexisPatientId = 127 AND CardId = ''"),
-        1
-    );
-    assert_eq!(
-        count("SELECT count(*) FROM patient WHERE SidexisPatientId = 88"),
-        2
-    );
+    assert_eq!(count("SELECT count(*) FROM patient") as usize, expected_rows);
+    assert_eq!(count("SELECT count(*) FROM patient WHERE SidexisPatientId = 112 AND CardId IS NULL"), 1);
+    assert_eq!(count("SELECT count(*) FROM patient WHERE SidexisPatientId = 127 AND CardId = ''"), 1);
+    assert_eq!(count("SELECT count(*) FROM patient WHERE SidexisPatientId = 88"), 2);
     assert_eq!(count("SELECT count(*) FROM mediabase"), 37);
     let (name, pid): (String, i64) = conn
-        .query_row(
-            "SELECT ImageName, SidexisPatientId FROM mediabase WHERE ImageId = 106",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT ImageName, SidexisPatientId FROM mediabase WHERE ImageId = 106", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!((name.as_str(), pid), ("Bißflügel rechts", 23));
-    let birth: String = conn
-        .query_row(
-            "SELECT BirthDate FROM patient WHERE SidexisPatientId = 17",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let birth: String =
+        conn.query_row("SELECT BirthDate FROM patient WHERE SidexisPatientId = 17", [], |r| r.get(0)).unwrap();
     assert_eq!(birth, "1980-01-31");
 }
 
@@ -279,36 +193,14 @@ fn demo_counts_match_the_documented_ones() {
     let dir = Scratch::new("counts");
     let site = demo_site().build(&dir.0).unwrap();
     assert_eq!(site.expected(), DEMO_EXPECTED);
-    assert_eq!(
-        site.fate(site.image(101)),
-        Fate::Stored {
-            guid: demo_guid(17)
-        }
-    );
-    assert_eq!(
-        site.fate(site.image(118)),
-        Fate::Stored {
-            guid: demo_guid(75)
-        }
-    );
-    assert_eq!(
-        site.fate(site.image(120)),
-        Fate::Stored {
-            guid: demo_guid(88)
-        }
-    );
-    assert!(
-        matches!(site.fate(site.image(123)), Fate::Quarantined { ref guids } if guids.len() == 2)
-    );
+    assert_eq!(site.fate(site.image(101)), Fate::Stored { guid: demo_guid(17) });
+    assert_eq!(site.fate(site.image(118)), Fate::Stored { guid: demo_guid(75) });
+    assert_eq!(site.fate(site.image(120)), Fate::Stored { guid: demo_guid(88) });
+    assert!(matches!(site.fate(site.image(123)), Fate::Quarantined { ref guids } if guids.len() == 2));
     assert_eq!(site.fate(site.image(125)), Fate::Unresolved);
     assert_eq!(site.fate(site.image(127)), Fate::Skipped);
     assert_eq!(site.fate(site.image(129)), Fate::Skipped);
-    assert_eq!(
-        site.fate(site.image(130)),
-        Fate::Stored {
-            guid: demo_guid(133)
-        }
-    );
+    assert_eq!(site.fate(site.image(130)), Fate::Stored { guid: demo_guid(133) });
     assert_eq!(site.stored_for(&demo_guid(42)).len(), 4);
     assert_eq!(
         site.skipped_entries().into_iter().collect::<Vec<_>>(),
@@ -334,42 +226,21 @@ fn failure_cases_are_available_to_tests() {
         .unwrap();
     let corrupt = fs::read(&site.image(2).path).unwrap();
     assert_eq!(&corrupt[128..132], b"DICM");
-    assert!(
-        open_file(&site.image(2).path).is_err(),
-        "the corrupt file must not parse"
-    );
+    assert!(open_file(&site.image(2).path).is_err(), "the corrupt file must not parse");
     assert!(site.image(2).dicom.is_none());
     assert!(open_file(&site.image(3).path).is_err());
     assert!(open_file(&site.image(4).path).is_ok());
-    assert!(
-        open_file(&site.image(5).path).is_ok(),
-        "a folder without DB rows still holds good DICOM"
-    );
+    assert!(open_file(&site.image(5).path).is_ok(), "a folder without DB rows still holds good DICOM");
     assert!(site.pdata.join("P_00006/0000_5.dcm").is_file());
     assert_eq!(site.fate(site.image(2)), Fate::ExtractFailed);
-    assert_eq!(
-        site.fate(site.image(4)),
-        Fate::SourceFailed(SourceFailure::NoMediabaseRow)
-    );
-    assert_eq!(
-        site.fate(site.image(5)),
-        Fate::SourceFailed(SourceFailure::NoPatientRows)
-    );
+    assert_eq!(site.fate(site.image(4)), Fate::SourceFailed(SourceFailure::NoMediabaseRow));
+    assert_eq!(site.fate(site.image(5)), Fate::SourceFailed(SourceFailure::NoPatientRows));
     assert_eq!(
         site.expected(),
-        ExpectedCounts {
-            scanned: 3,
-            skipped: 2,
-            failed: 4,
-            unresolved: 0,
-            quarantined: 0,
-            stored: 1
-        }
+        ExpectedCounts { scanned: 3, skipped: 2, failed: 4, unresolved: 0, quarantined: 0, stored: 1 }
     );
     let conn = rusqlite::Connection::open(&site.db).unwrap();
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM mediabase", [], |r| r.get(0))
-        .unwrap();
+    let n: i64 = conn.query_row("SELECT count(*) FROM mediabase", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 4);
 }
 
@@ -384,10 +255,7 @@ fn pixel_override_makes_realistic_sizes() {
     let img = site.image(1);
     assert!((2_621_440..2_700_000).contains(&img.size), "{}", img.size);
     let obj = open_file(&img.path).unwrap();
-    assert_eq!(
-        obj.element(tags::ROWS).unwrap().to_int::<u16>().unwrap(),
-        1024
-    );
+    assert_eq!(obj.element(tags::ROWS).unwrap().to_int::<u16>().unwrap(), 1024);
 }
 
 #[test]
@@ -408,33 +276,22 @@ fn card_map_is_quoted_csv() {
 #[test]
 fn builder_refuses_bad_input() {
     let dir = Scratch::new("refuse");
-    let dup = SiteBuilder::new()
-        .image(ImageSpec::new(1, 7, "a", ImageKind::IntraOral))
-        .image(ImageSpec::new(2, 7, "b", ImageKind::IntraOral));
-    assert!(dup
-        .build(&dir.0)
-        .unwrap_err()
-        .to_string()
-        .contains("image id 7"));
-    assert!(SiteBuilder::new()
-        .stray_file("../escape", b"x")
-        .build(&dir.0)
-        .is_err());
-    assert!(SiteBuilder::new()
-        .stray_file("/abs", b"x")
-        .build(&dir.0)
-        .is_err());
+    let dup = SiteBuilder::new().image(ImageSpec::new(1, 7, "a", ImageKind::IntraOral)).image(ImageSpec::new(
+        2,
+        7,
+        "b",
+        ImageKind::IntraOral,
+    ));
+    assert!(dup.build(&dir.0).unwrap_err().to_string().contains("image id 7"));
+    assert!(SiteBuilder::new().stray_file("../escape", b"x").build(&dir.0).is_err());
+    assert!(SiteBuilder::new().stray_file("/abs", b"x").build(&dir.0).is_err());
     let clash = SiteBuilder::new()
         .image(ImageSpec::new(1, 7, "a", ImageKind::IntraOral))
         .stray_file("P_00001/0000_7.dcm", b"x");
     assert!(clash.build(&dir.0).is_err());
     fs::create_dir_all(&dir.0).unwrap();
     fs::write(dir.0.join("something"), b"x").unwrap();
-    assert!(SiteBuilder::new()
-        .build(&dir.0)
-        .unwrap_err()
-        .to_string()
-        .contains("not empty"));
+    assert!(SiteBuilder::new().build(&dir.0).unwrap_err().to_string().contains("not empty"));
 }
 
 #[test]
@@ -444,13 +301,8 @@ fn names_and_guids_have_the_sidexis_and_pms_shapes() {
     assert_eq!(image_file_name(101), "0000_101.dcm");
     let g = guid("x");
     assert_eq!(g.len(), 36);
-    assert_eq!(
-        g.split('-').map(str::len).collect::<Vec<_>>(),
-        vec![8, 4, 4, 4, 12]
-    );
-    assert!(g
-        .chars()
-        .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)));
+    assert_eq!(g.split('-').map(str::len).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+    assert!(g.chars().all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)));
     assert_eq!(g, guid("x"));
     assert_ne!(demo_guid(17), demo_guid(23));
 }

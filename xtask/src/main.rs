@@ -23,6 +23,7 @@ fn main() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("demo") => demo(&root),
         Some("bench") => bench(&root, &args[1..]),
+        Some("lint") => lint(&root),
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("check") => {
             build_plugins(&root)?;
@@ -37,6 +38,7 @@ fn main() -> Result<()> {
                  demo      build plugins, generate a synthetic Sidexis site, run pipelines/demo.toml\n  \
                  check     build plugins, then `ferry check pipelines/demo.toml`\n  \
                  bench     build plugins and ferry, print pipeline vs plain-upload figures (--quick: smaller site; --release)\n  \
+                 lint      house rules: cargo fmt --check and clippy -D warnings in both workspaces (CI runs it)\n  \
                  fuzz      fuzz the DICOM parsers natively: --seconds N [--target extract|render|all] (args go to plugins/fuzz)"
             );
             std::process::exit(2);
@@ -180,6 +182,54 @@ fn fuzz(root: &Path, extra: &[String]) -> Result<()> {
     }
 }
 
+/// The house rules, as CI checks them: one formatting style
+/// (`rustfmt.toml`) and no clippy warnings, in the host workspace and in
+/// the guest workspace (natively and for the wasm target, where the export
+/// glue lives).
+fn lint(root: &Path) -> Result<()> {
+    let has = |component: &str| {
+        Command::new(env_or("CARGO", "cargo")).args([component, "--version"]).output().is_ok_and(|o| o.status.success())
+    };
+    if !has("fmt") || !has("clippy") {
+        eprintln!("==> rustup component add rustfmt clippy");
+        let status = Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]).status();
+        if !matches!(status, Ok(s) if s.success()) {
+            bail!("rustfmt and clippy are needed: `rustup component add rustfmt clippy`");
+        }
+    }
+    let plugins = root.join("plugins");
+    eprintln!("==> cargo fmt --check (host, plugins)");
+    cargo(root, &["fmt", "--all", "--check"], &[])?;
+    cargo(&plugins, &["fmt", "--all", "--check"], &[])?;
+    eprintln!("==> cargo clippy -D warnings (host, plugins native, plugins {WASM_TARGET})");
+    cargo(root, &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"], &[])?;
+    cargo(&plugins, &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"], &[])?;
+    // clippy for the wasm target needs rustup's target: the build-std
+    // fallback (Debian's rustc-web) brings no clippy of its own
+    if !rustup_has_target() {
+        eprintln!("==> skipping clippy for {WASM_TARGET}: rustup has no {WASM_TARGET} target here");
+        return Ok(());
+    }
+    cargo(
+        &plugins,
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "ferry-fuzz",
+            "--exclude",
+            "ferry-testkit",
+            "--target",
+            WASM_TARGET,
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
+}
+
 fn env_or(key: &str, default: &str) -> OsString {
     std::env::var_os(key).unwrap_or_else(|| default.into())
 }
@@ -272,11 +322,7 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 /// Plugin crates: every `cdylib` package in the guest workspace.

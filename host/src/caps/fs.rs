@@ -37,10 +37,9 @@ pub fn resolve(state: &StageState, r: &FileRef) -> Result<PathBuf, HostError> {
             .get(&r.root)
             .ok_or_else(|| HostError::NotFound(format!("no fs root named `{}` in this pipeline", r.root)))?,
         None => {
-            return Err(ctx.denied(
-                &format!("read fs root `{}`", r.root),
-                &format!("add `grants.fs.{} = \"/path\"`", r.root),
-            ))
+            return Err(
+                ctx.denied(&format!("read fs root `{}`", r.root), &format!("add `grants.fs.{} = \"/path\"`", r.root))
+            )
         }
     };
     resolve_in(root, &r.root, &r.path)
@@ -94,18 +93,14 @@ fn entry(name: String, md: &std::fs::Metadata) -> Entry {
     } else {
         EntryKind::Other
     };
-    let modified = md
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs());
+    let modified = md.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
     Entry { name, kind, size: md.len(), modified }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HostError> + Send + 'static) -> Result<T, HostError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HostError> + Send + 'static,
+) -> Result<T, HostError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))
 }
 
 /// Hex SHA-256 of a file, streamed.
@@ -171,8 +166,11 @@ impl Host for StageState {
     async fn sha256(&mut self, target: FileRef) -> Result<String, HostError> {
         let path = resolve(self, &target)?;
         let what = format!("`{}:{}`", target.root, target.path);
-        self.bounded("hashing a file", blocking(move || sha256_file(&path).map(|(h, _)| h).map_err(|e| io_error(&what, e))))
-            .await
+        self.bounded(
+            "hashing a file",
+            blocking(move || sha256_file(&path).map(|(h, _)| h).map_err(|e| io_error(&what, e))),
+        )
+        .await
     }
 
     async fn open(&mut self, target: FileRef) -> Result<Resource<OpenFile>, HostError> {
@@ -191,9 +189,7 @@ impl Host for StageState {
                 }),
             )
             .await?;
-        self.table
-            .push(open)
-            .map_err(|e| HostError::Failed(format!("too many open files in this instance: {e}")))
+        self.table.push(open).map_err(|e| HostError::Failed(format!("too many open files in this instance: {e}")))
     }
 }
 
@@ -212,9 +208,7 @@ impl HostFile for StageState {
                 let mut buf = vec![0u8; len as usize];
                 let mut done = 0usize;
                 while done < buf.len() {
-                    let n = file
-                        .read_at(&mut buf[done..], offset + done as u64)
-                        .map_err(|e| io_error("reading", e))?;
+                    let n = file.read_at(&mut buf[done..], offset + done as u64).map_err(|e| io_error("reading", e))?;
                     if n == 0 {
                         break;
                     }

@@ -109,7 +109,13 @@ pub struct StageState {
 
 impl StageState {
     pub fn new(ctx: Arc<StageContext>, limits: StoreLimits) -> Self {
-        StageState { ctx, limits: Limiter::new(limits), table: ResourceTable::new(), current_file: None, deadline: Instant::now() }
+        StageState {
+            ctx,
+            limits: Limiter::new(limits),
+            table: ResourceTable::new(),
+            current_file: None,
+            deadline: Instant::now(),
+        }
     }
 
     /// Time left in the current call.
@@ -119,7 +125,11 @@ impl StageState {
 
     /// Runs host I/O under the call's deadline. The returned future does
     /// not borrow the state, so it is `Send`.
-    pub fn bounded<T, F>(&self, what: &str, fut: F) -> impl std::future::Future<Output = Result<T, HostError>> + use<T, F>
+    pub fn bounded<T, F>(
+        &self,
+        what: &str,
+        fut: F,
+    ) -> impl std::future::Future<Output = Result<T, HostError>> + use<T, F>
     where
         F: std::future::Future<Output = Result<T, HostError>>,
     {

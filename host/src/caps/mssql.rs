@@ -88,9 +88,11 @@ impl MssqlPool {
         let attempt = async {
             let tcp = if c.instance.is_some() {
                 use tiberius::SqlBrowser;
-                TcpStream::connect_named(&config).await.map_err(|e| HostError::Unavailable(format!(
-                    "{what}: cannot find the named instance through SQL Browser (UDP 1434): {e}"
-                )))?
+                TcpStream::connect_named(&config).await.map_err(|e| {
+                    HostError::Unavailable(format!(
+                        "{what}: cannot find the named instance through SQL Browser (UDP 1434): {e}"
+                    ))
+                })?
             } else {
                 TcpStream::connect(config.get_addr())
                     .await

@@ -30,14 +30,29 @@ pub trait ObjectStore: Send + Sync {
     /// For messages: `fs:/srv/store`, `s3://bucket/prefix`.
     fn describe(&self) -> String;
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, HostError>;
-    async fn put_file(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
-        -> Result<ObjectInfo, HostError>;
+    async fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError>;
     /// Writes only if `key` is free; `None` if an object is there.
     /// Must be atomic with respect to concurrent calls for the same key.
-    async fn put_file_new(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
-        -> Result<Option<ObjectInfo>, HostError>;
-    async fn put_bytes(&self, key: &str, body: Vec<u8>, content_type: &str, metadata: Metadata)
-        -> Result<ObjectInfo, HostError>;
+    async fn put_file_new(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<Option<ObjectInfo>, HostError>;
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError>;
     async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, HostError>;
     /// Checks the store is usable (for `ferry check`).
     async fn probe(&self) -> Result<(), HostError>;
@@ -47,7 +62,11 @@ pub trait ObjectStore: Send + Sync {
     /// `last` past the end is clamped). A range starting at or past the
     /// end yields an empty stream: the caller compares with the total size
     /// and answers 416.
-    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(ObjectInfo, u64, ByteStream)>, HostError>;
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(ObjectInfo, u64, ByteStream)>, HostError>;
     /// A short-lived URL that downloads the object without ferry in the
     /// way, where the backend has such a thing (S3: a presigned GET);
     /// `None` otherwise. It does not check that the object exists.
@@ -122,7 +141,9 @@ fn check_metadata(md: &Metadata) -> Result<(), HostError> {
             return Err(HostError::Invalid(format!("metadata key `{k}` must be lowercase ascii letters, digits or -")));
         }
         if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(HostError::Invalid(format!("metadata value of `{k}` must be printable ascii (percent-encode it)")));
+            return Err(HostError::Invalid(format!(
+                "metadata value of `{k}` must be printable ascii (percent-encode it)"
+            )));
         }
     }
     Ok(())
@@ -209,9 +230,7 @@ impl FsStore {
 
 async fn create_parent(p: &Path) -> Result<(), HostError> {
     if let Some(parent) = p.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| io_error(&parent.display().to_string(), e))?;
+        tokio::fs::create_dir_all(parent).await.map_err(|e| io_error(&parent.display().to_string(), e))?;
     }
     Ok(())
 }
@@ -249,21 +268,32 @@ impl ObjectStore for FsStore {
         }))
     }
 
-    async fn put_file(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
-        -> Result<ObjectInfo, HostError> {
+    async fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError> {
         let dest = self.object_path(key)?;
         let (tmp, size, sha256) = self.copy_to_tmp(key, source).await?;
         create_parent(&dest).await?;
         // bytes first, then their record: a crash in between leaves a
         // record that does not match, which `head` notices
         tokio::fs::rename(&tmp, &dest).await.map_err(|e| io_error(key, e))?;
-        let meta = FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
+        let meta =
+            FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
         self.write_meta(key, &meta).await?;
         Ok(ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata })
     }
 
-    async fn put_file_new(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
-        -> Result<Option<ObjectInfo>, HostError> {
+    async fn put_file_new(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<Option<ObjectInfo>, HostError> {
         let dest = self.object_path(key)?;
         let (tmp, size, sha256) = self.copy_to_tmp(key, source).await?;
         create_parent(&dest).await?;
@@ -275,18 +305,25 @@ impl ObjectStore for FsStore {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
             Err(e) => return Err(io_error(key, e)),
         }
-        let meta = FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
+        let meta =
+            FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
         self.write_meta(key, &meta).await?;
         Ok(Some(ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata }))
     }
 
-    async fn put_bytes(&self, key: &str, body: Vec<u8>, content_type: &str, metadata: Metadata)
-        -> Result<ObjectInfo, HostError> {
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError> {
         let dest = self.object_path(key)?;
         let sha256 = hex::encode(Sha256::digest(&body));
         let size = body.len() as u64;
         self.atomic_write(&dest, &body).await?;
-        let meta = FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
+        let meta =
+            FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
         self.write_meta(key, &meta).await?;
         Ok(ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata })
     }
@@ -345,7 +382,11 @@ impl ObjectStore for FsStore {
         Ok(Listing { objects, next_cursor })
     }
 
-    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(ObjectInfo, u64, ByteStream)>, HostError> {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(ObjectInfo, u64, ByteStream)>, HostError> {
         let path = self.object_path(key)?;
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -403,32 +444,49 @@ impl Host for StageState {
         self.bounded("an object-store head", async move { store.head(&key).await }).await
     }
 
-    async fn put_file(&mut self, key: String, source: FileRef, content_type: String, metadata: Metadata)
-        -> Result<ObjectInfo, HostError> {
+    async fn put_file(
+        &mut self,
+        key: String,
+        source: FileRef,
+        content_type: String,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError> {
         let store = self.store()?;
         check_key(&key)?;
         check_metadata(&metadata)?;
         let path = resolve(self, &source)?;
-        self.bounded("an object-store upload", async move {
-            store.put_file(&key, &path, &content_type, metadata).await
-        })
+        self.bounded(
+            "an object-store upload",
+            async move { store.put_file(&key, &path, &content_type, metadata).await },
+        )
         .await
     }
 
-    async fn put_file_new(&mut self, key: String, source: FileRef, content_type: String, metadata: Metadata)
-        -> Result<Option<ObjectInfo>, HostError> {
+    async fn put_file_new(
+        &mut self,
+        key: String,
+        source: FileRef,
+        content_type: String,
+        metadata: Metadata,
+    ) -> Result<Option<ObjectInfo>, HostError> {
         let store = self.store()?;
         check_key(&key)?;
         check_metadata(&metadata)?;
         let path = resolve(self, &source)?;
-        self.bounded("an object-store upload", async move {
-            store.put_file_new(&key, &path, &content_type, metadata).await
-        })
+        self.bounded(
+            "an object-store upload",
+            async move { store.put_file_new(&key, &path, &content_type, metadata).await },
+        )
         .await
     }
 
-    async fn put_bytes(&mut self, key: String, body: Vec<u8>, content_type: String, metadata: Metadata)
-        -> Result<ObjectInfo, HostError> {
+    async fn put_bytes(
+        &mut self,
+        key: String,
+        body: Vec<u8>,
+        content_type: String,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError> {
         let store = self.store()?;
         check_key(&key)?;
         check_metadata(&metadata)?;
@@ -438,9 +496,10 @@ impl Host for StageState {
                 body.len()
             )));
         }
-        self.bounded("an object-store upload", async move {
-            store.put_bytes(&key, body, &content_type, metadata).await
-        })
+        self.bounded(
+            "an object-store upload",
+            async move { store.put_bytes(&key, body, &content_type, metadata).await },
+        )
         .await
     }
 

@@ -70,7 +70,11 @@ impl S3Store {
                     );
                 if let (Some(k), Some(s)) = (&g.access_key_id, &g.secret_access_key) {
                     loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                        &k.0, &s.0, None, None, "ferry-pipeline-file",
+                        &k.0,
+                        &s.0,
+                        None,
+                        None,
+                        "ferry-pipeline-file",
                     ));
                 }
                 let sdk = loader.load().await;
@@ -102,12 +106,7 @@ impl S3Store {
             .map(|m| m.iter().filter(|(k, _)| k.as_str() != SHA_META).map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         metadata.sort();
-        ObjectInfo {
-            key: key.to_owned(),
-            size,
-            sha256: meta.and_then(|m| m.get(SHA_META).cloned()),
-            metadata,
-        }
+        ObjectInfo { key: key.to_owned(), size, sha256: meta.and_then(|m| m.get(SHA_META).cloned()), metadata }
     }
 
     async fn put_single(
@@ -119,7 +118,9 @@ impl S3Store {
         sha: &[u8],
         create_only: bool,
     ) -> Result<Option<String>, HostError> {
-        let body = ByteStream::from_path(source).await.map_err(|e| HostError::Failed(format!("reading {}: {e}", source.display())))?;
+        let body = ByteStream::from_path(source)
+            .await
+            .map_err(|e| HostError::Failed(format!("reading {}: {e}", source.display())))?;
         let out = self
             .client()
             .await
@@ -262,7 +263,14 @@ impl S3Store {
                 // after it was hashed): the object's metadata would lie,
                 // so it must not stay
                 Some(_) => {
-                    let _ = self.client().await.delete_object().bucket(&self.grant.bucket).key(self.full_key(key)).send().await;
+                    let _ = self
+                        .client()
+                        .await
+                        .delete_object()
+                        .bucket(&self.grant.bucket)
+                        .key(self.full_key(key))
+                        .send()
+                        .await;
                     return Err(changed_during_upload(&self.grant.bucket, key));
                 }
                 None => {}
@@ -277,7 +285,9 @@ impl S3Store {
                 "s3://{}/{key}: after upload the object has {} bytes (sent {size}) / checksum {:?}",
                 self.grant.bucket, info.size, info.sha256
             ))),
-            None => Err(HostError::Unavailable(format!("s3://{}/{key}: not found right after upload", self.grant.bucket))),
+            None => {
+                Err(HostError::Unavailable(format!("s3://{}/{key}: not found right after upload", self.grant.bucket)))
+            }
         }
     }
 
@@ -336,14 +346,15 @@ where
     let code = match e.code() {
         Some(c) => c.to_owned(),
         // HEAD answers have no body to carry a code: name the status
-        None => status.map(|s| match s {
-            404 => "NotFound".to_owned(),
-            412 => PRECONDITION.to_owned(),
-            403 => "AccessDenied".to_owned(),
-            503 => "ServiceUnavailable".to_owned(),
-            s => format!("HTTP{s}"),
-        })
-        .unwrap_or_default(),
+        None => status
+            .map(|s| match s {
+                404 => "NotFound".to_owned(),
+                412 => PRECONDITION.to_owned(),
+                403 => "AccessDenied".to_owned(),
+                503 => "ServiceUnavailable".to_owned(),
+                s => format!("HTTP{s}"),
+            })
+            .unwrap_or_default(),
     };
     let msg = e.message().map(str::to_owned).unwrap_or_else(|| root_cause(&e));
     let what = format!("s3://{bucket}/{key}");
@@ -390,12 +401,22 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn put_file(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
-        -> Result<ObjectInfo, HostError> {
+    async fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError> {
         self.put_file_inner(key, source, content_type, metadata, false).await
     }
-    async fn put_file_new(&self, key: &str, source: &Path, content_type: &str, metadata: Metadata)
-        -> Result<Option<ObjectInfo>, HostError> {
+    async fn put_file_new(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<Option<ObjectInfo>, HostError> {
         // one writer per key in this process; on top of that the server
         // refuses to overwrite (single part), or a HEAD under the claim
         // checks first (multipart).
@@ -418,8 +439,13 @@ impl ObjectStore for S3Store {
         result
     }
 
-    async fn put_bytes(&self, key: &str, body: Vec<u8>, content_type: &str, metadata: Metadata)
-        -> Result<ObjectInfo, HostError> {
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError> {
         check_key(&self.full_key(key))?;
         let sha = Sha256::digest(&body);
         let sha_hex = hex::encode(sha);
@@ -463,11 +489,16 @@ impl ObjectStore for S3Store {
                 Some(self.info(&k[strip.min(k.len())..], o.size().unwrap_or(0).max(0) as u64, None))
             })
             .collect();
-        let next_cursor = if out.is_truncated().unwrap_or(false) { objects.last().map(|o| o.key.clone()) } else { None };
+        let next_cursor =
+            if out.is_truncated().unwrap_or(false) { objects.last().map(|o| o.key.clone()) } else { None };
         Ok(Listing { objects, next_cursor })
     }
 
-    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(ObjectInfo, u64, ObjectBytes)>, HostError> {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(ObjectInfo, u64, ObjectBytes)>, HostError> {
         check_key(key)?;
         let header = range.map(|(first, last)| match last {
             Some(last) => format!("bytes={first}-{last}"),
@@ -529,13 +560,7 @@ impl ObjectStore for S3Store {
 
     async fn probe(&self) -> Result<(), HostError> {
         let bucket = &self.grant.bucket;
-        self.client()
-            .await
-            .head_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .map_err(|e| s3_error(bucket, "", e))?;
+        self.client().await.head_bucket().bucket(bucket).send().await.map_err(|e| s3_error(bucket, "", e))?;
         self.list("", None, 1).await.map(|_| ())
     }
 }
@@ -571,7 +596,10 @@ mod tests {
         wrong[0] ^= 1;
 
         let meta = S3Store::user_metadata(&Vec::new(), &hex::encode(wrong));
-        let err = store.put_multipart("a/b.dcm", &file, bytes.len() as u64, "application/dicom", meta, &wrong).await.unwrap_err();
+        let err = store
+            .put_multipart("a/b.dcm", &file, bytes.len() as u64, "application/dicom", meta, &wrong)
+            .await
+            .unwrap_err();
         assert!(matches!(&err, HostError::Unavailable(m) if m.contains("changed while it was uploaded")), "{err:?}");
         assert!(s3.list("parts", "").await.is_empty(), "an object appeared");
         // s3s-fs keeps the parts of an open upload as files; abort removes them

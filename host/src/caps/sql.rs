@@ -73,7 +73,9 @@ impl Connections {
                     ConnectionConfig::Sqlite { path } => {
                         Backend::Sqlite(Arc::new(SqlitePool { path: path.clone(), idle: Mutex::new(Vec::new()) }))
                     }
-                    ConnectionConfig::Mssql(m) => Backend::Mssql(Arc::new(super::mssql::MssqlPool::new(name, m.clone()))),
+                    ConnectionConfig::Mssql(m) => {
+                        Backend::Mssql(Arc::new(super::mssql::MssqlPool::new(name, m.clone())))
+                    }
                 };
                 (name.clone(), b)
             })
@@ -83,10 +85,7 @@ impl Connections {
 
     /// Runs one query. Blocking work happens off the async threads.
     pub async fn query(&self, name: &str, statement: String, params: Vec<SqlValue>) -> Result<Rows, HostError> {
-        let backend = self
-            .map
-            .get(name)
-            .ok_or_else(|| HostError::NotFound(format!("no connection named `{name}`")))?;
+        let backend = self.map.get(name).ok_or_else(|| HostError::NotFound(format!("no connection named `{name}`")))?;
         match backend {
             Backend::Sqlite(pool) => {
                 let pool = pool.clone();
@@ -111,9 +110,7 @@ impl Connections {
 
 fn sqlite_query(conn: &rusqlite::Connection, sql: &str, params: &[SqlValue]) -> Result<Rows, HostError> {
     let mut stmt = conn.prepare(sql).map_err(|e| match e {
-        rusqlite::Error::MultipleStatement => {
-            HostError::Invalid("only one statement per query is allowed".into())
-        }
+        rusqlite::Error::MultipleStatement => HostError::Invalid("only one statement per query is allowed".into()),
         e => HostError::Invalid(format!("cannot prepare statement: {e}")),
     })?;
     if !stmt.readonly() {
@@ -121,17 +118,16 @@ fn sqlite_query(conn: &rusqlite::Connection, sql: &str, params: &[SqlValue]) -> 
     }
     for i in 1..=stmt.parameter_count() {
         let name = stmt.parameter_name(i).unwrap_or("?");
-        let n: usize = name
-            .strip_prefix("@P")
-            .and_then(|n| n.parse().ok())
-            .filter(|n| *n >= 1 && *n <= params.len())
-            .ok_or_else(|| {
-                HostError::Invalid(format!(
-                    "placeholder `{name}` has no parameter: use @P1..@P{} for the {} parameters given",
-                    params.len(),
-                    params.len()
-                ))
-            })?;
+        let n: usize =
+            name.strip_prefix("@P").and_then(|n| n.parse().ok()).filter(|n| *n >= 1 && *n <= params.len()).ok_or_else(
+                || {
+                    HostError::Invalid(format!(
+                        "placeholder `{name}` has no parameter: use @P1..@P{} for the {} parameters given",
+                        params.len(),
+                        params.len()
+                    ))
+                },
+            )?;
         let v = &params[n - 1];
         let r = match v {
             SqlValue::Null => stmt.raw_bind_parameter(i, rusqlite::types::Null),
@@ -183,7 +179,7 @@ fn sqlite_err(e: rusqlite::Error) -> HostError {
 
 impl Host for StageState {
     async fn query(&mut self, connection: String, statement: String, params: Vec<SqlValue>) -> Result<Rows, HostError> {
-        if !self.ctx.grants.sql.iter().any(|c| *c == connection) {
+        if !self.ctx.grants.sql.contains(&connection) {
             return Err(self.ctx.denied(
                 &format!("query connection `{connection}`"),
                 &format!("add \"{connection}\" to `grants.sql`"),
@@ -216,7 +212,11 @@ mod tests {
     async fn typed_parameters_and_columns() {
         let (_d, c) = db();
         let rows = c
-            .query("s", "SELECT CardId, SidexisPatientId FROM patient WHERE SidexisPatientId = @P1 ORDER BY CardId".into(), vec![SqlValue::Integer(17)])
+            .query(
+                "s",
+                "SELECT CardId, SidexisPatientId FROM patient WHERE SidexisPatientId = @P1 ORDER BY CardId".into(),
+                vec![SqlValue::Integer(17)],
+            )
             .await
             .unwrap();
         assert_eq!(rows.columns[0].name, "CardId");

@@ -45,7 +45,11 @@ pub fn decide(keys: &[PatientKey], answers: &HashMap<(String, String), Resolutio
                 }
             }
             Some(Resolution::Ambiguous(gs)) => {
-                return Decision::Quarantine(format!("a `{}` key belongs to {} patients in the PMS", k.scheme, gs.len()))
+                return Decision::Quarantine(format!(
+                    "a `{}` key belongs to {} patients in the PMS",
+                    k.scheme,
+                    gs.len()
+                ))
             }
             _ => {}
         }
@@ -86,10 +90,7 @@ mod tests {
         ]);
         assert_eq!(decide(&keys, &a), Decision::Attach("g1".into()));
 
-        let a = answers(&[
-            ("card-id", "A", Resolution::Resolved("g1".into())),
-            ("card-id", "B", Resolution::NotFound),
-        ]);
+        let a = answers(&[("card-id", "A", Resolution::Resolved("g1".into())), ("card-id", "B", Resolution::NotFound)]);
         assert_eq!(decide(&keys, &a), Decision::Attach("g1".into()));
 
         let a = answers(&[

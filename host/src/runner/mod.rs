@@ -39,8 +39,8 @@ mod summary;
 pub use crate::outcome::{Outcome, Report};
 pub use decide::{decide, valid_guid, Decision};
 use retry::with_retries;
-pub use summary::Summary;
 use summary::Journal;
+pub use summary::Summary;
 
 /// The stages of a pipeline, ready to run.
 pub struct Stages {
@@ -177,7 +177,9 @@ fn verdict(ledger: Option<&dyn Ledger>, w: &Work) -> Verdict {
     };
     match rec.state {
         Outcome::Stored | Outcome::Unchanged => Verdict::Done(report(Outcome::Unchanged, String::new())),
-        Outcome::Unresolved | Outcome::Quarantined | Outcome::Failed if rec.next_attempt_at > crate::ledger::now_ms() => {
+        Outcome::Unresolved | Outcome::Quarantined | Outcome::Failed
+            if rec.next_attempt_at > crate::ledger::now_ms() =>
+        {
             let wait = Duration::from_millis((rec.next_attempt_at - crate::ledger::now_ms()).max(0) as u64);
             Verdict::Parked(report(
                 rec.state,
@@ -364,7 +366,11 @@ async fn store_one(
     // a file that changes under ferry is not stored this pass: what would
     // land is a half-written image
     if changed_since_scan(roots, &w) {
-        summary.item(&w, Outcome::Deferred, "the file changed after it was scanned (size or modification time); next pass");
+        summary.item(
+            &w,
+            Outcome::Deferred,
+            "the file changed after it was scanned (size or modification time); next pass",
+        );
         return;
     }
     // recorded as stored only once the store said so
@@ -372,7 +378,11 @@ async fn store_one(
     if changed_since_scan(roots, &w) {
         // whatever was uploaded is replaced on the next pass, which sees
         // the new fingerprint
-        summary.item(&w, Outcome::Deferred, "the file changed while it was being stored; it is stored again on the next pass");
+        summary.item(
+            &w,
+            Outcome::Deferred,
+            "the file changed while it was being stored; it is stored again on the next pass",
+        );
         return;
     }
     let report = match result {
@@ -625,4 +635,3 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
         }
     }
 }
-

@@ -125,7 +125,8 @@ impl Summary {
     }
 
     pub(super) fn item(&self, w: &Work, outcome: Outcome, detail: impl Into<String>) {
-        let r = Report { subject: w.item.id.clone(), outcome, detail: detail.into(), patient_guid: None, location: None };
+        let r =
+            Report { subject: w.item.id.clone(), outcome, detail: detail.into(), patient_guid: None, location: None };
         self.record(r, w.fingerprint.as_deref());
     }
 

@@ -201,7 +201,8 @@ fn image_key(guid: &str, name: &str) -> ApiResult<String> {
     check_guid(guid)?;
     check_name(name)?;
     let key = format!("{}{name}", prefix_of(guid));
-    check_key(&key).map_err(|_| Problem::bad_request("invalid-name", "the image name cannot be part of an object key"))?;
+    check_key(&key)
+        .map_err(|_| Problem::bad_request("invalid-name", "the image name cannot be part of an object key"))?;
     debug_assert_eq!(key.split('/').count(), 3);
     Ok(key)
 }
@@ -274,7 +275,11 @@ pub struct PatientHit {
         (status = 403, description = "The token may not do this", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn search_patients(State(state): St, headers: HeaderMap, ApiQuery(q): ApiQuery<SearchQuery>) -> ApiResult<Json<Vec<PatientHit>>> {
+async fn search_patients(
+    State(state): St,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<SearchQuery>,
+) -> ApiResult<Json<Vec<PatientHit>>> {
     authorize(&state, &headers, Role::Viewer)?;
     let name = q.name.unwrap_or_default();
     let name = name.trim().to_owned();
@@ -471,9 +476,8 @@ async fn list_images(
         });
     }
     let next_cursor = more.then(|| found.last().map(|(n, _)| n.clone())).flatten();
-    let next = next_cursor
-        .as_ref()
-        .map(|c| format!("/api/v1/patients/{}/images?limit={limit}&cursor={}", seg(&guid), seg(c)));
+    let next =
+        next_cursor.as_ref().map(|c| format!("/api/v1/patients/{}/images?limit={limit}&cursor={}", seg(&guid), seg(c)));
     Ok(Json(ImagePage { patient_guid: guid, images, next_cursor, next }))
 }
 
@@ -527,7 +531,8 @@ fn if_range_allows(if_range: &HeaderValue, current_etag: Option<&str>) -> bool {
 fn unsatisfiable(total: Option<u64>, detail: String) -> Response {
     let mut res = Problem::new(StatusCode::RANGE_NOT_SATISFIABLE, "range-not-satisfiable", detail).into_response();
     if let Some(total) = total {
-        res.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{total}")).expect("ascii"));
+        res.headers_mut()
+            .insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{total}")).expect("ascii"));
     }
     res
 }
@@ -602,7 +607,8 @@ async fn get_image(
         }
         if let Some(url) = state.store.presign_get(&key, PRESIGN_TTL).await.map_err(Problem::store)? {
             let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
-            let location = HeaderValue::from_str(&url).map_err(|_| Problem::internal("the presigned URL is not a valid header"))?;
+            let location = HeaderValue::from_str(&url)
+                .map_err(|_| Problem::internal("the presigned URL is not a valid header"))?;
             res.headers_mut().insert(header::LOCATION, location);
             res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             return Ok(res);
@@ -647,7 +653,10 @@ async fn get_image(
     let (offset, len) = range_span(range, total);
     let mut res = if let Some((first, _)) = range {
         if len == 0 {
-            return Ok(unsatisfiable(Some(total), format!("the range starts at byte {first}; the file has {total} bytes")));
+            return Ok(unsatisfiable(
+                Some(total),
+                format!("the range starts at byte {first}; the file has {total} bytes"),
+            ));
         }
         let mut res = Response::new(Body::from_stream(body));
         *res.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -722,7 +731,11 @@ async fn preview(
         return Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
-            format!("the image has {} bytes; previews are made of images up to {} MiB ([serve.preview] max_file)", info.size, max >> 20),
+            format!(
+                "the image has {} bytes; previews are made of images up to {} MiB ([serve.preview] max_file)",
+                info.size,
+                max >> 20
+            ),
         ));
     }
     let etag = info.sha256.as_ref().map(|s| format!("\"{s}-{size}\""));
@@ -761,7 +774,11 @@ async fn download(state: &AppState, key: &str, dir: &Path) -> ApiResult<Option<t
     };
     let max = state.max_preview;
     let too_large = || {
-        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("previews are made of images up to {} MiB", max >> 20))
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("previews are made of images up to {} MiB", max >> 20),
+        )
     };
     if total > max {
         return Err(too_large());
@@ -769,7 +786,7 @@ async fn download(state: &AppState, key: &str, dir: &Path) -> ApiResult<Option<t
     let tmp_dir = dir;
     let io = |e: std::io::Error| Problem::internal(format!("cannot write a temporary file for the preview: {e}"));
     tokio::fs::create_dir_all(&tmp_dir).await.map_err(io)?;
-    let tmp = tempfile::Builder::new().prefix("download-").suffix(".dcm").tempfile_in(&tmp_dir).map_err(io)?;
+    let tmp = tempfile::Builder::new().prefix("download-").suffix(".dcm").tempfile_in(tmp_dir).map_err(io)?;
     let mut out = tokio::fs::File::from_std(tmp.reopen().map_err(io)?);
     let mut written = 0u64;
     while let Some(chunk) = body.next().await {
@@ -788,7 +805,11 @@ fn preview_problem(e: super::preview::PreviewError) -> Problem {
     use super::preview::PreviewError::*;
     match e {
         TooLarge(m) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("too large to preview: {m}")),
-        Cannot(m) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot-preview", format!("this image cannot be previewed: {m}")),
+        Cannot(m) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cannot-preview",
+            format!("this image cannot be previewed: {m}"),
+        ),
         Unavailable(m) => {
             tracing::warn!("preview unavailable: {m}");
             Problem::unavailable(format!("the preview could not be made now: {m}"))
@@ -885,7 +906,10 @@ async fn patient_logs(
     check_guid(&guid)?;
     let before = match &q.cursor {
         None => None,
-        Some(c) => Some(c.parse::<i64>().map_err(|_| Problem::bad_request("invalid-cursor", "`cursor` is not one this API gave out"))?),
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| Problem::bad_request("invalid-cursor", "`cursor` is not one this API gave out"))?,
+        ),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let ledger = state.ledger.clone();
@@ -977,7 +1001,8 @@ async fn sync_patient(State(state): St, headers: HeaderMap, ApiPath(guid): ApiPa
     }
     let job = state.jobs.submit(&guid, items);
     tracing::info!(job = %job.job_id, subject = %who.subject, "sync requested");
-    let body = JobAccepted { job_id: job.job_id, state: job.state, items_total: job.items_total, href: job.href.clone() };
+    let body =
+        JobAccepted { job_id: job.job_id, state: job.state, items_total: job.items_total, href: job.href.clone() };
     let mut res = (StatusCode::ACCEPTED, Json(body)).into_response();
     res.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&job.href).expect("ascii"));
     Ok(res)
@@ -996,9 +1021,17 @@ async fn sync_patient(State(state): St, headers: HeaderMap, ApiPath(guid): ApiPa
         (status = 404, description = "No such job (jobs are kept in memory until the service restarts)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn job(State(state): St, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> ApiResult<Json<super::passes::JobStatus>> {
+async fn job(
+    State(state): St,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<super::passes::JobStatus>> {
     authorize(&state, &headers, Role::Operator)?;
-    state.jobs.status(&id).map(Json).ok_or_else(|| Problem::not_found("no such job (jobs are forgotten when the service restarts)"))
+    state
+        .jobs
+        .status(&id)
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("no such job (jobs are forgotten when the service restarts)"))
 }
 
 // ---------------------------------------------------------------- the document
@@ -1027,8 +1060,18 @@ mod tests {
         assert_eq!(parse_range("bytes=10-"), Some(RangeAsk::From(10, None)));
         assert_eq!(parse_range("bytes=-5"), Some(RangeAsk::Suffix(5)));
         // ignored (the whole file is sent): invalid, several, other units
-        for bad in ["bytes=9-1", "bytes=0-1,4-5", "items=0-1", "bytes=a-b", "bytes=-", "bytes=+1-2", "bytes=1-2-3",
-            "bytes=99999999999999999999999-", "bytes", ""] {
+        for bad in [
+            "bytes=9-1",
+            "bytes=0-1,4-5",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=+1-2",
+            "bytes=1-2-3",
+            "bytes=99999999999999999999999-",
+            "bytes",
+            "",
+        ] {
             assert_eq!(parse_range(bad), None, "{bad}");
         }
         let tag = Some("\"abc\"");

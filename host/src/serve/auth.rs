@@ -169,10 +169,8 @@ impl Auth {
     /// files now, so a bad key fails at start and not on the first request.
     pub fn from_config(cfg: &AuthConfig) -> Result<Auth, AuthError> {
         let secret = cfg.hs256_secret.as_ref().map(|s| s.0.as_str());
-        let configured = [secret.is_some(), cfg.public_key.is_some(), cfg.jwks.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let configured =
+            [secret.is_some(), cfg.public_key.is_some(), cfg.jwks.is_some()].iter().filter(|b| **b).count();
         if cfg.dev_mode && configured > 0 {
             return Err(AuthError::Config(
                 "dev_mode = true turns authentication off, yet a key is configured too: remove dev_mode to check tokens \
@@ -360,9 +358,7 @@ impl Auth {
         };
         if let (Some(theirs), Some(ours)) = (&clinic, &self.clinic_id) {
             if theirs != ours {
-                return Err(AuthError::Forbidden(format!(
-                    "the token is for another clinic than this one (`{ours}`)"
-                )));
+                return Err(AuthError::Forbidden(format!("the token is for another clinic than this one (`{ours}`)")));
             }
         }
         Ok(Principal { subject, role, clinic })
@@ -418,10 +414,7 @@ fn select_key<'a>(keys: &'a [VerifyKey], kid: Option<&str>) -> Result<&'a Verify
             unauth(format!("the token's key id{shown} is not in the configured JWKS"))
         }),
         None if keys.len() == 1 => Ok(&keys[0]),
-        None => Err(unauth(format!(
-            "the token has no key id (kid) and the configured JWKS has {} keys",
-            keys.len()
-        ))),
+        None => Err(unauth(format!("the token has no key id (kid) and the configured JWKS has {} keys", keys.len()))),
     }
 }
 
@@ -476,14 +469,10 @@ fn load_public_pem(path: &Path) -> Result<VerifyKey, AuthError> {
     let pem = read_key_file(path, "public_key")?;
     let bad = |m: &str| AuthError::Config(format!("public_key {}: {m}", path.display()));
     if pem.contains("PRIVATE KEY-----") {
-        return Err(bad(
-            "this is a private key; give ferry only the public key (`openssl pkey -in KEY.pem -pubout`)",
-        ));
+        return Err(bad("this is a private key; give ferry only the public key (`openssl pkey -in KEY.pem -pubout`)"));
     }
     if pem.contains("BEGIN CERTIFICATE") {
-        return Err(bad(
-            "this is a certificate; extract its public key (`openssl x509 -in CERT.pem -pubkey -noout`)",
-        ));
+        return Err(bad("this is a certificate; extract its public key (`openssl x509 -in CERT.pem -pubkey -noout`)"));
     }
     if !pem.contains("PUBLIC KEY-----") {
         return Err(bad("expected a PEM `PUBLIC KEY` (RSA or EC P-256)"));
@@ -794,7 +783,8 @@ mod tests {
         let plain = hand_hs256(&json!({ "alg": "HS256", "typ": "JWT" }), &good, &secret);
         assert!(auth.authorize(Some(&bearer(&plain)), Role::Viewer).is_ok());
         for crit in [json!(["exp"]), json!(["b64"]), json!(["http://example.com/ext"]), json!([])] {
-            let header = json!({ "alg": "HS256", "typ": "JWT", "crit": crit, "b64": false, "http://example.com/ext": 1 });
+            let header =
+                json!({ "alg": "HS256", "typ": "JWT", "crit": crit, "b64": false, "http://example.com/ext": 1 });
             let t = hand_hs256(&header, &good, &secret);
             let m = unauthenticated(auth.authorize(Some(&bearer(&t)), Role::Viewer));
             assert!(m.contains("crit"), "{m}");
@@ -870,7 +860,8 @@ mod tests {
         let exp = now_secs() + 600;
         let ok = hs(&json!({ "roles": "viewer", "exp": exp, "aud": "ferry", "iss": "https://pms.example" }));
         assert!(auth.authorize(Some(&bearer(&ok)), Role::Viewer).is_ok());
-        let ok_list = hs(&json!({ "roles": "viewer", "exp": exp, "aud": ["other", "ferry"], "iss": "https://pms.example" }));
+        let ok_list =
+            hs(&json!({ "roles": "viewer", "exp": exp, "aud": ["other", "ferry"], "iss": "https://pms.example" }));
         assert!(auth.authorize(Some(&bearer(&ok_list)), Role::Viewer).is_ok());
         let wrong_aud = hs(&json!({ "roles": "viewer", "exp": exp, "aud": "other", "iss": "https://pms.example" }));
         assert!(unauthenticated(auth.authorize(Some(&bearer(&wrong_aud)), Role::Viewer)).contains("aud"));
@@ -1146,7 +1137,10 @@ plugin = "fs-store"
 
         let with = format!("{base}\n[serve.auth]\nhs256_secret = \"{SECRET}\"\naudience = \"ferry\"\n");
         let p = crate::config::Pipeline::parse(&path, &with, &env).unwrap();
-        assert!(token_command(&p, "root", Duration::from_secs(60), "me", None).unwrap_err().to_string().contains("unknown role"));
+        assert!(token_command(&p, "root", Duration::from_secs(60), "me", None)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown role"));
         let t = token_command(&p, "operator", Duration::from_secs(60), "me", None).unwrap();
         let auth = Auth::from_config(&p.serve.as_ref().unwrap().auth).unwrap();
         assert_eq!(auth.authorize(Some(&bearer(&t)), Role::Operator).unwrap().subject, "me");

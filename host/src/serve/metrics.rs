@@ -123,11 +123,7 @@ impl Metrics {
         let pass_running = Gauge::default();
         registry.register("pass_running", "1 while a pass runs", pass_running.clone());
         let last_pass = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "last_pass_timestamp_seconds",
-            "When the last pass finished (Unix time)",
-            last_pass.clone(),
-        );
+        registry.register("last_pass_timestamp_seconds", "When the last pass finished (Unix time)", last_pass.clone());
         let in_flight = Gauge::default();
         registry.register(
             "items_in_flight",

@@ -145,9 +145,10 @@ impl Running {
 
 /// `[serve]`, or its defaults when the file has none.
 fn serve_config(pipeline: &Pipeline) -> ServeConfig {
-    pipeline.serve.clone().unwrap_or_else(|| {
-        toml::from_str::<ServeConfig>("").expect("every [serve] key has a default")
-    })
+    pipeline
+        .serve
+        .clone()
+        .unwrap_or_else(|| toml::from_str::<ServeConfig>("").expect("every [serve] key has a default"))
 }
 
 /// What `start` refuses before it listens, as one check: the key source
@@ -165,7 +166,8 @@ fn validate(pipeline: &Pipeline, cfg: &ServeConfig, listen: &[SocketAddr]) -> Re
     }
     if pipeline.stage(StageRole::Store).and_then(|s| s.grants.object_store.as_ref()).is_none() {
         return Err(ServeError::Config(
-            "[store] has no grants.object_store: ferry serve reads images back from the store stage's destination".into(),
+            "[store] has no grants.object_store: ferry serve reads images back from the store stage's destination"
+                .into(),
         ));
     }
     Ok(auth)
@@ -230,8 +232,9 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
         metrics.clone(),
     );
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(&ledger_path)?);
-    let listener =
-        tokio::net::TcpListener::bind(&listen).await.map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;
     // the bound address, in case the name resolved differently
     validate(&runtime.pipeline, &cfg, &[addr])?;
@@ -288,7 +291,11 @@ fn app(state: Arc<AppState>) -> Router {
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this path does not take that method (see Allow)")
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this path does not take that method (see Allow)",
+    )
 }
 
 /// Liveness: the process answers.
@@ -324,8 +331,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if let Err(e) = &ledger {
         tracing::warn!("readiness: the ledger does not answer: {e}");
     }
-    let mut res = (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "not ready", "checks": checks })))
-        .into_response();
+    let mut res =
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "not ready", "checks": checks })))
+            .into_response();
     res.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
     res
 }
@@ -366,4 +374,3 @@ async fn stop_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
-

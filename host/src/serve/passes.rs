@@ -55,7 +55,12 @@ pub struct Passes {
 }
 
 impl Passes {
-    pub fn new(runtime: Arc<Runtime>, metrics: Arc<Metrics>, ledger: Arc<dyn Ledger>, cancel: CancellationToken) -> Passes {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+        ledger: Arc<dyn Ledger>,
+        cancel: CancellationToken,
+    ) -> Passes {
         Passes { runtime, lock: tokio::sync::Mutex::new(()), metrics, ledger, cancel, completed: watch::Sender::new(0) }
     }
 
@@ -316,9 +321,8 @@ impl Jobs {
     /// patient still queued is reused, as it will see the same items.
     pub fn submit(self: &Arc<Self>, guid: &str, items: HashSet<String>) -> JobStatus {
         let id = {
-            let queued = self.with(|jobs| {
-                jobs.iter().find(|j| j.guid == guid && j.state == JobState::Queued).map(Job::status)
-            });
+            let queued =
+                self.with(|jobs| jobs.iter().find(|j| j.guid == guid && j.state == JobState::Queued).map(Job::status));
             if let Some(s) = queued {
                 return s;
             }

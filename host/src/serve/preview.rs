@@ -178,7 +178,8 @@ impl Previews {
         if let Some(answer) = self.cached(cache_key, max_size).await {
             return answer;
         }
-        let _permit = self.inner.permits.acquire().await.map_err(|_| PreviewError::Unavailable("shutting down".into()))?;
+        let _permit =
+            self.inner.permits.acquire().await.map_err(|_| PreviewError::Unavailable("shutting down".into()))?;
         // another request may have rendered it while this one waited
         if let Some(answer) = self.cached(cache_key, max_size).await {
             return answer;

@@ -75,7 +75,9 @@ impl Problem {
             Unavailable(m) => Problem::unavailable(format!("the image store is not reachable: {m}")),
             NotFound(m) => Problem::not_found(m),
             Invalid(m) => Problem::bad_request("invalid", m),
-            Denied(m) | Failed(m) => Problem::new(StatusCode::BAD_GATEWAY, "store", format!("the image store failed: {m}")),
+            Denied(m) | Failed(m) => {
+                Problem::new(StatusCode::BAD_GATEWAY, "store", format!("the image store failed: {m}"))
+            }
         }
     }
 

@@ -125,10 +125,8 @@ pub fn parse_table(bytes: &[u8], config: &Config, file: &str) -> Result<(Table, 
         if headers.is_empty() || headers.iter().all(String::is_empty) {
             return Err(Problem(format!("{file}: no header row (expected columns `{key_col}` and `{guid_col}`)")));
         }
-        let missing: Vec<&str> = [key_col, guid_col]
-            .into_iter()
-            .filter(|c| find_column(&headers, c).is_none())
-            .collect();
+        let missing: Vec<&str> =
+            [key_col, guid_col].into_iter().filter(|c| find_column(&headers, c).is_none()).collect();
         let missing = missing.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" and ");
         return Err(Problem(format!("{file}: no column {missing} in the header row")));
     };
@@ -251,7 +249,9 @@ impl Guest for CsvResolver {
             let (_, table) = state.table.as_ref().expect("loaded above");
             Ok(keys
                 .iter()
-                .map(|k| if k.scheme == state.config.scheme { table.resolve(&k.value) } else { Resolution::Unsupported })
+                .map(
+                    |k| if k.scheme == state.config.scheme { table.resolve(&k.value) } else { Resolution::Unsupported },
+                )
                 .collect())
         })?
     }

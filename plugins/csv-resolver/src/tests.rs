@@ -20,7 +20,10 @@ fn resolved(r: Resolution) -> String {
 #[test]
 fn config_rules() {
     let c = config();
-    assert_eq!((c.key_column.as_str(), c.guid_column.as_str(), c.scheme.as_str()), ("cardId", "patientGuid", "card-id"));
+    assert_eq!(
+        (c.key_column.as_str(), c.guid_column.as_str(), c.scheme.as_str()),
+        ("cardId", "patientGuid", "card-id")
+    );
     let e = Config::parse(r#"{"root": "maps"}"#).unwrap_err();
     assert!(e.message.contains("`path`"), "{}", e.message);
     let e = Config::parse(r#"{"root": "maps", "path": "x", "colum": "y"}"#).unwrap_err();

@@ -83,11 +83,7 @@ pub struct Limits {
 impl Default for Limits {
     /// 64 levels, 1,000,000 headers, 256 MiB inflated.
     fn default() -> Self {
-        Limits {
-            max_depth: 64,
-            max_elements: 1_000_000,
-            max_inflated: 256 << 20,
-        }
+        Limits { max_depth: 64, max_elements: 1_000_000, max_inflated: 256 << 20 }
     }
 }
 
@@ -249,12 +245,8 @@ fn human(bytes: u64) -> String {
 /// Reads are exact (no read-ahead), so give it a buffered reader if each
 /// `read` is expensive (ferry's `FileReader` is).
 pub fn scan<R: Read + Seek>(mut reader: R, limits: &Limits) -> Result<Layout, GuardError> {
-    let size = reader
-        .seek(SeekFrom::End(0))
-        .map_err(|source| GuardError::Io { offset: 0, source })?;
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|source| GuardError::Io { offset: 0, source })?;
+    let size = reader.seek(SeekFrom::End(0)).map_err(|source| GuardError::Io { offset: 0, source })?;
+    reader.seek(SeekFrom::Start(0)).map_err(|source| GuardError::Io { offset: 0, source })?;
     let mut file = FileSource::new(&mut reader, size);
     let mut elements = 0u64;
     check_magic(&mut file)?;
@@ -263,20 +255,13 @@ pub fn scan<R: Read + Seek>(mut reader: R, limits: &Limits) -> Result<Layout, Gu
     let (encoding, deflated) = encoding_of(&transfer_syntax)?;
     let pixel_data = if deflated {
         let stream = StreamSource::new(file.into_inner(), dataset_start, limits.max_inflated);
-        let bound = Bound::Inflated {
-            end: dataset_start.saturating_add(limits.max_inflated),
-            limit: limits.max_inflated,
-        };
+        let bound =
+            Bound::Inflated { end: dataset_start.saturating_add(limits.max_inflated), limit: limits.max_inflated };
         Scanner::new(stream, encoding, limits, elements, bound).run()?
     } else {
         Scanner::new(file, encoding, limits, elements, Bound::File(size)).run()?
     };
-    Ok(Layout {
-        transfer_syntax,
-        dataset_start,
-        pixel_data,
-        file_size: size,
-    })
+    Ok(Layout { transfer_syntax, dataset_start, pixel_data, file_size: size })
 }
 
 /// Where the 128-byte preamble ends and `DICM` sits.
@@ -292,24 +277,16 @@ fn check_magic<R: Read + Seek>(src: &mut FileSource<R>) -> Result<(), GuardError
     } else if got >= 4 && &head[..4] == b"DICM" {
         src.seek_to(4)
     } else if got < head.len() {
-        Err(GuardError::NotDicom(format!(
-            "only {got} bytes, too short for a preamble and DICM magic"
-        )))
+        Err(GuardError::NotDicom(format!("only {got} bytes, too short for a preamble and DICM magic")))
     } else {
-        Err(GuardError::NotDicom(format!(
-            "no DICM magic at offset {PREAMBLE}"
-        )))
+        Err(GuardError::NotDicom(format!("no DICM magic at offset {PREAMBLE}")))
     }
 }
 
 /// The value of (0002,0010), read like `dicom-object` 0.10 reads the meta
 /// group: (0002,0000) with a 4-byte value first, then elements (of any
 /// group) until that many bytes were consumed.
-fn read_meta<S: Source>(
-    src: &mut S,
-    limits: &Limits,
-    elements: &mut u64,
-) -> Result<String, GuardError> {
+fn read_meta<S: Source>(src: &mut S, limits: &Limits, elements: &mut u64) -> Result<String, GuardError> {
     let bound = Bound::File(src.end().unwrap_or(u64::MAX));
     let start = src.pos();
     let Header { tag, vr, len, .. } = read_header(src, Encoding::ExplicitLe, bound, &|| {
@@ -336,9 +313,8 @@ fn read_meta<S: Source>(
     let mut transfer_syntax = None;
     while consumed < group_length {
         let at = src.pos();
-        let Header { tag, len, size, .. } = read_header(src, Encoding::ExplicitLe, bound, &|| {
-            "a file meta element header".to_string()
-        })?;
+        let Header { tag, len, size, .. } =
+            read_header(src, Encoding::ExplicitLe, bound, &|| "a file meta element header".to_string())?;
         count(elements, limits)?;
         if len == UNDEFINED {
             return Err(GuardError::Invalid {
@@ -352,9 +328,7 @@ fn read_meta<S: Source>(
             if len > 1024 {
                 return Err(GuardError::Invalid {
                     offset: at,
-                    what: format!(
-                        "TransferSyntaxUID (0002,0010) declares {len} bytes; a UID has at most 64"
-                    ),
+                    what: format!("TransferSyntaxUID (0002,0010) declares {len} bytes; a UID has at most 64"),
                 });
             }
             let mut uid = vec![0u8; len as usize];
@@ -365,32 +339,19 @@ fn read_meta<S: Source>(
         }
         consumed = consumed.saturating_add(size as u32).saturating_add(len);
     }
-    transfer_syntax
-        .filter(|ts| !ts.is_empty())
-        .ok_or_else(|| GuardError::Invalid {
-            offset: start,
-            what: "the file meta information has no TransferSyntaxUID (0002,0010)".to_string(),
-        })
+    transfer_syntax.filter(|ts| !ts.is_empty()).ok_or_else(|| GuardError::Invalid {
+        offset: start,
+        what: "the file meta information has no TransferSyntaxUID (0002,0010)".to_string(),
+    })
 }
 
 /// A UID from the file, trimmed of padding, non-printable bytes replaced
 /// by `?`, at most 64 characters (UIDs are not patient data, but the bytes
 /// are still untrusted).
 fn printable_uid(bytes: &[u8]) -> String {
-    let text: String = bytes
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_graphic() || b == b' ' || b == 0 {
-                b as char
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    text.trim_matches(|c: char| c == '\0' || c == ' ')
-        .chars()
-        .take(64)
-        .collect()
+    let text: String =
+        bytes.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' || b == 0 { b as char } else { '?' }).collect();
+    text.trim_matches(|c: char| c == '\0' || c == ' ').chars().take(64).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,20 +372,14 @@ fn encoding_of(uid: &str) -> Result<(Encoding, bool), GuardError> {
         // JPEG-LS, JPEG 2000, HTJ2K, JPEG XL, RLE, MPEG, HEVC, deflated
         // image frames, ...): the data set itself is explicit VR LE.
         uid if uid.starts_with("1.2.840.10008.1.2.") => (Encoding::ExplicitLe, false),
-        uid => {
-            return Err(GuardError::UnsupportedTransferSyntax {
-                uid: uid.to_string(),
-            })
-        }
+        uid => return Err(GuardError::UnsupportedTransferSyntax { uid: uid.to_string() }),
     })
 }
 
 fn count(elements: &mut u64, limits: &Limits) -> Result<(), GuardError> {
     *elements += 1;
     if *elements > limits.max_elements {
-        return Err(GuardError::TooManyElements {
-            limit: limits.max_elements,
-        });
+        return Err(GuardError::TooManyElements { limit: limits.max_elements });
     }
     Ok(())
 }
@@ -438,12 +393,7 @@ enum Bound {
     /// [`Limits::max_inflated`]).
     Inflated { end: u64, limit: u64 },
     /// A defined-length sequence or item.
-    Container {
-        end: u64,
-        item: bool,
-        tag: Tag,
-        start: u64,
-    },
+    Container { end: u64, item: bool, tag: Tag, start: u64 },
 }
 
 impl Bound {
@@ -461,12 +411,7 @@ impl Bound {
             _ => end < self.end(),
         };
         if tighter {
-            Bound::Container {
-                end,
-                item,
-                tag,
-                start,
-            }
+            Bound::Container { end, item, tag, start }
         } else {
             self
         }
@@ -568,19 +513,7 @@ fn known_vr(vr: [u8; 2]) -> bool {
     short_length(vr)
         || matches!(
             &vr,
-            b"OB"
-                | b"OD"
-                | b"OF"
-                | b"OL"
-                | b"OV"
-                | b"OW"
-                | b"SQ"
-                | b"SV"
-                | b"UC"
-                | b"UN"
-                | b"UR"
-                | b"UT"
-                | b"UV"
+            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
         )
 }
 
@@ -611,80 +544,35 @@ struct Header {
 
 /// Reads one header after checking it fits in `bound`. Group FFFE tags
 /// (items, delimiters) have no VR in any encoding.
-fn read_header<S: Source>(
-    src: &mut S,
-    enc: Encoding,
-    bound: Bound,
-    what: What,
-) -> Result<Header, GuardError> {
+fn read_header<S: Source>(src: &mut S, enc: Encoding, bound: Bound, what: What) -> Result<Header, GuardError> {
     let at = src.pos();
-    need(at, 8, bound, &|| {
-        format!("{} at byte {at} needs 8 bytes", what())
-    })?;
+    need(at, 8, bound, &|| format!("{} at byte {at} needs 8 bytes", what()))?;
     let mut b = [0u8; 8];
     src.read_exact(&mut b, &|| format!("{} at byte {at}", what()))?;
     let tag = Tag(u16_of(enc, [b[0], b[1]]), u16_of(enc, [b[2], b[3]]));
     if tag.0 == 0xFFFE || enc == Encoding::ImplicitLe {
-        return Ok(Header {
-            tag,
-            vr: None,
-            len: u32_of(enc, [b[4], b[5], b[6], b[7]]),
-            size: 8,
-        });
+        return Ok(Header { tag, vr: None, len: u32_of(enc, [b[4], b[5], b[6], b[7]]), size: 8 });
     }
     let vr = [b[4], b[5]];
     if short_length(vr) {
-        return Ok(Header {
-            tag,
-            vr: Some(vr),
-            len: u32::from(u16_of(enc, [b[6], b[7]])),
-            size: 8,
-        });
+        return Ok(Header { tag, vr: Some(vr), len: u32::from(u16_of(enc, [b[6], b[7]])), size: 8 });
     }
-    need(at, 12, bound, &|| {
-        format!(
-            "{} at byte {at} ({tag} {}) needs 12 bytes",
-            what(),
-            vr_name(Some(vr))
-        )
-    })?;
+    need(at, 12, bound, &|| format!("{} at byte {at} ({tag} {}) needs 12 bytes", what(), vr_name(Some(vr))))?;
     let mut l = [0u8; 4];
     src.read_exact(&mut l, &|| format!("{} at byte {at}", what()))?;
-    Ok(Header {
-        tag,
-        vr: Some(vr),
-        len: u32_of(enc, l),
-        size: 12,
-    })
+    Ok(Header { tag, vr: Some(vr), len: u32_of(enc, l), size: 12 })
 }
 
 /// One open container of the walk.
 #[derive(Debug, Clone, Copy)]
 enum Frame {
     /// A data set: the top level, or an item of a sequence.
-    DataSet {
-        root: bool,
-        start: u64,
-        end: Option<u64>,
-        bound: Bound,
-        seq: Tag,
-    },
+    DataSet { root: bool, start: u64, end: Option<u64>, bound: Bound, seq: Tag },
     /// A sequence, expecting items or its delimiter.
-    Sequence {
-        tag: Tag,
-        start: u64,
-        end: Option<u64>,
-        bound: Bound,
-    },
+    Sequence { tag: Tag, start: u64, end: Option<u64>, bound: Bound },
     /// Encapsulated pixel data, expecting the offset table, fragments or the
     /// delimiter. `record`: the top-level pixel data, kept in the layout.
-    Pixels {
-        tag: Tag,
-        start: u64,
-        bound: Bound,
-        items: u64,
-        record: bool,
-    },
+    Pixels { tag: Tag, start: u64, bound: Bound, items: u64, record: bool },
 }
 
 struct Scanner<'l, S: Source> {
@@ -705,13 +593,7 @@ impl<'l, S: Source> Scanner<'l, S> {
             enc,
             limits,
             elements,
-            stack: vec![Frame::DataSet {
-                root: true,
-                start,
-                end: None,
-                bound: root,
-                seq: Tag(0, 0),
-            }],
+            stack: vec![Frame::DataSet { root: true, start, end: None, bound: root, seq: Tag(0, 0) }],
             depth: 0,
             pixel_data: None,
         }
@@ -733,38 +615,19 @@ impl<'l, S: Source> Scanner<'l, S> {
 
     fn truncated_here(&mut self, what: String) -> GuardError {
         let at = self.src.pos();
-        GuardError::Truncated {
-            at,
-            size: self.src.end().unwrap_or(at),
-            what,
-        }
+        GuardError::Truncated { at, size: self.src.end().unwrap_or(at), what }
     }
 
-    fn open_sequence(
-        &mut self,
-        tag: Tag,
-        at: u64,
-        end: Option<u64>,
-        bound: Bound,
-    ) -> Result<(), GuardError> {
+    fn open_sequence(&mut self, tag: Tag, at: u64, end: Option<u64>, bound: Bound) -> Result<(), GuardError> {
         if self.depth >= self.limits.max_depth {
-            return Err(GuardError::TooDeep {
-                limit: self.limits.max_depth,
-                tag,
-                offset: at,
-            });
+            return Err(GuardError::TooDeep { limit: self.limits.max_depth, tag, offset: at });
         }
         self.depth += 1;
         let bound = match end {
             Some(end) => bound.within(end, false, tag, at),
             None => bound,
         };
-        self.stack.push(Frame::Sequence {
-            tag,
-            start: at,
-            end,
-            bound,
-        });
+        self.stack.push(Frame::Sequence { tag, start: at, end, bound });
         Ok(())
     }
 
@@ -807,8 +670,7 @@ impl<'l, S: Source> Scanner<'l, S> {
     /// An element header in a data set, and what it opens or skips.
     fn element(&mut self, root: bool, defined_item: bool, bound: Bound) -> Result<(), GuardError> {
         let at = self.src.pos();
-        let Header { tag, vr, len, .. } =
-            self.header(bound, &|| "an element header".to_string())?;
+        let Header { tag, vr, len, .. } = self.header(bound, &|| "an element header".to_string())?;
         let value_at = self.src.pos();
 
         if tag.0 == 0xFFFE {
@@ -820,13 +682,11 @@ impl<'l, S: Source> Scanner<'l, S> {
                 }
                 ITEM_END => Err(GuardError::Invalid {
                     offset: at,
-                    what: "an item delimiter (FFFE,E00D) inside an item of defined length"
-                        .to_string(),
+                    what: "an item delimiter (FFFE,E00D) inside an item of defined length".to_string(),
                 }),
-                tag => Err(GuardError::Invalid {
-                    offset: at,
-                    what: format!("{tag} where a data element was expected"),
-                }),
+                tag => {
+                    Err(GuardError::Invalid { offset: at, what: format!("{tag} where a data element was expected") })
+                }
             };
         }
 
@@ -841,13 +701,7 @@ impl<'l, S: Source> Scanner<'l, S> {
                         fragments: Vec::new(),
                     });
                 }
-                self.stack.push(Frame::Pixels {
-                    tag,
-                    start: at,
-                    bound,
-                    items: 0,
-                    record,
-                });
+                self.stack.push(Frame::Pixels { tag, start: at, bound, items: 0, record });
                 return Ok(());
             }
             let allowed = match vr {
@@ -881,10 +735,7 @@ impl<'l, S: Source> Scanner<'l, S> {
             return self.open_sequence(tag, at, Some(value_at + len64), bound);
         }
         if tag == PIXEL_DATA && root && self.pixel_data.is_none() {
-            self.pixel_data = Some(PixelData::Native {
-                offset: value_at,
-                length: len64,
-            });
+            self.pixel_data = Some(PixelData::Native { offset: value_at, length: len64 });
         }
         // Implicit VR: the parser knows SQ from its dictionary; a value
         // that starts like an item (or a delimiter) is checked as a
@@ -921,8 +772,7 @@ impl<'l, S: Source> Scanner<'l, S> {
     /// An item header (or the delimiter) in a sequence.
     fn item(&mut self, seq: Tag, defined: bool, bound: Bound) -> Result<(), GuardError> {
         let at = self.src.pos();
-        let Header { tag, len, .. } =
-            self.header(bound, &|| format!("an item header of sequence {seq}"))?;
+        let Header { tag, len, .. } = self.header(bound, &|| format!("an item header of sequence {seq}"))?;
         match tag {
             ITEM if len == UNDEFINED => {
                 self.stack.push(Frame::DataSet { root: false, start: at, end: None, bound, seq });
@@ -958,18 +808,10 @@ impl<'l, S: Source> Scanner<'l, S> {
     }
 
     /// The offset table, a fragment, or the delimiter of encapsulated pixel data.
-    fn fragment(
-        &mut self,
-        pixels: Tag,
-        start: u64,
-        bound: Bound,
-        items: u64,
-        record: bool,
-    ) -> Result<(), GuardError> {
+    fn fragment(&mut self, pixels: Tag, start: u64, bound: Bound, items: u64, record: bool) -> Result<(), GuardError> {
         let at = self.src.pos();
-        let Header { tag, len, .. } = self.header(bound, &|| {
-            format!("an item header of the encapsulated pixel data {pixels} at byte {start}")
-        })?;
+        let Header { tag, len, .. } =
+            self.header(bound, &|| format!("an item header of the encapsulated pixel data {pixels} at byte {start}"))?;
         match tag {
             ITEM if len == UNDEFINED => Err(GuardError::Invalid {
                 offset: at,

@@ -34,11 +34,7 @@ pub(crate) struct FileSource<R> {
 impl<R: Read + Seek> FileSource<R> {
     /// `reader` must be at offset 0 of a file of `size` bytes.
     pub(crate) fn new(reader: R, size: u64) -> Self {
-        FileSource {
-            reader,
-            pos: 0,
-            size,
-        }
+        FileSource { reader, pos: 0, size }
     }
 
     /// The reader, positioned at [`Source::pos`].
@@ -54,12 +50,7 @@ impl<R: Read + Seek> FileSource<R> {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(GuardError::Io {
-                        offset: self.pos + got as u64,
-                        source,
-                    })
-                }
+                Err(source) => return Err(GuardError::Io { offset: self.pos + got as u64, source }),
             }
         }
         self.pos += got as u64;
@@ -67,12 +58,7 @@ impl<R: Read + Seek> FileSource<R> {
     }
 
     pub(crate) fn seek_to(&mut self, pos: u64) -> Result<(), GuardError> {
-        self.reader
-            .seek(SeekFrom::Start(pos))
-            .map_err(|source| GuardError::Io {
-                offset: pos,
-                source,
-            })?;
+        self.reader.seek(SeekFrom::Start(pos)).map_err(|source| GuardError::Io { offset: pos, source })?;
         self.pos = pos;
         Ok(())
     }
@@ -97,15 +83,9 @@ impl<R: Read + Seek> Source for FileSource<R> {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(GuardError::Truncated {
                 at: self.pos + buf.len() as u64,
                 size: self.size,
-                what: format!(
-                    "{} (the file ended early while being read: is it being written?)",
-                    what()
-                ),
+                what: format!("{} (the file ended early while being read: is it being written?)", what()),
             }),
-            Err(source) => Err(GuardError::Io {
-                offset: self.pos,
-                source,
-            }),
+            Err(source) => Err(GuardError::Io { offset: self.pos, source }),
         }
     }
 
@@ -177,25 +157,13 @@ impl<R: Read> StreamSource<R> {
             match self.inflater.read(&mut self.buf[self.tail..]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
-                    ) =>
-                {
+                Err(e) if matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput) => {
                     return Err(GuardError::Invalid {
                         offset: self.pos(),
-                        what: format!(
-                            "the deflated data set is corrupt ({e}); offsets in the inflated data"
-                        ),
+                        what: format!("the deflated data set is corrupt ({e}); offsets in the inflated data"),
                     })
                 }
-                Err(source) => {
-                    return Err(GuardError::Io {
-                        offset: self.pos(),
-                        source,
-                    })
-                }
+                Err(source) => return Err(GuardError::Io { offset: self.pos(), source }),
             }
         };
         if n == 0 {

@@ -86,16 +86,8 @@ fn meta(ts: &str) -> Vec<u8> {
     if uid.len() % 2 == 1 {
         uid.push(0);
     }
-    let body = [
-        el(E::Le, Tag(2, 1), b"OB", &[0, 1]),
-        el(E::Le, Tag(2, 0x10), b"UI", &uid),
-    ]
-    .concat();
-    [
-        el(E::Le, Tag(2, 0), b"UL", &(body.len() as u32).to_le_bytes()),
-        body,
-    ]
-    .concat()
+    let body = [el(E::Le, Tag(2, 1), b"OB", &[0, 1]), el(E::Le, Tag(2, 0x10), b"UI", &uid)].concat();
+    [el(E::Le, Tag(2, 0), b"UL", &(body.len() as u32).to_le_bytes()), body].concat()
 }
 
 /// Preamble, `DICM`, meta, then `dataset` as is.
@@ -148,10 +140,7 @@ fn pixels(e: E, n: usize) -> Vec<u8> {
 fn expect_message(result: Result<Layout, GuardError>) -> (GuardError, String) {
     let e = result.expect_err("the scan should fail");
     let message = e.to_string();
-    assert!(
-        !message.contains("Doe") && !message.contains("Jane"),
-        "patient data in {message}"
-    );
+    assert!(!message.contains("Doe") && !message.contains("Jane"), "patient data in {message}");
     (e, message)
 }
 
@@ -167,13 +156,7 @@ fn native_pixel_data_are_located() {
     assert_eq!(layout.dataset_start, start);
     assert_eq!(layout.file_size, bytes.len() as u64);
     // PN header 8 + 8 bytes, OW header 12.
-    assert_eq!(
-        layout.pixel_data,
-        Some(PixelData::Native {
-            offset: start + 16 + 12,
-            length: 1000
-        })
-    );
+    assert_eq!(layout.pixel_data, Some(PixelData::Native { offset: start + 16 + 12, length: 1000 }));
     assert!(!layout.is_deflated());
 }
 
@@ -182,10 +165,7 @@ fn without_preamble() {
     let bytes = file(EXPLICIT_LE, &[name(E::Le), pixels(E::Le, 10)].concat());
     let layout = scan_bytes(&bytes[128..]).unwrap();
     assert_eq!(layout.dataset_start, dataset_start(EXPLICIT_LE) - 128);
-    assert!(matches!(
-        layout.pixel_data,
-        Some(PixelData::Native { length: 10, .. })
-    ));
+    assert!(matches!(layout.pixel_data, Some(PixelData::Native { length: 10, .. })));
 }
 
 #[test]
@@ -193,48 +173,28 @@ fn no_pixel_data_is_fine() {
     let layout = scan_bytes(&file(EXPLICIT_LE, &name(E::Le))).unwrap();
     assert_eq!(layout.pixel_data, None);
     // An empty data set too.
-    assert_eq!(
-        scan_bytes(&file(EXPLICIT_LE, &[])).unwrap().pixel_data,
-        None
-    );
+    assert_eq!(scan_bytes(&file(EXPLICIT_LE, &[])).unwrap().pixel_data, None);
 }
 
 #[test]
 fn sequences_64_deep_pass_in_every_encoding() {
-    for (e, ts) in [
-        (E::Le, EXPLICIT_LE),
-        (E::Be, EXPLICIT_BE),
-        (E::Imp, IMPLICIT_LE),
-    ] {
+    for (e, ts) in [(E::Le, EXPLICIT_LE), (E::Be, EXPLICIT_BE), (E::Imp, IMPLICIT_LE)] {
         for bytes in [nested_undefined(e, 64), nested_defined(e, 64)] {
             let bytes = file(ts, &[bytes, pixels(e, 4)].concat());
             let layout = scan_bytes(&bytes).unwrap_or_else(|err| panic!("{ts}: {err}"));
-            assert!(
-                matches!(layout.pixel_data, Some(PixelData::Native { length: 4, .. })),
-                "{ts}"
-            );
+            assert!(matches!(layout.pixel_data, Some(PixelData::Native { length: 4, .. })), "{ts}");
         }
     }
 }
 
 #[test]
 fn big_endian_values_and_pixel_data() {
-    let ds = [
-        el(E::Be, Tag(0x0028, 0x0010), b"US", &512u16.to_be_bytes()),
-        nested_defined(E::Be, 3),
-        pixels(E::Be, 6),
-    ]
-    .concat();
+    let ds = [el(E::Be, Tag(0x0028, 0x0010), b"US", &512u16.to_be_bytes()), nested_defined(E::Be, 3), pixels(E::Be, 6)]
+        .concat();
     let bytes = file(EXPLICIT_BE, &ds);
     let layout = scan_bytes(&bytes).unwrap();
     let end = bytes.len() as u64;
-    assert_eq!(
-        layout.pixel_data,
-        Some(PixelData::Native {
-            offset: end - 6,
-            length: 6
-        })
-    );
+    assert_eq!(layout.pixel_data, Some(PixelData::Native { offset: end - 6, length: 6 }));
     // A big-endian length read as little-endian would be 0x06000000.
     let mut lying = bytes.clone();
     let at = lying.len() - 6 - 4;
@@ -245,32 +205,12 @@ fn big_endian_values_and_pixel_data() {
 
 #[test]
 fn implicit_vr_pixel_data_and_lengths() {
-    let ds = [
-        name(E::Imp),
-        el(E::Imp, Tag(0x0028, 0x0010), b"US", &[0, 2]),
-        pixels(E::Imp, 8),
-    ]
-    .concat();
+    let ds = [name(E::Imp), el(E::Imp, Tag(0x0028, 0x0010), b"US", &[0, 2]), pixels(E::Imp, 8)].concat();
     let bytes = file(IMPLICIT_LE, &ds);
     let layout = scan_bytes(&bytes).unwrap();
-    assert_eq!(
-        layout.pixel_data,
-        Some(PixelData::Native {
-            offset: bytes.len() as u64 - 8,
-            length: 8
-        })
-    );
+    assert_eq!(layout.pixel_data, Some(PixelData::Native { offset: bytes.len() as u64 - 8, length: 8 }));
     // Pixel data whose first bytes look like an item are still pixel data.
-    let ds = [
-        name(E::Imp),
-        el(
-            E::Imp,
-            PIXEL_DATA,
-            b"OW",
-            &[0xFE, 0xFF, 0x00, 0xE0, 1, 2, 3, 4],
-        ),
-    ]
-    .concat();
+    let ds = [name(E::Imp), el(E::Imp, PIXEL_DATA, b"OW", &[0xFE, 0xFF, 0x00, 0xE0, 1, 2, 3, 4])].concat();
     assert!(scan_bytes(&file(IMPLICIT_LE, &ds)).is_ok());
 }
 
@@ -300,14 +240,8 @@ fn encapsulated_pixel_data_are_located() {
             offset: value,
             offset_table: vec![0, 108],
             fragments: vec![
-                Fragment {
-                    offset: value + 16 + 8,
-                    length: 100
-                },
-                Fragment {
-                    offset: value + 16 + 108 + 8,
-                    length: 50
-                },
+                Fragment { offset: value + 16 + 8, length: 100 },
+                Fragment { offset: value + 16 + 108 + 8, length: 50 },
             ],
         })
     );
@@ -322,11 +256,7 @@ fn encapsulated_pixel_data_are_located() {
     ]
     .concat();
     match scan_bytes(&file(JPEG_BASELINE, &ds)).unwrap().pixel_data {
-        Some(PixelData::Encapsulated {
-            offset_table,
-            fragments,
-            ..
-        }) => {
+        Some(PixelData::Encapsulated { offset_table, fragments, .. }) => {
             assert!(offset_table.is_empty());
             assert_eq!(fragments.len(), 1);
         }
@@ -337,14 +267,8 @@ fn encapsulated_pixel_data_are_located() {
 #[test]
 fn icon_pixel_data_inside_a_sequence_are_checked_not_recorded() {
     // (0088,0200) IconImageSequence with its own encapsulated pixel data.
-    let icon = [
-        head(E::Le, PIXEL_DATA, b"OB", UNDEFINED),
-        item(E::Le, 0),
-        item(E::Le, 2),
-        vec![9, 9],
-        seq_end(E::Le),
-    ]
-    .concat();
+    let icon = [head(E::Le, PIXEL_DATA, b"OB", UNDEFINED), item(E::Le, 0), item(E::Le, 2), vec![9, 9], seq_end(E::Le)]
+        .concat();
     let seq = [
         head(E::Le, Tag(0x0088, 0x0200), b"SQ", UNDEFINED),
         item(E::Le, UNDEFINED),
@@ -353,15 +277,8 @@ fn icon_pixel_data_inside_a_sequence_are_checked_not_recorded() {
         seq_end(E::Le),
     ]
     .concat();
-    let layout = scan_bytes(&file(
-        JPEG_BASELINE,
-        &[seq.clone(), pixels(E::Le, 2)].concat(),
-    ))
-    .unwrap();
-    assert!(matches!(
-        layout.pixel_data,
-        Some(PixelData::Native { length: 2, .. })
-    ));
+    let layout = scan_bytes(&file(JPEG_BASELINE, &[seq.clone(), pixels(E::Le, 2)].concat())).unwrap();
+    assert!(matches!(layout.pixel_data, Some(PixelData::Native { length: 2, .. })));
     // The icon's fragments are bounded like any other.
     let mut bad = seq;
     let at = bad.len() - 8 - 8 - 8 - 2 - 4; // the 2-byte fragment's length
@@ -392,11 +309,7 @@ fn an_item_delimiter_at_the_top_level_is_ignored() {
 
 #[test]
 fn odd_lengths_are_accepted_as_the_parser_accepts_them() {
-    let ds = [
-        el(E::Le, Tag(0x0008, 0x0070), b"LO", b"abc"),
-        pixels(E::Le, 3),
-    ]
-    .concat();
+    let ds = [el(E::Le, Tag(0x0008, 0x0070), b"LO", b"abc"), pixels(E::Le, 3)].concat();
     assert!(scan_bytes(&file(EXPLICIT_LE, &ds)).is_ok());
 }
 
@@ -422,44 +335,24 @@ fn numbers_whose_length_is_not_a_multiple_of_their_size_are_refused() {
 
 #[test]
 fn sequences_65_deep_are_refused() {
-    for (e, ts) in [
-        (E::Le, EXPLICIT_LE),
-        (E::Be, EXPLICIT_BE),
-        (E::Imp, IMPLICIT_LE),
-    ] {
+    for (e, ts) in [(E::Le, EXPLICIT_LE), (E::Be, EXPLICIT_BE), (E::Imp, IMPLICIT_LE)] {
         for bytes in [nested_undefined(e, 65), nested_defined(e, 65)] {
             let (err, message) = expect_message(scan_bytes(&file(ts, &bytes)));
+            assert!(matches!(err, GuardError::TooDeep { limit: 64, tag: REFERENCED_IMAGES, .. }), "{ts}: {message}");
             assert!(
-                matches!(
-                    err,
-                    GuardError::TooDeep {
-                        limit: 64,
-                        tag: REFERENCED_IMAGES,
-                        ..
-                    }
-                ),
-                "{ts}: {message}"
-            );
-            assert!(message.starts_with("the data set nests sequences deeper than 64 levels (sequence (0008,1140) at byte "), "{message}");
-            assert!(
-                message.ends_with("would be level 65); refused rather than parsed"),
+                message
+                    .starts_with("the data set nests sequences deeper than 64 levels (sequence (0008,1140) at byte "),
                 "{message}"
             );
+            assert!(message.ends_with("would be level 65); refused rather than parsed"), "{message}");
         }
     }
 }
 
 #[test]
 fn the_depth_is_the_limits_field() {
-    let limits = Limits {
-        max_depth: 3,
-        ..Limits::default()
-    };
-    assert!(scan_with(
-        &file(EXPLICIT_LE, &nested_undefined(E::Le, 3)),
-        limits.clone()
-    )
-    .is_ok());
+    let limits = Limits { max_depth: 3, ..Limits::default() };
+    assert!(scan_with(&file(EXPLICIT_LE, &nested_undefined(E::Le, 3)), limits.clone()).is_ok());
     let err = scan_with(&file(EXPLICIT_LE, &nested_undefined(E::Le, 4)), limits).unwrap_err();
     assert!(matches!(err, GuardError::TooDeep { limit: 3, .. }), "{err}");
 }
@@ -477,10 +370,7 @@ fn thousands_of_levels_end_quickly_without_recursion() {
     assert!(err.contains("deeper than 64 levels"), "{err}");
     // Even with the limit lifted, the walk is iterative.
     let bytes = file(EXPLICIT_LE, &nested_undefined(E::Le, 100_000));
-    let limits = Limits {
-        max_depth: u32::MAX,
-        ..Limits::default()
-    };
+    let limits = Limits { max_depth: u32::MAX, ..Limits::default() };
     let ok = std::thread::Builder::new()
         .stack_size(64 * 1024)
         .spawn(move || scan_with(&bytes, limits).is_ok())
@@ -498,20 +388,11 @@ fn implicit_vr_sequences_of_defined_length_count_as_sequences() {
     assert!(matches!(err, GuardError::TooDeep { .. }), "{err}");
     // A value that starts with a delimiter instead (a parser that knows
     // the tag is a sequence would read on from there) is refused too.
-    let value = [
-        item_end(E::Imp),
-        item(E::Imp, UNDEFINED),
-        name(E::Imp),
-        item_end(E::Imp),
-    ]
-    .concat();
+    let value = [item_end(E::Imp), item(E::Imp, UNDEFINED), name(E::Imp), item_end(E::Imp)].concat();
     let ds = el(E::Imp, REFERENCED_IMAGES, b"SQ", &value);
     let (err, message) = expect_message(scan_bytes(&file(IMPLICIT_LE, &ds)));
     assert!(matches!(err, GuardError::Invalid { .. }), "{message}");
-    assert!(
-        message.contains("(FFFE,E00D) in sequence (0008,1140)"),
-        "{message}"
-    );
+    assert!(message.contains("(FFFE,E00D) in sequence (0008,1140)"), "{message}");
 }
 
 // --- lengths that lie ----------------------------------------------------
@@ -532,13 +413,12 @@ fn pixel_data_declaring_4_gib_on_a_small_file_are_truncated() {
     let (peak, result) = peak_allocation(|| scan_bytes(&bytes));
     let (err, message) = expect_message(result);
     let at = value + 0xFFFF_FFF0;
-    assert!(
-        matches!(err, GuardError::Truncated { at: a, size: s, .. } if a == at && s == size),
-        "{err:?}"
-    );
+    assert!(matches!(err, GuardError::Truncated { at: a, size: s, .. } if a == at && s == size), "{err:?}");
     assert_eq!(
         message,
-        format!("truncated at byte {at} of {size}: the pixel data (7FE0,0010) at byte {value} declares 4294967280 bytes")
+        format!(
+            "truncated at byte {at} of {size}: the pixel data (7FE0,0010) at byte {value} declares 4294967280 bytes"
+        )
     );
     assert!(peak < 64 * 1024, "allocated {peak} bytes");
 }
@@ -554,10 +434,7 @@ fn a_file_cut_inside_its_pixel_data_is_truncated() {
         "{message}"
     );
     assert!(
-        message.starts_with(&format!(
-            "truncated at byte {expected_at} of {}: the pixel data",
-            cut.len()
-        )),
+        message.starts_with(&format!("truncated at byte {expected_at} of {}: the pixel data", cut.len())),
         "{message}"
     );
 }
@@ -598,10 +475,7 @@ fn lying_lengths_at_each_level_are_caught() {
     let bytes = file(EXPLICIT_LE, &[two, pixels(E::Le, 100)].concat());
     let (err, message) = expect_message(scan_bytes(&bytes));
     assert!(matches!(err, GuardError::Invalid { .. }), "{message}");
-    assert!(
-        message.contains("past the end of the enclosing sequence"),
-        "{message}"
-    );
+    assert!(message.contains("past the end of the enclosing sequence"), "{message}");
 
     // Level 3: an element longer than its (defined-length) item.
     let mut three = nested_defined(E::Le, 3);
@@ -611,10 +485,7 @@ fn lying_lengths_at_each_level_are_caught() {
     let (err, message) = expect_message(scan_bytes(&bytes));
     assert!(matches!(err, GuardError::Invalid { .. }), "{message}");
     assert!(message.contains("element (0010,0010) at byte"), "{message}");
-    assert!(
-        message.contains("past the end of the enclosing item"),
-        "{message}"
-    );
+    assert!(message.contains("past the end of the enclosing item"), "{message}");
 
     // An item of undefined length in a sequence of undefined length, whose
     // element lies: only the file bounds it.
@@ -630,14 +501,8 @@ fn a_missing_sequence_delimiter_is_truncated() {
     let bytes = nested_undefined(E::Le, 3);
     let cut = file(EXPLICIT_LE, &bytes[..bytes.len() - 8]);
     let (err, message) = expect_message(scan_bytes(&cut));
-    assert!(
-        matches!(err, GuardError::Truncated { at, size, .. } if at == size),
-        "{message}"
-    );
-    assert!(
-        message.contains("sequence (0008,1140) opened at byte"),
-        "{message}"
-    );
+    assert!(matches!(err, GuardError::Truncated { at, size, .. } if at == size), "{message}");
+    assert!(message.contains("sequence (0008,1140) opened at byte"), "{message}");
     let cut = file(EXPLICIT_LE, &bytes[..bytes.len() - 16]);
     let (_, message) = expect_message(scan_bytes(&cut));
     assert!(message.contains("has no item delimiter"), "{message}");
@@ -662,25 +527,16 @@ fn encapsulated_fragments_past_the_end_are_truncated() {
     lying[second..second + 4].copy_from_slice(&0x7FFF_0000u32.to_le_bytes());
     let (err, message) = expect_message(scan_bytes(&file(JPEG_BASELINE, &lying)));
     assert!(matches!(err, GuardError::Truncated { .. }), "{message}");
-    assert!(
-        message.contains("pixel data fragment 2 at byte"),
-        "{message}"
-    );
+    assert!(message.contains("pixel data fragment 2 at byte"), "{message}");
     // The file ends inside the second fragment.
     let cut = &good[..good.len() - 8 - 40];
     let (err, message) = expect_message(scan_bytes(&file(JPEG_BASELINE, cut)));
-    assert!(
-        matches!(err, GuardError::Truncated { size, .. } if size == size_of(cut)),
-        "{message}"
-    );
+    assert!(matches!(err, GuardError::Truncated { size, .. } if size == size_of(cut)), "{message}");
     // The file ends inside a fragment's item header.
     let cut = &good[..12 + 8 + 8 + 100 + 5];
     let (err, message) = expect_message(scan_bytes(&file(JPEG_BASELINE, cut)));
     assert!(matches!(err, GuardError::Truncated { .. }), "{message}");
-    assert!(
-        message.contains("an item header of the encapsulated pixel data"),
-        "{message}"
-    );
+    assert!(message.contains("an item header of the encapsulated pixel data"), "{message}");
     // The file ends after the last fragment, without the delimiter.
     let cut = &good[..good.len() - 8];
     let (err, message) = expect_message(scan_bytes(&file(JPEG_BASELINE, cut)));
@@ -690,33 +546,14 @@ fn encapsulated_fragments_past_the_end_are_truncated() {
 
 #[test]
 fn malformed_encapsulated_pixel_data_are_invalid() {
-    let undefined_fragment = [
-        head(E::Le, PIXEL_DATA, b"OB", UNDEFINED),
-        item(E::Le, 0),
-        item(E::Le, UNDEFINED),
-        seq_end(E::Le),
-    ]
-    .concat();
-    let odd_table = [
-        head(E::Le, PIXEL_DATA, b"OB", UNDEFINED),
-        item(E::Le, 6),
-        vec![0; 6],
-        seq_end(E::Le),
-    ]
-    .concat();
-    let stray = [
-        head(E::Le, PIXEL_DATA, b"OB", UNDEFINED),
-        item(E::Le, 0),
-        name(E::Le),
-    ]
-    .concat();
+    let undefined_fragment =
+        [head(E::Le, PIXEL_DATA, b"OB", UNDEFINED), item(E::Le, 0), item(E::Le, UNDEFINED), seq_end(E::Le)].concat();
+    let odd_table = [head(E::Le, PIXEL_DATA, b"OB", UNDEFINED), item(E::Le, 6), vec![0; 6], seq_end(E::Le)].concat();
+    let stray = [head(E::Le, PIXEL_DATA, b"OB", UNDEFINED), item(E::Le, 0), name(E::Le)].concat();
     for (ds, expected) in [
         (undefined_fragment, "has an undefined length"),
         (odd_table, "not a multiple of 4"),
-        (
-            stray,
-            "where a fragment item (FFFE,E000) or the sequence delimiter was expected",
-        ),
+        (stray, "where a fragment item (FFFE,E000) or the sequence delimiter was expected"),
     ] {
         let (err, message) = expect_message(scan_bytes(&file(JPEG_BASELINE, &ds)));
         assert!(matches!(err, GuardError::Invalid { .. }), "{message}");
@@ -729,10 +566,7 @@ fn undefined_lengths_only_where_the_standard_allows_them() {
     let ds = [head(E::Le, PATIENT_NAME, b"UT", UNDEFINED), name(E::Le)].concat();
     let (err, message) = expect_message(scan_bytes(&file(EXPLICIT_LE, &ds)));
     assert!(matches!(err, GuardError::Invalid { .. }), "{message}");
-    assert!(
-        message.contains("element (0010,0010) has VR UT and an undefined length"),
-        "{message}"
-    );
+    assert!(message.contains("element (0010,0010) has VR UT and an undefined length"), "{message}");
 }
 
 #[test]
@@ -741,29 +575,16 @@ fn delimiters_out_of_place_are_invalid() {
     // defined-length item; a sequence delimiter in a defined-length sequence.
     let stray_seq_end = [name(E::Le), seq_end(E::Le)].concat();
     let inner = [name(E::Le), item_end(E::Le)].concat();
-    let item_end_in_defined = [
-        head(E::Le, REFERENCED_IMAGES, b"SQ", 8 + inner.len() as u32),
-        item(E::Le, inner.len() as u32),
-        inner,
-    ]
-    .concat();
+    let item_end_in_defined =
+        [head(E::Le, REFERENCED_IMAGES, b"SQ", 8 + inner.len() as u32), item(E::Le, inner.len() as u32), inner]
+            .concat();
     let seq_end_in_defined = [head(E::Le, REFERENCED_IMAGES, b"SQ", 8), seq_end(E::Le)].concat();
-    let not_an_item = [
-        head(E::Le, REFERENCED_IMAGES, b"SQ", UNDEFINED),
-        name(E::Le),
-    ]
-    .concat();
+    let not_an_item = [head(E::Le, REFERENCED_IMAGES, b"SQ", UNDEFINED), name(E::Le)].concat();
     for (ds, expected) in [
-        (
-            stray_seq_end,
-            "(FFFE,E0DD) where a data element was expected",
-        ),
+        (stray_seq_end, "(FFFE,E0DD) where a data element was expected"),
         (item_end_in_defined, "inside an item of defined length"),
         (seq_end_in_defined, "which has a defined length"),
-        (
-            not_an_item,
-            "(0010,0010) in sequence (0008,1140) where an item",
-        ),
+        (not_an_item, "(0010,0010) in sequence (0008,1140) where an item"),
     ] {
         let (err, message) = expect_message(scan_bytes(&file(EXPLICIT_LE, &ds)));
         assert!(matches!(err, GuardError::Invalid { .. }), "{message}");
@@ -783,24 +604,14 @@ fn a_million_empty_items_end_quickly() {
     let bytes = file(EXPLICIT_LE, &ds);
     let start = Instant::now();
     let (err, message) = expect_message(scan_bytes(&bytes));
-    assert!(
-        matches!(err, GuardError::TooManyElements { limit: 1_000_000 }),
-        "{message}"
-    );
+    assert!(matches!(err, GuardError::TooManyElements { limit: 1_000_000 }), "{message}");
     assert_eq!(
         message,
         "the data set has more than 1000000 element and item headers; refused rather than walked to the end"
     );
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     // Under the limit it passes.
-    let limits = Limits {
-        max_elements: 2_000_000,
-        ..Limits::default()
-    };
+    let limits = Limits { max_elements: 2_000_000, ..Limits::default() };
     assert!(scan_with(&bytes, limits).is_ok());
 }
 
@@ -812,10 +623,7 @@ fn not_dicom() {
     assert!(matches!(err, GuardError::NotDicom(_)));
     assert_eq!(message, "not a DICOM file: no DICM magic at offset 128");
     let (_, message) = expect_message(scan_bytes(b"hello"));
-    assert_eq!(
-        message,
-        "not a DICOM file: only 5 bytes, too short for a preamble and DICM magic"
-    );
+    assert_eq!(message, "not a DICOM file: only 5 bytes, too short for a preamble and DICM magic");
     let (_, message) = expect_message(scan_bytes(b""));
     assert!(message.contains("only 0 bytes"), "{message}");
 }
@@ -824,20 +632,12 @@ fn not_dicom() {
 fn meta_information_is_bounded() {
     // A meta element declaring more than the file holds (dicom-object
     // allocates (0002,0102) PrivateInformation as declared).
-    let mut bytes = [
-        vec![0u8; 128],
-        b"DICM".to_vec(),
-        el(E::Le, Tag(2, 0), b"UL", &100u32.to_le_bytes()),
-    ]
-    .concat();
+    let mut bytes = [vec![0u8; 128], b"DICM".to_vec(), el(E::Le, Tag(2, 0), b"UL", &100u32.to_le_bytes())].concat();
     bytes.extend(head(E::Le, Tag(2, 0x0102), b"OB", 0xFFFF_FF00));
     bytes.extend([0; 16]);
     let (err, message) = expect_message(scan_bytes(&bytes));
     assert!(matches!(err, GuardError::Truncated { .. }), "{message}");
-    assert!(
-        message.contains("file meta element (0002,0102)"),
-        "{message}"
-    );
+    assert!(message.contains("file meta element (0002,0102)"), "{message}");
     // The group length must come first.
     let bytes = [vec![0u8; 128], b"DICM".to_vec(), name(E::Le)].concat();
     let (err, message) = expect_message(scan_bytes(&bytes));
@@ -845,13 +645,9 @@ fn meta_information_is_bounded() {
     assert!(message.contains("not (0002,0000)"), "{message}");
     // No transfer syntax.
     let body = el(E::Le, Tag(2, 1), b"OB", &[0, 1]);
-    let bytes = [
-        vec![0u8; 128],
-        b"DICM".to_vec(),
-        el(E::Le, Tag(2, 0), b"UL", &(body.len() as u32).to_le_bytes()),
-        body,
-    ]
-    .concat();
+    let bytes =
+        [vec![0u8; 128], b"DICM".to_vec(), el(E::Le, Tag(2, 0), b"UL", &(body.len() as u32).to_le_bytes()), body]
+            .concat();
     let (_, message) = expect_message(scan_bytes(&bytes));
     assert!(message.contains("no TransferSyntaxUID"), "{message}");
     // A group length larger than the file: the walk runs into the end.
@@ -864,15 +660,9 @@ fn meta_information_is_bounded() {
 #[test]
 fn unknown_transfer_syntaxes_are_named() {
     let (err, message) = expect_message(scan_bytes(&file("1.2.3.4.5", &name(E::Le))));
-    assert!(
-        matches!(&err, GuardError::UnsupportedTransferSyntax { uid } if uid == "1.2.3.4.5"),
-        "{message}"
-    );
+    assert!(matches!(&err, GuardError::UnsupportedTransferSyntax { uid } if uid == "1.2.3.4.5"), "{message}");
     let odd = file("1.2.840.10008.1.2.1", &name(E::Le)); // padded with NUL
-    assert_eq!(
-        scan_bytes(&odd).unwrap().transfer_syntax,
-        "1.2.840.10008.1.2.1"
-    );
+    assert_eq!(scan_bytes(&odd).unwrap().transfer_syntax, "1.2.840.10008.1.2.1");
 }
 
 // --- reading discipline --------------------------------------------------
@@ -881,14 +671,8 @@ use ferry_testkit::Counting;
 
 #[test]
 fn pixel_data_are_skipped_not_read() {
-    let bytes = file(
-        EXPLICIT_LE,
-        &[name(E::Le), pixels(E::Le, 10 << 20), name(E::Le)].concat(),
-    );
-    let mut reader = Counting {
-        inner: Cursor::new(&bytes),
-        read: 0,
-    };
+    let bytes = file(EXPLICIT_LE, &[name(E::Le), pixels(E::Le, 10 << 20), name(E::Le)].concat());
+    let mut reader = Counting { inner: Cursor::new(&bytes), read: 0 };
     scan(&mut reader, &Limits::default()).unwrap();
     assert!(reader.read < 512, "read {} bytes", reader.read);
 }
@@ -903,11 +687,7 @@ fn deflate(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn inflate_len(stream: &[u8]) -> u64 {
-    std::io::copy(
-        &mut flate2::read::DeflateDecoder::new(stream),
-        &mut std::io::sink(),
-    )
-    .unwrap()
+    std::io::copy(&mut flate2::read::DeflateDecoder::new(stream), &mut std::io::sink()).unwrap()
 }
 
 #[test]
@@ -915,9 +695,7 @@ fn the_hand_made_bomb_inflates_as_designed() {
     let stream = deflate_bomb(b"abcd", 1000);
     assert_eq!(inflate_len(&stream), 4 + 1 + 258 * 1000);
     let mut out = Vec::new();
-    flate2::read::DeflateDecoder::new(&stream[..])
-        .read_to_end(&mut out)
-        .unwrap();
+    flate2::read::DeflateDecoder::new(&stream[..]).read_to_end(&mut out).unwrap();
     assert_eq!(&out[..4], b"abcd");
     assert!(out[4..].iter().all(|&b| b == 0));
 }
@@ -930,30 +708,17 @@ fn deflated_data_sets_are_walked_inflated() {
     assert!(layout.is_deflated());
     let start = dataset_start(DEFLATED);
     assert_eq!(layout.dataset_start, start);
-    assert_eq!(
-        layout.pixel_data,
-        Some(PixelData::Native {
-            offset: start + ds.len() as u64 - 3000,
-            length: 3000
-        })
-    );
+    assert_eq!(layout.pixel_data, Some(PixelData::Native { offset: start + ds.len() as u64 - 3000, length: 3000 }));
     // Nesting is checked in there too.
     let bytes = [file(DEFLATED, &[]), deflate(&nested_undefined(E::Le, 65))].concat();
-    assert!(matches!(
-        scan_bytes(&bytes),
-        Err(GuardError::TooDeep { .. })
-    ));
+    assert!(matches!(scan_bytes(&bytes), Err(GuardError::TooDeep { .. })));
     // A deflated data set that ends early.
     let cut = deflate(&ds[..ds.len() - 1000]);
     let (err, message) = expect_message(scan_bytes(&[file(DEFLATED, &[]), cut].concat()));
     assert!(matches!(err, GuardError::Truncated { .. }), "{message}");
-    assert!(
-        message.ends_with("(offsets in the inflated data set)"),
-        "{message}"
-    );
+    assert!(message.ends_with("(offsets in the inflated data set)"), "{message}");
     // Garbage instead of a deflate stream.
-    let (err, message) =
-        expect_message(scan_bytes(&[file(DEFLATED, &[]), vec![0xFF; 64]].concat()));
+    let (err, message) = expect_message(scan_bytes(&[file(DEFLATED, &[]), vec![0xFF; 64]].concat()));
     assert!(matches!(err, GuardError::Invalid { .. }), "{message}");
 }
 
@@ -962,29 +727,18 @@ fn a_deflate_bomb_declaring_its_size_is_refused_at_once() {
     // 1 GiB of pixel data, honestly declared, in about a megabyte.
     let gib = 1u64 << 30;
     let matches = (gib - 1).div_ceil(258);
-    let prefix = [
-        name(E::Le),
-        head(E::Le, PIXEL_DATA, b"OB", (1 + 258 * matches) as u32),
-    ]
-    .concat();
+    let prefix = [name(E::Le), head(E::Le, PIXEL_DATA, b"OB", (1 + 258 * matches) as u32)].concat();
     let bytes = [file(DEFLATED, &[]), deflate_bomb(&prefix, matches)].concat();
     assert!(bytes.len() < 1_100_000, "{} bytes", bytes.len());
     let start = Instant::now();
     let (peak, result) = peak_allocation(|| scan_bytes(&bytes));
     let (err, message) = expect_message(result);
-    assert!(
-        matches!(err, GuardError::InflateLimit { limit } if limit == 256 << 20),
-        "{message}"
-    );
+    assert!(matches!(err, GuardError::InflateLimit { limit } if limit == 256 << 20), "{message}");
     assert_eq!(
         message,
         "the deflated data set inflates to more than 256 MiB (268435456 bytes), the limit; refused as a possible deflate bomb"
     );
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
     assert!(peak < 1 << 20, "allocated {peak} bytes");
 }
 
@@ -996,29 +750,15 @@ fn a_deflate_bomb_hiding_its_size_is_cut_off_at_the_limit() {
     // the cap, at 16 MiB.
     let gib = 1u64 << 30;
     let matches = gib / 258;
-    let prefix = [
-        name(E::Le),
-        head(E::Le, Tag(0x0009, 0x1010), b"OB", (15 << 20) as u32),
-    ]
-    .concat();
+    let prefix = [name(E::Le), head(E::Le, Tag(0x0009, 0x1010), b"OB", (15 << 20) as u32)].concat();
     let bytes = [file(DEFLATED, &[]), deflate_bomb(&prefix, matches)].concat();
-    let limits = Limits {
-        max_inflated: 16 << 20,
-        max_elements: u64::MAX,
-        ..Limits::default()
-    };
+    let limits = Limits { max_inflated: 16 << 20, max_elements: u64::MAX, ..Limits::default() };
     let (peak, result) = peak_allocation(|| scan_with(&bytes, limits));
     let (err, message) = expect_message(result);
-    assert!(
-        matches!(err, GuardError::InflateLimit { limit } if limit == 16 << 20),
-        "{message}"
-    );
+    assert!(matches!(err, GuardError::InflateLimit { limit } if limit == 16 << 20), "{message}");
     assert!(peak < 1 << 20, "allocated {peak} bytes");
     // With the default element cap, the zero "elements" stop it first.
-    let limits = Limits {
-        max_inflated: 64 << 20,
-        ..Limits::default()
-    };
+    let limits = Limits { max_inflated: 64 << 20, ..Limits::default() };
     let err = scan_with(&bytes, limits).unwrap_err();
     assert!(matches!(err, GuardError::TooManyElements { .. }), "{err}");
 }

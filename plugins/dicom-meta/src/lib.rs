@@ -57,11 +57,7 @@ pub fn extract_from<R: Read + Seek>(mut reader: R) -> Result<Metadata, ExtractEr
             format!("not a DICOM file: no DICM magic at offset {PREAMBLE}")
         }));
     };
-    let already = if preamble {
-        &head[PREAMBLE..got]
-    } else {
-        &head[..got]
-    };
+    let already = if preamble { &head[PREAMBLE..got] } else { &head[..got] };
     let rest = std::io::Cursor::new(already.to_vec()).chain(reader);
     let obj = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
@@ -172,23 +168,16 @@ pub fn metadata_of(obj: &DefaultDicomObject) -> Metadata {
     }
     text(&mut out, "manufacturer", tags::MANUFACTURER);
     text(&mut out, "model", tags::MANUFACTURER_MODEL_NAME);
-    for (key, tag) in [
-        ("rows", tags::ROWS),
-        ("columns", tags::COLUMNS),
-        ("bits-stored", tags::BITS_STORED),
-    ] {
+    for (key, tag) in [("rows", tags::ROWS), ("columns", tags::COLUMNS), ("bits-stored", tags::BITS_STORED)] {
         if let Some(n) = obj.get(tag).and_then(|e| e.to_int::<i64>().ok()) {
             out.push((key.to_string(), Value::Integer(n)));
         }
     }
     // Intraoral sensors often only give the spacing at the detector.
-    if let Some(spacing) =
-        reals_of(obj, tags::PIXEL_SPACING).or_else(|| reals_of(obj, tags::IMAGER_PIXEL_SPACING))
-    {
+    if let Some(spacing) = reals_of(obj, tags::PIXEL_SPACING).or_else(|| reals_of(obj, tags::IMAGER_PIXEL_SPACING)) {
         out.push(("pixel-spacing".into(), Value::Reals(spacing)));
     }
-    if let Some(l) = text_of(obj, tags::IMAGE_LATERALITY).or_else(|| text_of(obj, tags::LATERALITY))
-    {
+    if let Some(l) = text_of(obj, tags::IMAGE_LATERALITY).or_else(|| text_of(obj, tags::LATERALITY)) {
         out.push(("laterality".into(), Value::Text(l)));
     }
     let codes = anatomy_codes(obj);
@@ -219,10 +208,7 @@ fn reals_of(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
 /// sequences (e.g. ISO 3950 tooth numbers), in file order, deduplicated.
 fn anatomy_codes(obj: &InMemDicomObject) -> Vec<String> {
     let mut codes: Vec<String> = Vec::new();
-    for seq in [
-        tags::ANATOMIC_REGION_SEQUENCE,
-        tags::PRIMARY_ANATOMIC_STRUCTURE_SEQUENCE,
-    ] {
+    for seq in [tags::ANATOMIC_REGION_SEQUENCE, tags::PRIMARY_ANATOMIC_STRUCTURE_SEQUENCE] {
         let Some(items) = obj.get(seq).and_then(|e| e.items()) else {
             continue;
         };
@@ -271,8 +257,7 @@ mod guest {
         }
 
         fn extract(item: Item) -> Result<Metadata, StageError> {
-            let mut reader =
-                FileReader::open(&item.file).context(format_args!("opening {}", item.file.path))?;
+            let mut reader = FileReader::open(&item.file).context(format_args!("opening {}", item.file.path))?;
             let result = extract_from(&mut reader);
             let (fetched, size) = (reader.fetched(), reader.size());
             match (result, reader.take_error()) {
@@ -286,12 +271,8 @@ mod guest {
                 }
                 // The host failed behind the parser's I/O error: keep its kind
                 // (`unavailable` is worth a retry, a bad file is not).
-                (Err(_), Some(host)) => {
-                    Err(host).context(format_args!("reading {}", item.file.path))
-                }
-                (Err(ExtractError::Io(e)), None) => {
-                    Err(permanent(format!("reading {}: {e}", item.file.path)))
-                }
+                (Err(_), Some(host)) => Err(host).context(format_args!("reading {}", item.file.path)),
+                (Err(ExtractError::Io(e)), None) => Err(permanent(format!("reading {}: {e}", item.file.path))),
                 (Err(ExtractError::Content(message)), None) => Err(permanent(message)),
             }
         }

@@ -14,71 +14,31 @@ fn elem(tag: Tag, vr: VR, value: PrimitiveValue) -> dicom_object::mem::InMemElem
 fn code(value: &str) -> InMemDicomObject {
     InMemDicomObject::from_element_iter([
         elem(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(value)),
-        elem(
-            tags::CODING_SCHEME_DESIGNATOR,
-            VR::SH,
-            PrimitiveValue::from("ISO3950"),
-        ),
+        elem(tags::CODING_SCHEME_DESIGNATOR, VR::SH, PrimitiveValue::from("ISO3950")),
     ])
 }
 
 /// A small intraoral X-ray with `pixels` bytes of pixel data.
 fn sample(pixels: usize) -> Vec<u8> {
     let mut obj = InMemDicomObject::from_element_iter([
-        elem(
-            tags::SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.1.3"),
-        ),
-        elem(
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from("1.2.3.4.5"),
-        ),
+        elem(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.1.3")),
+        elem(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.5")),
         elem(tags::STUDY_DATE, VR::DA, PrimitiveValue::from("20240131")),
         elem(tags::MODALITY, VR::CS, PrimitiveValue::from("IO")),
         elem(tags::MANUFACTURER, VR::LO, PrimitiveValue::from("Sirona")),
-        elem(
-            tags::MANUFACTURER_MODEL_NAME,
-            VR::LO,
-            PrimitiveValue::from("XIOS"),
-        ),
+        elem(tags::MANUFACTURER_MODEL_NAME, VR::LO, PrimitiveValue::from("XIOS")),
         elem(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("Doe^Jane")),
         elem(tags::PATIENT_ID, VR::LO, PrimitiveValue::from("17")),
-        elem(
-            tags::PATIENT_BIRTH_DATE,
-            VR::DA,
-            PrimitiveValue::from("19800229"),
-        ),
+        elem(tags::PATIENT_BIRTH_DATE, VR::DA, PrimitiveValue::from("19800229")),
         elem(tags::PATIENT_SEX, VR::CS, PrimitiveValue::from("F")),
-        elem(
-            tags::STUDY_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from("1.2.3"),
-        ),
-        elem(
-            tags::SERIES_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from("1.2.3.4"),
-        ),
+        elem(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3")),
+        elem(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
         elem(tags::IMAGE_LATERALITY, VR::CS, PrimitiveValue::from("R")),
         elem(tags::ROWS, VR::US, PrimitiveValue::from(1000u16)),
-        elem(
-            tags::COLUMNS,
-            VR::US,
-            PrimitiveValue::from((pixels / 2000) as u16),
-        ),
+        elem(tags::COLUMNS, VR::US, PrimitiveValue::from((pixels / 2000) as u16)),
         elem(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
-        elem(
-            tags::IMAGER_PIXEL_SPACING,
-            VR::DS,
-            PrimitiveValue::Strs(["0.0185".into(), "0.0185".into()].into()),
-        ),
-        elem(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U8(vec![7u8; pixels].into()),
-        ),
+        elem(tags::IMAGER_PIXEL_SPACING, VR::DS, PrimitiveValue::Strs(["0.0185".into(), "0.0185".into()].into())),
+        elem(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U8(vec![7u8; pixels].into())),
     ]);
     obj.put(DataElement::new(
         tags::ANATOMIC_REGION_SEQUENCE,
@@ -167,48 +127,27 @@ fn well_known_keys() {
 fn stops_at_pixel_data() {
     let file = sample(2000 * 1000);
     let read = Cell::new(0);
-    extract_from(Counting {
-        inner: Cursor::new(&file[..]),
-        read: &read,
-    })
-    .unwrap();
-    assert!(
-        read.get() < 64 * 1024,
-        "read {} of {} bytes",
-        read.get(),
-        file.len()
-    );
+    extract_from(Counting { inner: Cursor::new(&file[..]), read: &read }).unwrap();
+    assert!(read.get() < 64 * 1024, "read {} of {} bytes", read.get(), file.len());
 }
 
 #[test]
 fn not_dicom() {
     let e = extract_from(Cursor::new(&[0u8; 1000][..])).unwrap_err();
-    assert!(
-        matches!(&e, ExtractError::Content(m) if m == "not a DICOM file: no DICM magic at offset 128"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, ExtractError::Content(m) if m == "not a DICOM file: no DICM magic at offset 128"), "{e:?}");
     let e = extract_from(Cursor::new(&b"hello"[..])).unwrap_err();
-    assert!(
-        matches!(&e, ExtractError::Content(m) if m.contains("too short")),
-        "{e:?}"
-    );
+    assert!(matches!(&e, ExtractError::Content(m) if m.contains("too short")), "{e:?}");
 }
 
 #[test]
 fn truncated_and_garbage() {
     let file = sample(2000);
     let e = extract_from(Cursor::new(&file[..200])).unwrap_err();
-    assert!(
-        matches!(&e, ExtractError::Content(m) if m.starts_with("corrupt DICOM file: ")),
-        "{e:?}"
-    );
+    assert!(matches!(&e, ExtractError::Content(m) if m.starts_with("corrupt DICOM file: ")), "{e:?}");
     let mut bad = file[..132].to_vec();
     bad.extend_from_slice(&[0xff; 300]);
     let e = extract_from(Cursor::new(&bad[..])).unwrap_err();
-    assert!(
-        matches!(&e, ExtractError::Content(m) if m.starts_with("corrupt DICOM file: ")),
-        "{e:?}"
-    );
+    assert!(matches!(&e, ExtractError::Content(m) if m.starts_with("corrupt DICOM file: ")), "{e:?}");
 }
 
 #[test]
@@ -241,9 +180,7 @@ fn with_raw(pixels: usize, raw: &[u8]) -> Vec<u8> {
 fn nested_raw(depth: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for _ in 0..depth {
-        out.extend([
-            0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
-        ]);
+        out.extend([0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
         out.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
     }
     for _ in 0..depth {
@@ -269,10 +206,7 @@ fn nested_object(depth: usize) -> InMemDicomObject {
 fn content(e: ExtractError) -> String {
     match e {
         ExtractError::Content(m) => {
-            assert!(
-                !m.contains("Doe") && !m.contains("Jane"),
-                "patient data in {m}"
-            );
+            assert!(!m.contains("Doe") && !m.contains("Jane"), "patient data in {m}");
             m
         }
         ExtractError::Io(e) => panic!("expected a content error, got I/O: {e}"),
@@ -304,11 +238,7 @@ fn pixel_data_declaring_4_gib_are_truncated() {
     file[len_at..len_at + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
     let message = content(extract_from(Cursor::new(&file[..])).unwrap_err());
     let value = file.len() as u64 - 2000;
-    let expected = format!(
-        "truncated at byte {} of {}: the pixel data",
-        value + 0xFFFF_FFF0,
-        file.len()
-    );
+    let expected = format!("truncated at byte {} of {}: the pixel data", value + 0xFFFF_FFF0, file.len());
     assert!(message.contains(&expected), "{message}");
     assert!(message.contains("declares 4294967280 bytes"), "{message}");
 }
@@ -329,10 +259,11 @@ fn sequences_nested_64_deep_are_read() {
 
 #[test]
 fn sequences_nested_65_deep_are_refused() {
-    let message =
-        content(extract_from(Cursor::new(&with_raw(2000, &nested_raw(65))[..])).unwrap_err());
+    let message = content(extract_from(Cursor::new(&with_raw(2000, &nested_raw(65))[..])).unwrap_err());
     assert!(
-        message.starts_with("corrupt DICOM file: the data set nests sequences deeper than 64 levels (sequence (0008,1140) at byte "),
+        message.starts_with(
+            "corrupt DICOM file: the data set nests sequences deeper than 64 levels (sequence (0008,1140) at byte "
+        ),
         "{message}"
     );
     assert!(extract_from(Cursor::new(&with_raw(2000, &nested_raw(64))[..])).is_ok());
@@ -349,10 +280,7 @@ fn thousands_of_nested_sequences_fail_without_recursing() {
         .unwrap()
         .join()
         .expect("no stack overflow");
-    assert!(
-        message.contains("nests sequences deeper than 64 levels"),
-        "{message}"
-    );
+    assert!(message.contains("nests sequences deeper than 64 levels"), "{message}");
 }
 
 #[test]
@@ -362,12 +290,6 @@ fn lying_lengths_inside_sequences_are_refused() {
     raw.extend([0xFE, 0xFF, 0x00, 0xE0, 100, 0, 0, 0]);
     raw.extend([0u8; 12]);
     let message = content(extract_from(Cursor::new(&with_raw(2000, &raw)[..])).unwrap_err());
-    assert!(
-        message.starts_with("corrupt DICOM file: invalid DICOM structure at byte "),
-        "{message}"
-    );
-    assert!(
-        message.contains("an item of sequence (0008,1140)"),
-        "{message}"
-    );
+    assert!(message.starts_with("corrupt DICOM file: invalid DICOM structure at byte "), "{message}");
+    assert!(message.contains("an item of sequence (0008,1140)"), "{message}");
 }

@@ -30,9 +30,7 @@ const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// JPEG baseline, extended, lossless and lossless SV1 (and the retired
 /// processes the registry may know).
 fn is_jpeg(uid: &str) -> bool {
-    uid.strip_prefix("1.2.840.10008.1.2.4.")
-        .and_then(|n| n.parse::<u32>().ok())
-        .is_some_and(|n| (50..=70).contains(&n))
+    uid.strip_prefix("1.2.840.10008.1.2.4.").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| (50..=70).contains(&n))
 }
 
 /// What the header says about one frame.
@@ -54,10 +52,9 @@ pub(crate) struct FrameSpec {
 fn attr_u16(obj: &DefaultDicomObject, tag: Tag, name: &str) -> Result<Option<u16>, RenderError> {
     match obj.get(tag) {
         None => Ok(None),
-        Some(e) => e
-            .to_int::<u16>()
-            .map(Some)
-            .map_err(|_| RenderError::Malformed(format!("{name} is not a valid number"))),
+        Some(e) => {
+            e.to_int::<u16>().map(Some).map_err(|_| RenderError::Malformed(format!("{name} is not a valid number")))
+        }
     }
 }
 
@@ -81,17 +78,12 @@ fn mib(n: u64) -> String {
 
 /// Checks what can be checked before any pixel data are read: transfer
 /// syntax, photometric interpretation, sample format, size and budget.
-pub(crate) fn check_header(
-    obj: &DefaultDicomObject,
-    limits: &RenderLimits,
-) -> Result<FrameSpec, RenderError> {
+pub(crate) fn check_header(obj: &DefaultDicomObject, limits: &RenderLimits) -> Result<FrameSpec, RenderError> {
     let ts = transfer_syntax(obj)?;
 
     // An object without an image matrix is not an image at all.
-    let (Some(rows), Some(cols)) = (
-        attr_u16(obj, tags::ROWS, "Rows")?,
-        attr_u16(obj, tags::COLUMNS, "Columns")?,
-    ) else {
+    let (Some(rows), Some(cols)) = (attr_u16(obj, tags::ROWS, "Rows")?, attr_u16(obj, tags::COLUMNS, "Columns")?)
+    else {
         return Err(RenderError::NoPixelData);
     };
     if rows == 0 || cols == 0 {
@@ -126,14 +118,10 @@ pub(crate) fn check_header(
     };
     let expected_samples = if colour { 3 } else { 1 };
     if samples != expected_samples {
-        return Err(RenderError::UnsupportedPixelFormat(format!(
-            "{samples} samples per pixel for {pi}"
-        )));
+        return Err(RenderError::UnsupportedPixelFormat(format!("{samples} samples per pixel for {pi}")));
     }
     if !matches!(allocated, 8 | 16) || (colour && allocated != 8) {
-        return Err(RenderError::UnsupportedPixelFormat(format!(
-            "{allocated} bits allocated per sample for {pi}"
-        )));
+        return Err(RenderError::UnsupportedPixelFormat(format!("{allocated} bits allocated per sample for {pi}")));
     }
     if stored == 0 || stored > allocated {
         return Err(malformed("BitsStored is out of range"));
@@ -147,11 +135,8 @@ pub(crate) fn check_header(
             mib(limits.max_frame_bytes)
         )));
     }
-    let frames = obj
-        .get(tags::NUMBER_OF_FRAMES)
-        .and_then(|e| e.to_int::<i64>().ok())
-        .filter(|&n| n >= 1)
-        .unwrap_or(1) as u64;
+    let frames =
+        obj.get(tags::NUMBER_OF_FRAMES).and_then(|e| e.to_int::<i64>().ok()).filter(|&n| n >= 1).unwrap_or(1) as u64;
     Ok(FrameSpec {
         rows,
         cols,
@@ -185,9 +170,7 @@ pub(crate) fn load_first_frame<R: Read + Seek>(
                 )));
             }
             if *length < spec.bytes {
-                return Err(malformed(
-                    "the pixel data is shorter than Rows × Columns declare",
-                ));
+                return Err(malformed("the pixel data is shorter than Rows × Columns declare"));
             }
             let mut bytes = read_native(reader, layout, *offset, spec.bytes)?;
             if spec.ts_uid == EXPLICIT_VR_BE && spec.allocated == 16 {
@@ -196,11 +179,7 @@ pub(crate) fn load_first_frame<R: Read + Seek>(
             put_native(obj, bytes, spec);
             Ok(())
         }
-        Some(PixelData::Encapsulated {
-            offset_table,
-            fragments,
-            ..
-        }) => {
+        Some(PixelData::Encapsulated { offset_table, fragments, .. }) => {
             if !spec.encapsulated {
                 return Err(RenderError::Malformed(format!(
                     "the pixel data are encapsulated, but {} does not encapsulate them",
@@ -212,9 +191,7 @@ pub(crate) fn load_first_frame<R: Read + Seek>(
                 ENCAPSULATED_UNCOMPRESSED => {
                     let mut bytes = frame.concat();
                     if (bytes.len() as u64) < spec.bytes {
-                        return Err(malformed(
-                            "the pixel data is shorter than Rows × Columns declare",
-                        ));
+                        return Err(malformed("the pixel data is shorter than Rows × Columns declare"));
                     }
                     bytes.truncate(spec.bytes as usize);
                     put_native(obj, bytes, spec);
@@ -241,12 +218,7 @@ pub(crate) fn load_first_frame<R: Read + Seek>(
 
 /// `len` bytes of native pixel data at `offset` (for a deflated data set:
 /// inflated from `dataset_start`, the guard having bounded the distance).
-fn read_native<R: Read + Seek>(
-    reader: &mut R,
-    layout: &Layout,
-    offset: u64,
-    len: u64,
-) -> Result<Vec<u8>, RenderError> {
+fn read_native<R: Read + Seek>(reader: &mut R, layout: &Layout, offset: u64, len: u64) -> Result<Vec<u8>, RenderError> {
     let mut out = vec![0u8; len as usize];
     let result = if layout.is_deflated() {
         reader.seek(SeekFrom::Start(layout.dataset_start))?;
@@ -280,30 +252,14 @@ fn ended_early(e: io::Error) -> RenderError {
 
 fn put_native(obj: &mut DefaultDicomObject, bytes: Vec<u8>, spec: &FrameSpec) {
     let vr = if spec.allocated == 8 { VR::OB } else { VR::OW };
-    obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        vr,
-        PrimitiveValue::U8(bytes.into()),
-    ));
-    obj.put(DataElement::new(
-        tags::NUMBER_OF_FRAMES,
-        VR::IS,
-        PrimitiveValue::from("1"),
-    ));
+    obj.put(DataElement::new(tags::PIXEL_DATA, vr, PrimitiveValue::U8(bytes.into())));
+    obj.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("1")));
     obj.update_meta(|meta| meta.transfer_syntax = EXPLICIT_VR_LE.to_string());
 }
 
 fn put_fragments(obj: &mut DefaultDicomObject, fragments: Vec<Vec<u8>>) {
-    obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        PixelFragmentSequence::new(Vec::<u32>::new(), fragments),
-    ));
-    obj.put(DataElement::new(
-        tags::NUMBER_OF_FRAMES,
-        VR::IS,
-        PrimitiveValue::from("1"),
-    ));
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PixelFragmentSequence::new(Vec::<u32>::new(), fragments)));
+    obj.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("1")));
 }
 
 /// Which fragments hold the first frame, read. In order of preference: all
@@ -329,17 +285,10 @@ fn first_frame_fragments<R: Read + Seek>(
         let base = first.offset - 8;
         let (from, to) = (u64::from(offset_table[0]), u64::from(offset_table[1]));
         let start = fragments.iter().position(|f| f.offset - 8 - base >= from);
-        let end = fragments
-            .iter()
-            .position(|f| f.offset - 8 - base >= to)
-            .unwrap_or(fragments.len());
+        let end = fragments.iter().position(|f| f.offset - 8 - base >= to).unwrap_or(fragments.len());
         match start {
             Some(start) if start < end => &fragments[start..end],
-            _ => {
-                return Err(malformed(
-                    "the basic offset table points at no fragment for the first frame",
-                ))
-            }
+            _ => return Err(malformed("the basic offset table points at no fragment for the first frame")),
         }
     } else if is_jpeg(&spec.ts_uid) {
         return jpeg_fragments_until_eoi(reader, fragments, limits);
@@ -393,9 +342,7 @@ fn jpeg_fragments_until_eoi<R: Read + Seek>(
             return Ok(out);
         }
     }
-    Err(malformed(
-        "no JPEG end-of-image marker ends the first frame (and there is no basic offset table)",
-    ))
+    Err(malformed("no JPEG end-of-image marker ends the first frame (and there is no basic offset table)"))
 }
 
 /// Inflates a Deflated Image Frame Compression frame, refusing to produce
@@ -407,12 +354,10 @@ fn inflate_frame(deflated: &[u8], bytes: u64) -> Result<Vec<u8>, RenderError> {
         .read_to_end(&mut out)
         .map_err(|_| malformed("the deflated frame is corrupt"))?;
     match (out.len() as u64).cmp(&bytes) {
-        std::cmp::Ordering::Greater => Err(malformed(
-            "the deflated frame inflates to more than Rows × Columns declare",
-        )),
-        std::cmp::Ordering::Less => Err(malformed(
-            "the deflated frame is shorter than Rows × Columns declare",
-        )),
+        std::cmp::Ordering::Greater => {
+            Err(malformed("the deflated frame inflates to more than Rows × Columns declare"))
+        }
+        std::cmp::Ordering::Less => Err(malformed("the deflated frame is shorter than Rows × Columns declare")),
         std::cmp::Ordering::Equal => Ok(out),
     }
 }
@@ -441,12 +386,7 @@ pub(crate) fn jpeg_frame_header(data: &[u8]) -> Option<(u8, u16, u16, u8)> {
         match marker {
             0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
                 let p = data.get(i + 2..i + 8)?;
-                return Some((
-                    p[0],
-                    u16::from_be_bytes([p[1], p[2]]),
-                    u16::from_be_bytes([p[3], p[4]]),
-                    p[5],
-                ));
+                return Some((p[0], u16::from_be_bytes([p[1], p[2]]), u16::from_be_bytes([p[3], p[4]]), p[5]));
             }
             0xDA | 0xD9 => return None, // a scan (or the end) before any frame header
             _ => i += len,
@@ -467,9 +407,7 @@ fn check_jpeg(frame: &[Vec<u8>], spec: &FrameSpec) -> Result<(), RenderError> {
         }
     }
     let Some((precision, height, width, components)) = jpeg_frame_header(&head) else {
-        return Err(malformed(
-            "the first frame is not a JPEG stream with a frame header",
-        ));
+        return Err(malformed("the first frame is not a JPEG stream with a frame header"));
     };
     let sample_bytes = if precision > 8 { 2 } else { 1 };
     if height != spec.rows
@@ -489,31 +427,15 @@ fn check_jpeg(frame: &[Vec<u8>], spec: &FrameSpec) -> Result<(), RenderError> {
 /// The registry's RLE decoder slices the fragment by the segment table and
 /// indexes each decoded segment by pixel: check both before it runs.
 fn check_rle(fragment: &[u8], spec: &FrameSpec) -> Result<(), RenderError> {
-    let bad = |what: String| {
-        Err(RenderError::Malformed(format!(
-            "the RLE data are invalid: {what}"
-        )))
-    };
+    let bad = |what: String| Err(RenderError::Malformed(format!("the RLE data are invalid: {what}")));
     if fragment.len() < 64 {
-        return bad(format!(
-            "{} bytes, shorter than the 64-byte RLE header",
-            fragment.len()
-        ));
+        return bad(format!("{} bytes, shorter than the 64-byte RLE header", fragment.len()));
     }
-    let word = |i: usize| {
-        u32::from_le_bytes([
-            fragment[i],
-            fragment[i + 1],
-            fragment[i + 2],
-            fragment[i + 3],
-        ])
-    };
+    let word = |i: usize| u32::from_le_bytes([fragment[i], fragment[i + 1], fragment[i + 2], fragment[i + 3]]);
     let segments = word(0) as usize;
     let needed = usize::from(spec.samples) * usize::from(spec.allocated / 8);
     if segments < needed || segments > 15 {
-        return bad(format!(
-            "{segments} segments, where the header needs {needed}"
-        ));
+        return bad(format!("{segments} segments, where the header needs {needed}"));
     }
     let mut offsets: Vec<usize> = (0..segments).map(|s| word(4 + 4 * s) as usize).collect();
     offsets.push(fragment.len());
@@ -524,16 +446,10 @@ fn check_rle(fragment: &[u8], spec: &FrameSpec) -> Result<(), RenderError> {
     for s in 0..needed {
         let decoded = packbits_len(&fragment[offsets[s]..offsets[s + 1]], 2 * pixels + 16);
         if decoded < pixels {
-            return bad(format!(
-                "segment {} decodes to {decoded} bytes for {pixels} pixels",
-                s + 1
-            ));
+            return bad(format!("segment {} decodes to {decoded} bytes for {pixels} pixels", s + 1));
         }
         if decoded > 2 * pixels + 16 {
-            return bad(format!(
-                "segment {} decodes to more than twice its {pixels} pixels",
-                s + 1
-            ));
+            return bad(format!("segment {} decodes to more than twice its {pixels} pixels", s + 1));
         }
     }
     Ok(())

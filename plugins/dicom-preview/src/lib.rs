@@ -89,11 +89,7 @@ pub struct RenderLimits {
 
 impl Default for RenderLimits {
     fn default() -> Self {
-        RenderLimits {
-            max_frame_pixels: 8192 * 8192,
-            max_frame_bytes: 64 << 20,
-            guard: dicom_guard::Limits::default(),
-        }
+        RenderLimits { max_frame_pixels: 8192 * 8192, max_frame_bytes: 64 << 20, guard: dicom_guard::Limits::default() }
     }
 }
 
@@ -114,28 +110,18 @@ impl RenderLimits {
     /// The limits a stage's `config` JSON sets (missing keys: defaults).
     /// The error names the key and its bounds.
     pub fn from_config(json: &str) -> Result<RenderLimits, String> {
-        let config: Config = ferry_plugin_sdk::serde_json::from_str(json)
-            .map_err(|e| format!("invalid [config]: {e}"))?;
+        let config: Config =
+            ferry_plugin_sdk::serde_json::from_str(json).map_err(|e| format!("invalid [config]: {e}"))?;
         let mut limits = RenderLimits::default();
         let bounded = |key: &str, value: Option<u64>, default: u64, max: u64| match value {
             None => Ok(default),
             Some(v) if (1..=max).contains(&v) => Ok(v),
-            Some(v) => Err(format!(
-                "invalid [config]: {key} = {v} is out of range; it must be between 1 and {max}"
-            )),
+            Some(v) => Err(format!("invalid [config]: {key} = {v} is out of range; it must be between 1 and {max}")),
         };
-        limits.max_frame_pixels = bounded(
-            "max_frame_pixels",
-            config.max_frame_pixels,
-            limits.max_frame_pixels,
-            MAX_FRAME_PIXELS_BOUND,
-        )?;
-        limits.max_frame_bytes = bounded(
-            "max_frame_bytes",
-            config.max_frame_bytes,
-            limits.max_frame_bytes,
-            MAX_FRAME_BYTES_BOUND,
-        )?;
+        limits.max_frame_pixels =
+            bounded("max_frame_pixels", config.max_frame_pixels, limits.max_frame_pixels, MAX_FRAME_PIXELS_BOUND)?;
+        limits.max_frame_bytes =
+            bounded("max_frame_bytes", config.max_frame_bytes, limits.max_frame_bytes, MAX_FRAME_BYTES_BOUND)?;
         Ok(limits)
     }
 }
@@ -218,10 +204,7 @@ impl From<GuardError> for RenderError {
         match e {
             GuardError::NotDicom(why) => RenderError::NotDicom(why),
             GuardError::UnsupportedTransferSyntax { uid } => {
-                RenderError::UnsupportedTransferSyntax {
-                    uid,
-                    name: "unknown".to_string(),
-                }
+                RenderError::UnsupportedTransferSyntax { uid, name: "unknown".to_string() }
             }
             GuardError::Io { source, .. } => RenderError::Io(source),
             e @ (GuardError::TooManyElements { .. } | GuardError::InflateLimit { .. }) => {
@@ -239,36 +222,23 @@ pub(crate) fn malformed(what: &str) -> RenderError {
 /// Renders the first frame of the DICOM file behind `reader` as an 8-bit
 /// grayscale PNG that fits in `max_size` × `max_size` (`Some(0)` counts as
 /// 1; never enlarged; `None`: full size).
-pub fn render<R: Read + Seek>(
-    reader: R,
-    max_size: Option<u32>,
-    limits: &RenderLimits,
-) -> Result<Picture, RenderError> {
+pub fn render<R: Read + Seek>(reader: R, max_size: Option<u32>, limits: &RenderLimits) -> Result<Picture, RenderError> {
     let image = render_gray(reader, limits)?;
     let image = match max_size {
         Some(max) => fit(image, max.max(1)),
         None => image,
     };
     let png = encode_png(&image)?;
-    Ok(Picture {
-        width: image.width,
-        height: image.height,
-        png,
-    })
+    Ok(Picture { width: image.width, height: image.height, png })
 }
 
 /// Scans, checks, reads and decodes the first frame into 8-bit gray.
-pub(crate) fn render_gray<R: Read + Seek>(
-    mut reader: R,
-    limits: &RenderLimits,
-) -> Result<Gray, RenderError> {
+pub(crate) fn render_gray<R: Read + Seek>(mut reader: R, limits: &RenderLimits) -> Result<Gray, RenderError> {
     let layout = dicom_guard::scan(&mut reader, &limits.guard)?;
     let mut header = open_header(&mut reader)?;
     let spec = frame::check_header(&header, limits)?;
     frame::load_first_frame(&mut reader, &layout, &spec, limits, &mut header)?;
-    let decoded = header
-        .decode_pixel_data_frame(0)
-        .map_err(|_| malformed("the pixel data could not be decoded"))?;
+    let decoded = header.decode_pixel_data_frame(0).map_err(|_| malformed("the pixel data could not be decoded"))?;
     to_gray(&decoded)
 }
 
@@ -278,11 +248,7 @@ fn open_header<R: Read + Seek>(reader: &mut R) -> Result<DefaultDicomObject, Ren
     let mut head = [0u8; 132];
     reader.seek(SeekFrom::Start(0))?;
     let got = read_full(reader, &mut head)?;
-    let magic = if got == head.len() && &head[128..] == b"DICM" {
-        128
-    } else {
-        0
-    };
+    let magic = if got == head.len() && &head[128..] == b"DICM" { 128 } else { 0 };
     reader.seek(SeekFrom::Start(magic))?;
     OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
@@ -317,24 +283,16 @@ fn read_error(e: ReadError) -> RenderError {
                 RenderError::Io(source)
             }
         }
-        ReadError::ParseMetaDataSet {
-            source: Meta::NotDicom { .. } | Meta::ReadMagicCode { .. },
-        } => RenderError::NotDicom("no DICM magic".to_string()),
-        ReadError::ParseMetaDataSet { .. } => {
-            malformed("the file meta information could not be parsed")
+        ReadError::ParseMetaDataSet { source: Meta::NotDicom { .. } | Meta::ReadMagicCode { .. } } => {
+            RenderError::NotDicom("no DICM magic".to_string())
         }
+        ReadError::ParseMetaDataSet { .. } => malformed("the file meta information could not be parsed"),
         ReadError::ReadUnrecognizedTransferSyntax { uid, .. } => {
-            RenderError::UnsupportedTransferSyntax {
-                uid: printable(&uid, 64),
-                name: "unknown".to_string(),
-            }
+            RenderError::UnsupportedTransferSyntax { uid: printable(&uid, 64), name: "unknown".to_string() }
         }
         ReadError::ReadUnsupportedTransferSyntax { uid, name, .. }
         | ReadError::ReadUnsupportedTransferSyntaxWithSuggestion { uid, name, .. } => {
-            RenderError::UnsupportedTransferSyntax {
-                uid: uid.to_string(),
-                name: name.to_string(),
-            }
+            RenderError::UnsupportedTransferSyntax { uid: uid.to_string(), name: name.to_string() }
         }
         _ => malformed("the data set could not be parsed (truncated or invalid element)"),
     }
@@ -346,33 +304,19 @@ pub(crate) fn printable(s: &str, max: usize) -> String {
     s.trim_matches(|c: char| c.is_whitespace() || c == '\0')
         .chars()
         .take(max)
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
         .collect()
 }
 
 /// The registry's entry for the header's transfer syntax, or why not.
-pub(crate) fn transfer_syntax(
-    obj: &DefaultDicomObject,
-) -> Result<&'static TransferSyntax, RenderError> {
+pub(crate) fn transfer_syntax(obj: &DefaultDicomObject) -> Result<&'static TransferSyntax, RenderError> {
     let uid = obj.meta().transfer_syntax();
-    let ts =
-        TransferSyntaxRegistry
-            .get(uid)
-            .ok_or_else(|| RenderError::UnsupportedTransferSyntax {
-                uid: printable(uid, 64),
-                name: "unknown".to_string(),
-            })?;
+    let ts = TransferSyntaxRegistry.get(uid).ok_or_else(|| RenderError::UnsupportedTransferSyntax {
+        uid: printable(uid, 64),
+        name: "unknown".to_string(),
+    })?;
     if !ts.can_decode_all() {
-        return Err(RenderError::UnsupportedTransferSyntax {
-            uid: ts.uid().to_string(),
-            name: ts.name().to_string(),
-        });
+        return Err(RenderError::UnsupportedTransferSyntax { uid: ts.uid().to_string(), name: ts.name().to_string() });
     }
     Ok(ts)
 }
@@ -403,12 +347,9 @@ mod guest {
             let mut reader = FileReader::open(&file).context("opening the file to preview")?;
             let result = render(&mut reader, max_size, &limits);
             match (result, reader.take_error()) {
-                (Ok(p), _) => Ok(Picture {
-                    content_type: "image/png".to_string(),
-                    width: p.width,
-                    height: p.height,
-                    body: p.png,
-                }),
+                (Ok(p), _) => {
+                    Ok(Picture { content_type: "image/png".to_string(), width: p.width, height: p.height, body: p.png })
+                }
                 // The host failed behind the decoder's I/O error: keep its
                 // kind (`unavailable` is worth a retry, a bad file is not).
                 (Err(_), Some(host)) => Err(host).context("reading the file to preview"),

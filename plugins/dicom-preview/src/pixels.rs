@@ -8,8 +8,7 @@
 //! two passes over the decoded frame instead of through a copy of every
 //! sample's table index, which saves two bytes per pixel of peak memory.
 use dicom_pixeldata::{
-    DecodedPixelData, PhotometricInterpretation, PixelRepresentation, PlanarConfiguration,
-    VoiLutFunction,
+    DecodedPixelData, PhotometricInterpretation, PixelRepresentation, PlanarConfiguration, VoiLutFunction,
 };
 
 use crate::{malformed, printable, RenderError};
@@ -39,18 +38,10 @@ pub(crate) fn to_gray(px: &DecodedPixelData<'_>) -> Result<Gray, RenderError> {
                 )));
             }
             if data.len() < 3 * n {
-                return Err(malformed(
-                    "the decoded pixel data are shorter than the image",
-                ));
+                return Err(malformed("the decoded pixel data are shorter than the image"));
             }
             let planar = px.planar_configuration() == PlanarConfiguration::PixelFirst;
-            let sample = |i: usize, c: usize| {
-                f32::from(if planar {
-                    data[c * n + i]
-                } else {
-                    data[3 * i + c]
-                })
-            };
+            let sample = |i: usize, c: usize| f32::from(if planar { data[c * n + i] } else { data[3 * i + c] });
             if *pi == PhotometricInterpretation::YbrFull {
                 // Y is the luma already.
                 (0..n).map(|i| sample(i, 0) as u8).collect()
@@ -63,17 +54,9 @@ pub(crate) fn to_gray(px: &DecodedPixelData<'_>) -> Result<Gray, RenderError> {
                     .collect()
             }
         }
-        pi => {
-            return Err(RenderError::UnsupportedPhotometricInterpretation(
-                printable(pi.as_str(), 16),
-            ))
-        }
+        pi => return Err(RenderError::UnsupportedPhotometricInterpretation(printable(pi.as_str(), 16))),
     };
-    Ok(Gray {
-        width,
-        height,
-        pixels,
-    })
+    Ok(Gray { width, height, pixels })
 }
 
 /// Monochrome samples → rescale → window → (inversion) → 8 bits, through
@@ -83,11 +66,7 @@ fn monochrome(px: &DecodedPixelData<'_>, n: usize, invert: bool) -> Result<Vec<u
     let stored = px.bits_stored().clamp(1, allocated.clamp(1, 16));
     let high_bit = px.high_bit();
     // Samples whose stored bits do not start at bit 0 (rare).
-    let shift = if high_bit + 1 >= stored && high_bit < allocated {
-        high_bit + 1 - stored
-    } else {
-        0
-    };
+    let shift = if high_bit + 1 >= stored && high_bit < allocated { high_bit + 1 - stored } else { 0 };
     let levels = 1usize << stored;
     let mask = (levels - 1) as u32;
     let signed = px.pixel_representation() == PixelRepresentation::Signed;
@@ -100,16 +79,8 @@ fn monochrome(px: &DecodedPixelData<'_>, n: usize, invert: bool) -> Result<Vec<u
     let samples = match allocated {
         8 if data.len() >= n => Samples::Eight(&data[..n]),
         16 if data.len() >= 2 * n => Samples::Sixteen(&data[..2 * n]),
-        8 | 16 => {
-            return Err(malformed(
-                "the decoded pixel data are shorter than the image",
-            ))
-        }
-        bits => {
-            return Err(RenderError::UnsupportedPixelFormat(format!(
-                "{bits} bits allocated per sample"
-            )))
-        }
+        8 | 16 => return Err(malformed("the decoded pixel data are shorter than the image")),
+        bits => return Err(RenderError::UnsupportedPixelFormat(format!("{bits} bits allocated per sample"))),
     };
 
     let rescale = px
@@ -127,10 +98,7 @@ fn monochrome(px: &DecodedPixelData<'_>, n: usize, invert: bool) -> Result<Vec<u
             samples.for_each(|raw| histogram[index(raw)] += 1);
             percentile_window(&histogram, n, &value)
         } else {
-            Voi::Range {
-                lo: value(0).min(value(levels - 1)),
-                hi: value(0).max(value(levels - 1)),
-            }
+            Voi::Range { lo: value(0).min(value(levels - 1)), hi: value(0).max(value(levels - 1)) }
         }
     });
     let lut: Vec<u8> = (0..levels)
@@ -155,9 +123,7 @@ impl Samples<'_> {
     fn for_each(&self, mut f: impl FnMut(u32)) {
         match self {
             Samples::Eight(data) => data.iter().for_each(|&b| f(u32::from(b))),
-            Samples::Sixteen(data) => data
-                .chunks_exact(2)
-                .for_each(|b| f(u32::from(u16::from_ne_bytes([b[0], b[1]])))),
+            Samples::Sixteen(data) => data.chunks_exact(2).for_each(|b| f(u32::from(u16::from_ne_bytes([b[0], b[1]])))),
         }
     }
 }
@@ -200,12 +166,7 @@ fn file_window(px: &DecodedPixelData<'_>) -> Option<Voi> {
     if !center.is_finite() || !width.is_finite() {
         return None;
     }
-    let function = px
-        .voi_lut_function()
-        .ok()
-        .flatten()
-        .and_then(|f| f.first().copied())
-        .unwrap_or_default();
+    let function = px.voi_lut_function().ok().flatten().and_then(|f| f.first().copied()).unwrap_or_default();
     match function {
         VoiLutFunction::Linear if width >= 1.0 => Some(Voi::Linear { center, width }),
         VoiLutFunction::LinearExact if width > 0.0 => Some(Voi::LinearExact { center, width }),
@@ -239,10 +200,7 @@ fn percentile_window(histogram: &[u32], n: usize, value: &dyn Fn(usize) -> f64) 
     let (lo, hi) = (a.min(b), a.max(b));
     if hi <= lo {
         // A flat image: mid-gray rather than a division by zero.
-        Voi::Range {
-            lo: lo - 0.5,
-            hi: lo + 0.5,
-        }
+        Voi::Range { lo: lo - 0.5, hi: lo + 0.5 }
     } else {
         Voi::Range { lo, hi }
     }
@@ -294,11 +252,7 @@ pub(crate) fn resize(image: &Gray, width: u32, height: u32) -> Gray {
     let mut tmp = vec![0f32; sh * dw];
     for (src_row, out_row) in image.pixels.chunks_exact(sw).zip(tmp.chunks_exact_mut(dw)) {
         for (out, (start, weights)) in out_row.iter_mut().zip(&horizontal) {
-            *out = weights
-                .iter()
-                .zip(&src_row[*start..])
-                .map(|(w, &p)| w * f32::from(p))
-                .sum();
+            *out = weights.iter().zip(&src_row[*start..]).map(|(w, &p)| w * f32::from(p)).sum();
         }
     }
     let vertical = taps(image.height, height);
@@ -314,11 +268,7 @@ pub(crate) fn resize(image: &Gray, width: u32, height: u32) -> Gray {
         }
         pixels.extend(acc.iter().map(|a| a.round().clamp(0.0, 255.0) as u8));
     }
-    Gray {
-        width,
-        height,
-        pixels,
-    }
+    Gray { width, height, pixels }
 }
 
 /// Grayscale, 8 bits, fast deflate.

@@ -32,11 +32,7 @@ fn set(obj: &mut DefaultDicomObject, tag: Tag, vr: VR, value: impl Into<Primitiv
 }
 
 fn set_pixels_u16(obj: &mut DefaultDicomObject, values: Vec<u16>) {
-    obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OW,
-        PrimitiveValue::U16(values.into()),
-    ));
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(values.into())));
 }
 
 struct Decoded {
@@ -53,13 +49,7 @@ fn decode(bytes: &[u8]) -> Decoded {
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
     buf.truncate(info.buffer_size());
-    Decoded {
-        width: info.width,
-        height: info.height,
-        color: info.color_type,
-        depth: info.bit_depth,
-        pixels: buf,
-    }
+    Decoded { width: info.width, height: info.height, color: info.color_type, depth: info.bit_depth, pixels: buf }
 }
 
 fn distinct(pixels: &[u8]) -> usize {
@@ -78,10 +68,7 @@ fn assert_close(a: &[u8], b: &[u8], tolerance: u8) {
 /// The error's message, checked for patient data.
 fn message(e: &RenderError) -> String {
     let m = e.to_string();
-    assert!(
-        !m.contains(PATIENT_NAME) && !m.contains("Erika"),
-        "patient data in {m}"
-    );
+    assert!(!m.contains(PATIENT_NAME) && !m.contains("Erika"), "patient data in {m}");
     m
 }
 
@@ -147,9 +134,7 @@ fn without_a_window_percentiles_ignore_burned_in_markers() {
     let dcm = variant(&src, |obj| {
         obj.remove_element(tags::WINDOW_CENTER);
         obj.remove_element(tags::WINDOW_WIDTH);
-        let mut values: Vec<u16> = (0..200 * 300_u32)
-            .map(|i| (1000 + (i % 300) * 400 / 299) as u16)
-            .collect();
+        let mut values: Vec<u16> = (0..200 * 300_u32).map(|i| (1000 + (i % 300) * 400 / 299) as u16).collect();
         values[..20].fill(4095);
         values[20..40].fill(0);
         set_pixels_u16(obj, values);
@@ -164,9 +149,7 @@ fn without_a_window_percentiles_ignore_burned_in_markers() {
 #[test]
 fn monochrome1_is_inverted() {
     let src = generate(Kind::IntraOral, Some((60, 80)));
-    let m1 = variant(&src, |obj| {
-        set(obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME1")
-    });
+    let m1 = variant(&src, |obj| set(obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME1"));
     let normal = gray(&src).unwrap();
     let inverted = gray(&m1).unwrap();
     let flipped: Vec<u8> = normal.pixels.iter().map(|p| 255 - p).collect();
@@ -181,11 +164,7 @@ fn rescale_is_applied_before_the_window() {
         set(obj, tags::RESCALE_INTERCEPT, VR::DS, "1000");
         set(obj, tags::WINDOW_CENTER, VR::DS, "3048");
     });
-    assert_close(
-        &gray(&shifted).unwrap().pixels,
-        &gray(&src).unwrap().pixels,
-        1,
-    );
+    assert_close(&gray(&shifted).unwrap().pixels, &gray(&src).unwrap().pixels, 1);
     // A window narrowed to the upper half: the darker half goes black.
     let narrow = variant(&src, |obj| {
         set(obj, tags::WINDOW_CENTER, VR::DS, "3072");
@@ -200,9 +179,7 @@ fn rescale_is_applied_before_the_window() {
 fn voi_lut_functions_are_applied() {
     let src = generate(Kind::IntraOral, Some((60, 80)));
     let with = |function: &str| {
-        let dcm = variant(&src, |obj| {
-            set(obj, tags::VOILUT_FUNCTION, VR::CS, function)
-        });
+        let dcm = variant(&src, |obj| set(obj, tags::VOILUT_FUNCTION, VR::CS, function));
         gray(&dcm).unwrap().pixels
     };
     let linear = with("LINEAR");
@@ -212,22 +189,9 @@ fn voi_lut_functions_are_applied() {
     // SIGMOID has the same slope in the middle and never reaches black or
     // white: lighter darks, darker lights.
     let sigmoid = with("SIGMOID");
-    let (dark, light) = (
-        linear.iter().position(|&p| p < 32).unwrap(),
-        linear.iter().position(|&p| p > 224).unwrap(),
-    );
-    assert!(
-        sigmoid[dark] > linear[dark] + 8,
-        "{} vs {}",
-        sigmoid[dark],
-        linear[dark]
-    );
-    assert!(
-        sigmoid[light] + 8 < linear[light],
-        "{} vs {}",
-        sigmoid[light],
-        linear[light]
-    );
+    let (dark, light) = (linear.iter().position(|&p| p < 32).unwrap(), linear.iter().position(|&p| p > 224).unwrap());
+    assert!(sigmoid[dark] > linear[dark] + 8, "{} vs {}", sigmoid[dark], linear[dark]);
+    assert!(sigmoid[light] + 8 < linear[light], "{} vs {}", sigmoid[light], linear[light]);
 }
 
 #[test]
@@ -241,17 +205,10 @@ fn eight_bit_images_without_a_window_use_the_full_range() {
         set(obj, tags::HIGH_BIT, VR::US, 7_u16);
         // 100..=227: a percentile window would stretch it to 0..=255.
         let values: Vec<u8> = (0..256u32).map(|i| (100 + i % 128) as u8).collect();
-        obj.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OB,
-            PrimitiveValue::U8(values.clone().into()),
-        ));
+        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(values.clone().into())));
     });
     let img = gray(&dcm).unwrap();
-    assert_eq!(
-        &img.pixels[..128],
-        &(100..228).map(|v| v as u8).collect::<Vec<_>>()[..]
-    );
+    assert_eq!(&img.pixels[..128], &(100..228).map(|v| v as u8).collect::<Vec<_>>()[..]);
 }
 
 #[test]
@@ -272,21 +229,14 @@ fn signed_samples_are_sign_extended() {
     let img = gray(&dcm).unwrap();
     let row = &img.pixels[..100];
     assert!(row[0] < 10 && row[99] > 245, "{} .. {}", row[0], row[99]);
-    assert!(
-        row.windows(2).all(|w| w[0] <= w[1]),
-        "not monotonic: {row:?}"
-    );
+    assert!(row.windows(2).all(|w| w[0] <= w[1]), "not monotonic: {row:?}");
 }
 
 #[test]
 fn multi_frame_shows_the_first_frame() {
     let src = generate(Kind::IntraOral, Some((40, 50)));
     let dcm = variant(&src, |obj| {
-        let mut values: Vec<u16> = obj
-            .get(tags::PIXEL_DATA)
-            .unwrap()
-            .to_multi_int::<u16>()
-            .unwrap();
+        let mut values: Vec<u16> = obj.get(tags::PIXEL_DATA).unwrap().to_multi_int::<u16>().unwrap();
         values.extend(std::iter::repeat_n(4095, 40 * 50));
         set_pixels_u16(obj, values);
         set(obj, tags::NUMBER_OF_FRAMES, VR::IS, "2");
@@ -307,11 +257,7 @@ fn rgb_is_rendered_as_luma() {
         obj.remove_element(tags::WINDOW_CENTER);
         obj.remove_element(tags::WINDOW_WIDTH);
         let rgb: Vec<u8> = vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255];
-        obj.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OB,
-            PrimitiveValue::U8(rgb.into()),
-        ));
+        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(rgb.into())));
     });
     assert_eq!(gray(&dcm).unwrap().pixels, vec![76, 150, 29, 255]);
 }
@@ -322,9 +268,7 @@ fn jpeg_of(src: &[u8]) -> Vec<u8> {
     variant(src, |obj| {
         obj.remove_element(tags::WINDOW_CENTER);
         obj.remove_element(tags::WINDOW_WIDTH);
-        let ts = TransferSyntaxRegistry
-            .get("1.2.840.10008.1.2.4.50")
-            .unwrap();
+        let ts = TransferSyntaxRegistry.get("1.2.840.10008.1.2.4.50").unwrap();
         obj.transcode(ts).unwrap();
     })
 }
@@ -362,23 +306,10 @@ fn unsupported_transfer_syntax_is_named() {
 #[test]
 fn unsupported_photometric_interpretation_is_named() {
     let src = generate(Kind::IntraOral, None);
-    let dcm = variant(&src, |obj| {
-        set(
-            obj,
-            tags::PHOTOMETRIC_INTERPRETATION,
-            VR::CS,
-            "PALETTE COLOR",
-        )
-    });
+    let dcm = variant(&src, |obj| set(obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "PALETTE COLOR"));
     let err = png(&dcm, None).unwrap_err();
-    assert!(matches!(
-        err,
-        RenderError::UnsupportedPhotometricInterpretation(_)
-    ));
-    assert_eq!(
-        err.to_string(),
-        "unsupported photometric interpretation: PALETTE COLOR"
-    );
+    assert!(matches!(err, RenderError::UnsupportedPhotometricInterpretation(_)));
+    assert_eq!(err.to_string(), "unsupported photometric interpretation: PALETTE COLOR");
 }
 
 #[test]
@@ -403,10 +334,7 @@ fn broken_and_foreign_files_are_errors_without_patient_data() {
     };
     // The header claims 1024 bytes for PatientName, with 9 left.
     let m = check(&corrupt, &|e| matches!(e, RenderError::Malformed(_)));
-    assert!(
-        m.starts_with("malformed DICOM file: truncated at byte "),
-        "{m}"
-    );
+    assert!(m.starts_with("malformed DICOM file: truncated at byte "), "{m}");
     assert!(m.contains("element (0010,0010) at byte"), "{m}");
     let m = check(&text, &|e| matches!(e, RenderError::NotDicom(_)));
     assert_eq!(m, "not a DICOM file: no DICM magic at offset 128");
@@ -426,35 +354,22 @@ fn oversized_frames_are_refused_before_decoding() {
     });
     let err = png(&dcm, None).unwrap_err();
     assert!(matches!(err, RenderError::TooLarge(_)), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        "too large: 60000 × 60000 pixels; the limit is 64 megapixels (max_frame_pixels)"
-    );
+    assert_eq!(err.to_string(), "too large: 60000 × 60000 pixels; the limit is 64 megapixels (max_frame_pixels)");
 }
 
 #[test]
 fn resize_averages_and_keeps_flat_areas_flat() {
-    let flat = Gray {
-        width: 97,
-        height: 31,
-        pixels: vec![137; 97 * 31],
-    };
+    let flat = Gray { width: 97, height: 31, pixels: vec![137; 97 * 31] };
     let small = resize(&flat, 10, 3);
     assert!(small.pixels.iter().all(|&p| p == 137), "{:?}", small.pixels);
     // A 1-pixel checkerboard averages to mid-gray.
     let checker = Gray {
         width: 64,
         height: 64,
-        pixels: (0..64 * 64)
-            .map(|i| if (i % 64 + i / 64) % 2 == 0 { 0 } else { 255 })
-            .collect(),
+        pixels: (0..64 * 64).map(|i| if (i % 64 + i / 64) % 2 == 0 { 0 } else { 255 }).collect(),
     };
     let small = resize(&checker, 8, 8);
-    assert!(
-        small.pixels.iter().all(|&p| p.abs_diff(128) <= 2),
-        "{:?}",
-        small.pixels
-    );
+    assert!(small.pixels.iter().all(|&p| p.abs_diff(128) <= 2), "{:?}", small.pixels);
 }
 
 // --- transfer syntaxes ---------------------------------------------------
@@ -467,11 +382,7 @@ fn every_native_encoding_renders_the_same_picture() {
         let dcm = fixture::retarget(&src, ts);
         let obj = dicom_object::from_reader(&dcm[128..]).unwrap();
         assert_eq!(obj.meta().transfer_syntax(), ts);
-        assert_eq!(
-            gray(&dcm).unwrap_or_else(|e| panic!("{ts}: {e}")),
-            reference,
-            "{ts}"
-        );
+        assert_eq!(gray(&dcm).unwrap_or_else(|e| panic!("{ts}: {e}")), reference, "{ts}");
     }
 }
 
@@ -480,16 +391,9 @@ fn encapsulated_uncompressed_and_deflated_frames_render() {
     let src = generate(Kind::IntraOral, Some((50, 70)));
     let reference = gray(&src).unwrap();
     let raw = fixture::pixel_bytes(&src);
-    for (ts, fragment) in [
-        ("1.2.840.10008.1.2.1.98", raw.clone()),
-        ("1.2.840.10008.1.2.8.1", fixture::deflate(&raw)),
-    ] {
+    for (ts, fragment) in [("1.2.840.10008.1.2.1.98", raw.clone()), ("1.2.840.10008.1.2.8.1", fixture::deflate(&raw))] {
         let dcm = fixture::encapsulate(&src, ts, vec![fragment], &[]);
-        assert_eq!(
-            gray(&dcm).unwrap_or_else(|e| panic!("{ts}: {e}")),
-            reference,
-            "{ts}"
-        );
+        assert_eq!(gray(&dcm).unwrap_or_else(|e| panic!("{ts}: {e}")), reference, "{ts}");
     }
 }
 
@@ -503,27 +407,12 @@ fn rle_lossless_renders() {
     // A segment table pointing past the fragment: an error, not a panic.
     let mut bad = rle.clone();
     bad[8..12].copy_from_slice(&(rle.len() as u32 + 100).to_le_bytes());
-    let err = gray(&fixture::encapsulate(
-        &src,
-        "1.2.840.10008.1.2.5",
-        vec![bad],
-        &[],
-    ))
-    .unwrap_err();
+    let err = gray(&fixture::encapsulate(&src, "1.2.840.10008.1.2.5", vec![bad], &[])).unwrap_err();
     assert!(message(&err).contains("the RLE data are invalid"), "{err}");
     // Segments that decode short (the registry would index past them).
     let short = fixture::rle(&fixture::pixel_bytes(&src)[..2 * 50 * 60], 2);
-    let err = gray(&fixture::encapsulate(
-        &src,
-        "1.2.840.10008.1.2.5",
-        vec![short],
-        &[],
-    ))
-    .unwrap_err();
-    assert!(
-        message(&err).contains("decodes to 3000 bytes for 3500 pixels"),
-        "{err}"
-    );
+    let err = gray(&fixture::encapsulate(&src, "1.2.840.10008.1.2.5", vec![short], &[])).unwrap_err();
+    assert!(message(&err).contains("decodes to 3000 bytes for 3500 pixels"), "{err}");
 }
 
 #[test]
@@ -545,11 +434,7 @@ fn only_the_first_frame_is_read() {
     let src = generate(Kind::IntraOral, Some((200, 300)));
     let frame_bytes = 200 * 300 * 2;
     let dcm = variant(&src, |obj| {
-        let first: Vec<u16> = obj
-            .get(tags::PIXEL_DATA)
-            .unwrap()
-            .to_multi_int::<u16>()
-            .unwrap();
+        let first: Vec<u16> = obj.get(tags::PIXEL_DATA).unwrap().to_multi_int::<u16>().unwrap();
         let mut values = first.clone();
         for _ in 1..40 {
             values.extend(std::iter::repeat_n(4095, first.len()));
@@ -557,18 +442,10 @@ fn only_the_first_frame_is_read() {
         set_pixels_u16(obj, values);
         set(obj, tags::NUMBER_OF_FRAMES, VR::IS, "40");
     });
-    let mut reader = Counting {
-        inner: Cursor::new(&dcm),
-        read: 0,
-    };
+    let mut reader = Counting { inner: Cursor::new(&dcm), read: 0 };
     let picture = render(&mut reader, Some(64), &RenderLimits::default()).unwrap();
     assert_eq!((picture.width, picture.height), (64, 43));
-    assert!(
-        reader.read < frame_bytes + 16 * 1024,
-        "read {} of {} bytes",
-        reader.read,
-        dcm.len()
-    );
+    assert!(reader.read < frame_bytes + 16 * 1024, "read {} of {} bytes", reader.read, dcm.len());
     assert_eq!(gray(&dcm).unwrap(), gray(&src).unwrap());
 }
 
@@ -593,25 +470,16 @@ fn encapsulated_multi_frame_finds_the_first_frame() {
     let (a, b) = first.split_at((first.len() / 2) & !1);
     let second = (a.len() + 8 + b.len() + 8) as u32;
     let table = [0, second, second + other.len() as u32 + 8];
-    let dcm = three(
-        vec![a.to_vec(), b.to_vec(), other.clone(), other.clone()],
-        &table,
-    );
+    let dcm = three(vec![a.to_vec(), b.to_vec(), other.clone(), other.clone()], &table);
     assert_eq!(gray(&dcm).unwrap(), reference);
     // ... or, without an offset table, through the end-of-image marker.
-    let dcm = three(
-        vec![a.to_vec(), b.to_vec(), other.clone(), other.clone()],
-        &[],
-    );
+    let dcm = three(vec![a.to_vec(), b.to_vec(), other.clone(), other.clone()], &[]);
     assert_eq!(gray(&dcm).unwrap(), reference);
     // Without either, an error that says why.
     let cut = first[..first.len() - 2].to_vec();
     let dcm = three(vec![cut.clone(), cut.clone(), cut.clone(), cut], &[]);
     let err = gray(&dcm).unwrap_err();
-    assert!(
-        message(&err).contains("no JPEG end-of-image marker"),
-        "{err}"
-    );
+    assert!(message(&err).contains("no JPEG end-of-image marker"), "{err}");
 }
 
 #[test]
@@ -631,18 +499,12 @@ fn jpeg_headers_must_match_the_dicom_header() {
     fragment[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
     let dcm = fixture::encapsulate(&jpeg, "1.2.840.10008.1.2.4.50", vec![fragment], &[]);
     let err = gray(&dcm).unwrap_err();
-    assert!(
-        message(&err).contains("the JPEG data are 65535 × 65535 pixels"),
-        "{err}"
-    );
+    assert!(message(&err).contains("the JPEG data are 65535 × 65535 pixels"), "{err}");
     // Not JPEG at all.
     let dcm = fixture::encapsulate(&jpeg, "1.2.840.10008.1.2.4.50", vec![vec![1, 2, 3, 4]], &[]);
     let err = gray(&dcm).unwrap_err();
     assert!(message(&err).contains("not a JPEG stream"), "{err}");
-    assert_eq!(
-        frame::jpeg_frame_header(&[0xFF, 0xD8, 0xFF, 0xDA, 0, 2]),
-        None
-    );
+    assert_eq!(frame::jpeg_frame_header(&[0xFF, 0xD8, 0xFF, 0xDA, 0, 2]), None);
 }
 
 // --- hostile files -------------------------------------------------------
@@ -656,10 +518,7 @@ fn thousands_of_nested_sequences_are_an_error_not_an_overflow() {
         .unwrap()
         .join()
         .expect("no stack overflow");
-    assert!(
-        err.starts_with("malformed DICOM file: the data set nests sequences deeper than 64 levels"),
-        "{err}"
-    );
+    assert!(err.starts_with("malformed DICOM file: the data set nests sequences deeper than 64 levels"), "{err}");
     // 64 levels are fine.
     let dcm = fixture::with_raw(&generate(Kind::IntraOral, None), &fixture::nested(64));
     assert!(gray(&dcm).is_ok());
@@ -689,10 +548,7 @@ fn pixel_data_declaring_4_gib_are_truncated_without_allocating_them() {
 fn a_file_cut_inside_its_pixel_data_is_malformed() {
     let dcm = generate(Kind::IntraOral, Some((100, 100)));
     let err = gray(&dcm[..dcm.len() - 5000]).unwrap_err();
-    assert!(
-        message(&err).starts_with("malformed DICOM file: truncated at byte"),
-        "{err}"
-    );
+    assert!(message(&err).starts_with("malformed DICOM file: truncated at byte"), "{err}");
 }
 
 #[test]
@@ -704,10 +560,7 @@ fn a_deflate_bomb_is_refused_quickly() {
     let (peak, result) = peak_allocation(|| gray(&dcm));
     let err = result.unwrap_err();
     assert!(matches!(err, RenderError::TooLarge(_)), "{err:?}");
-    assert!(
-        message(&err).starts_with("too large: the deflated data set inflates to more than 256 MiB"),
-        "{err}"
-    );
+    assert!(message(&err).starts_with("too large: the deflated data set inflates to more than 256 MiB"), "{err}");
     assert!(start.elapsed().as_secs() < 2, "{:?}", start.elapsed());
     assert!(peak < 2 << 20, "allocated {peak} bytes");
 }
@@ -719,54 +572,30 @@ fn a_deflated_frame_bomb_is_cut_off_at_the_frame_size() {
     let dcm = fixture::encapsulate(&src, "1.2.840.10008.1.2.8.1", vec![bomb], &[]);
     let (peak, result) = peak_allocation(|| gray(&dcm));
     let err = result.unwrap_err();
-    assert!(
-        message(&err).contains("inflates to more than Rows × Columns declare"),
-        "{err}"
-    );
+    assert!(message(&err).contains("inflates to more than Rows × Columns declare"), "{err}");
     assert!(peak < 2 << 20, "allocated {peak} bytes");
 }
 
 #[test]
 fn the_byte_budget_refuses_big_frames_with_too_large() {
     let dcm = generate(Kind::IntraOral, Some((300, 400)));
-    let limits = RenderLimits {
-        max_frame_bytes: 100_000,
-        ..RenderLimits::default()
-    };
-    let err = render(Cursor::new(&dcm), None, &limits)
-        .map(|p| p.width)
-        .unwrap_err();
+    let limits = RenderLimits { max_frame_bytes: 100_000, ..RenderLimits::default() };
+    let err = render(Cursor::new(&dcm), None, &limits).map(|p| p.width).unwrap_err();
     assert_eq!(
         message(&err),
         "too large: a frame of 400 × 300 pixels × 1 samples × 2 bytes is 0.2 MiB; the limit is 0.1 MiB (max_frame_bytes)"
     );
-    let limits = RenderLimits {
-        max_frame_pixels: 1000,
-        ..RenderLimits::default()
-    };
-    let err = render(Cursor::new(&dcm), None, &limits)
-        .map(|p| p.width)
-        .unwrap_err();
-    assert_eq!(
-        message(&err),
-        "too large: 400 × 300 pixels; the limit is 1000 pixels (max_frame_pixels)"
-    );
+    let limits = RenderLimits { max_frame_pixels: 1000, ..RenderLimits::default() };
+    let err = render(Cursor::new(&dcm), None, &limits).map(|p| p.width).unwrap_err();
+    assert_eq!(message(&err), "too large: 400 × 300 pixels; the limit is 1000 pixels (max_frame_pixels)");
     // Compressed data count against the budget too.
     let jpeg = jpeg_of(&dcm);
-    let limits = RenderLimits {
-        max_frame_bytes: 240_000,
-        ..RenderLimits::default()
-    };
+    let limits = RenderLimits { max_frame_bytes: 240_000, ..RenderLimits::default() };
     let fragment = fixture::fragments(&jpeg).remove(0);
     let copies = 240_000 / fragment.len() + 1;
     let big = fixture::encapsulate(&jpeg, "1.2.840.10008.1.2.4.50", vec![fragment; copies], &[]);
-    let err = render(Cursor::new(&big), None, &limits)
-        .map(|p| p.width)
-        .unwrap_err();
-    assert!(
-        message(&err).starts_with("too large: the first frame's compressed data are"),
-        "{err}"
-    );
+    let err = render(Cursor::new(&big), None, &limits).map(|p| p.width).unwrap_err();
+    assert!(message(&err).starts_with("too large: the first frame's compressed data are"), "{err}");
 }
 
 #[test]
@@ -776,26 +605,16 @@ fn a_render_peaks_at_two_frames_and_one_byte_per_pixel() {
     let (rows, cols) = (1024u16, 1024u16);
     let src = generate(Kind::IntraOral, Some((rows, cols)));
     let dcm = variant(&src, |obj| {
-        let first: Vec<u16> = obj
-            .get(tags::PIXEL_DATA)
-            .unwrap()
-            .to_multi_int::<u16>()
-            .unwrap();
+        let first: Vec<u16> = obj.get(tags::PIXEL_DATA).unwrap().to_multi_int::<u16>().unwrap();
         let mut values = first.clone();
         values.extend(std::iter::repeat_n(7, 3 * first.len()));
         set_pixels_u16(obj, values);
         set(obj, tags::NUMBER_OF_FRAMES, VR::IS, "4");
     });
-    let (pixels, frame) = (
-        usize::from(rows) * usize::from(cols),
-        2 * usize::from(rows) * usize::from(cols),
-    );
+    let (pixels, frame) = (usize::from(rows) * usize::from(cols), 2 * usize::from(rows) * usize::from(cols));
     let (peak, picture) = peak_allocation(|| png(&dcm, Some(256)).unwrap());
     assert_eq!((picture.width, picture.height), (256, 256));
-    assert!(
-        peak < 2 * frame + pixels + (512 << 10),
-        "peak {peak} bytes for a {frame}-byte frame"
-    );
+    assert!(peak < 2 * frame + pixels + (512 << 10), "peak {peak} bytes for a {frame}-byte frame");
     assert!(peak > 2 * frame, "peak {peak}: the measurement is off");
 }
 
@@ -803,32 +622,18 @@ fn a_render_peaks_at_two_frames_and_one_byte_per_pixel() {
 
 #[test]
 fn config_keys_and_their_bounds() {
-    assert_eq!(
-        RenderLimits::from_config("{}").unwrap(),
-        RenderLimits::default()
-    );
-    let limits =
-        RenderLimits::from_config(r#"{"max_frame_pixels": 1000000, "max_frame_bytes": 4096}"#)
-            .unwrap();
-    assert_eq!(
-        (limits.max_frame_pixels, limits.max_frame_bytes),
-        (1_000_000, 4096)
-    );
+    assert_eq!(RenderLimits::from_config("{}").unwrap(), RenderLimits::default());
+    let limits = RenderLimits::from_config(r#"{"max_frame_pixels": 1000000, "max_frame_bytes": 4096}"#).unwrap();
+    assert_eq!((limits.max_frame_pixels, limits.max_frame_bytes), (1_000_000, 4096));
     let err = RenderLimits::from_config(r#"{"max_frame_bytes": 2147483648}"#).unwrap_err();
     assert_eq!(
         err,
         "invalid [config]: max_frame_bytes = 2147483648 is out of range; it must be between 1 and 1073741824"
     );
     let err = RenderLimits::from_config(r#"{"max_frame_pixels": 0}"#).unwrap_err();
-    assert!(
-        err.contains("max_frame_pixels = 0 is out of range"),
-        "{err}"
-    );
+    assert!(err.contains("max_frame_pixels = 0 is out of range"), "{err}");
     let err = RenderLimits::from_config(r#"{"max_pixels": 5}"#).unwrap_err();
-    assert!(
-        err.starts_with("invalid [config]: unknown field `max_pixels`"),
-        "{err}"
-    );
+    assert!(err.starts_with("invalid [config]: unknown field `max_pixels`"), "{err}");
 }
 
 // --- allocation accounting -------------------------------------------------
@@ -849,10 +654,7 @@ fn timing() {
             bytes = png(&dcm, max).unwrap().png.len();
             best = best.min(start.elapsed());
         }
-        println!(
-            "{} B intra-oral 1280x1024 @ {label}: render {best:?} (best of 5), PNG {bytes} B",
-            dcm.len()
-        );
+        println!("{} B intra-oral 1280x1024 @ {label}: render {best:?} (best of 5), PNG {bytes} B", dcm.len());
     }
     let t = Instant::now();
     let img = gray(&dcm).unwrap();

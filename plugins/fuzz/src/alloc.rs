@@ -138,11 +138,7 @@ pub fn over_budget() -> Option<OverBudget> {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     OVER.store(false, Relaxed);
-    Some(OverBudget {
-        request: OVER_REQUEST.load(Relaxed),
-        live: OVER_LIVE.load(Relaxed),
-        backtrace,
-    })
+    Some(OverBudget { request: OVER_REQUEST.load(Relaxed), live: OVER_LIVE.load(Relaxed), backtrace })
 }
 
 /// Marks the current thread as running one input with `budget` bytes to

@@ -40,10 +40,7 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn is_finding(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Panic { .. } | Outcome::OverBudget(_) | Outcome::Hang
-        )
+        matches!(self, Outcome::Panic { .. } | Outcome::OverBudget(_) | Outcome::Hang)
     }
 }
 
@@ -66,11 +63,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            budget: 512 << 20,
-            stack: 8 << 20,
-            timeout: Duration::from_secs(10),
-        }
+        Limits { budget: 512 << 20, stack: 8 << 20, timeout: Duration::from_secs(10) }
     }
 }
 
@@ -112,13 +105,9 @@ fn install_hook() {
             } else {
                 "(non-string panic payload)".to_string()
             };
-            let location = info
-                .location()
-                .map_or_else(|| "unknown location".to_string(), |l| l.to_string());
-            let new = SEEN
-                .lock()
-                .map(|mut s| s.get_or_insert_with(HashSet::new).insert(location.clone()))
-                .unwrap_or(false);
+            let location = info.location().map_or_else(|| "unknown location".to_string(), |l| l.to_string());
+            let new =
+                SEEN.lock().map(|mut s| s.get_or_insert_with(HashSet::new).insert(location.clone())).unwrap_or(false);
             // Captured here, resolved (the slow part) by the runner.
             let backtrace = new.then(Backtrace::force_capture);
             if let Ok(mut p) = PANIC.lock() {
@@ -141,12 +130,7 @@ pub struct Executor {
 impl Executor {
     pub fn new(limits: Limits) -> Executor {
         install_hook();
-        Executor {
-            limits,
-            worker: None,
-            abandoned: 0,
-            abandoned_bytes: 0,
-        }
+        Executor { limits, worker: None, abandoned: 0, abandoned_bytes: 0 }
     }
 
     fn spawn(&self) -> Worker {
@@ -165,14 +149,7 @@ impl Executor {
                     let elapsed = started.elapsed();
                     let peak = guard.peak();
                     drop(guard);
-                    if done_tx
-                        .send(Done {
-                            result,
-                            elapsed,
-                            peak,
-                        })
-                        .is_err()
-                    {
+                    if done_tx.send(Done { result, elapsed, peak }).is_err() {
                         break;
                     }
                 }
@@ -196,11 +173,7 @@ impl Executor {
         let base = alloc::live();
         let started = Instant::now();
         if worker.jobs.send(job).is_err() {
-            return Run {
-                outcome: died(),
-                elapsed: Duration::ZERO,
-                peak: 0,
-            };
+            return Run { outcome: died(), elapsed: Duration::ZERO, peak: 0 };
         }
         // Poll quickly at first (most inputs take microseconds), then calmly.
         let mut wait = Duration::from_micros(200);
@@ -208,34 +181,22 @@ impl Executor {
             match worker.done.recv_timeout(wait) {
                 Ok(done) => {
                     self.worker = Some(worker);
-                    let outcome =
-                        match done.result {
-                            Ok(Ok(())) => Outcome::Accepted,
-                            Ok(Err(e)) => Outcome::Rejected(e),
-                            Err(()) => {
-                                let (message, location, backtrace) =
-                                    PANIC.lock().ok().and_then(|mut p| p.take()).unwrap_or_else(
-                                        || ("(no message)".into(), "unknown location".into(), None),
-                                    );
-                                Outcome::Panic {
-                                    message,
-                                    location,
-                                    backtrace: backtrace.map(|b| b.to_string()),
-                                }
-                            }
-                        };
-                    return Run {
-                        outcome,
-                        elapsed: done.elapsed,
-                        peak: done.peak,
+                    let outcome = match done.result {
+                        Ok(Ok(())) => Outcome::Accepted,
+                        Ok(Err(e)) => Outcome::Rejected(e),
+                        Err(()) => {
+                            let (message, location, backtrace) = PANIC
+                                .lock()
+                                .ok()
+                                .and_then(|mut p| p.take())
+                                .unwrap_or_else(|| ("(no message)".into(), "unknown location".into(), None));
+                            Outcome::Panic { message, location, backtrace: backtrace.map(|b| b.to_string()) }
+                        }
                     };
+                    return Run { outcome, elapsed: done.elapsed, peak: done.peak };
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Run {
-                        outcome: died(),
-                        elapsed: started.elapsed(),
-                        peak: 0,
-                    };
+                    return Run { outcome: died(), elapsed: started.elapsed(), peak: 0 };
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if alloc::is_over() {
@@ -246,20 +207,12 @@ impl Executor {
                             self.abandoned += 1;
                             let held = over.live.saturating_sub(base);
                             self.abandoned_bytes += held;
-                            return Run {
-                                outcome: Outcome::OverBudget(over),
-                                elapsed,
-                                peak: held,
-                            };
+                            return Run { outcome: Outcome::OverBudget(over), elapsed, peak: held };
                         }
                     }
                     if started.elapsed() > self.limits.timeout {
                         self.abandoned += 1;
-                        return Run {
-                            outcome: Outcome::Hang,
-                            elapsed: started.elapsed(),
-                            peak: 0,
-                        };
+                        return Run { outcome: Outcome::Hang, elapsed: started.elapsed(), peak: 0 };
                     }
                     wait = (wait * 2).min(Duration::from_millis(20));
                 }
@@ -269,11 +222,7 @@ impl Executor {
 }
 
 fn died() -> Outcome {
-    Outcome::Panic {
-        message: "the worker thread died".into(),
-        location: "harness".into(),
-        backtrace: None,
-    }
+    Outcome::Panic { message: "the worker thread died".into(), location: "harness".into(), backtrace: None }
 }
 
 /// Misbehaves on purpose, for the harness's own tests: `panic`, `alloc`

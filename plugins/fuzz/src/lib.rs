@@ -52,9 +52,8 @@ pub fn load_dir(dir: &Path) -> std::io::Result<Vec<Seed>> {
     paths
         .into_iter()
         .map(|p| {
-            let bytes = std::fs::read(&p).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("reading {}: {e}", p.display()))
-            })?;
+            let bytes = std::fs::read(&p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("reading {}: {e}", p.display())))?;
             Ok(Seed::new(p.file_name().unwrap().to_string_lossy(), bytes))
         })
         .collect()
@@ -63,10 +62,7 @@ pub fn load_dir(dir: &Path) -> std::io::Result<Vec<Seed>> {
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A one-line description of a finding, the same for every input that
@@ -96,15 +92,9 @@ fn frames(backtrace: &str) -> Vec<(String, Option<String>)> {
             continue;
         }
         // `read_value_ob<Box<dyn …>>` / `dicom_parser::x::h0123…`: the name only.
-        let f = f
-            .rsplit_once("::h")
-            .filter(|(_, h)| h.len() == 16)
-            .map_or(f, |(a, _)| a);
+        let f = f.rsplit_once("::h").filter(|(_, h)| h.len() == 16).map_or(f, |(a, _)| a);
         let f = strip_generics(f);
-        let at = lines
-            .get(i + 1)
-            .and_then(|l| l.strip_prefix("at "))
-            .map(String::from);
+        let at = lines.get(i + 1).and_then(|l| l.strip_prefix("at ")).map(String::from);
         out.push((f.to_string(), at));
     }
     out
@@ -160,19 +150,12 @@ fn harness_frame(name: &str, at: Option<&str>) -> bool {
     ]
     .iter()
     .any(|p| name.starts_with(p));
-    let by_path = [
-        "/fuzz/src/",
-        "/rustc/",
-        "/smallvec-",
-        "/hashbrown-",
-        "/library/std/",
-        "/library/alloc/",
-        "/library/core/",
-    ]
-    .iter()
-    .any(|p| at.contains(p))
-        || at.starts_with("src/")
-        || at.starts_with("./src/");
+    let by_path =
+        ["/fuzz/src/", "/rustc/", "/smallvec-", "/hashbrown-", "/library/std/", "/library/alloc/", "/library/core/"]
+            .iter()
+            .any(|p| at.contains(p))
+            || at.starts_with("src/")
+            || at.starts_with("./src/");
     by_name || by_path
 }
 
@@ -182,9 +165,7 @@ fn harness_frame(name: &str, at: Option<&str>) -> bool {
 /// (`read_value_ob (dicom-parser-0.10.1/src/stateful/decode.rs:467:13), called from open_header (dicom-preview/src/lib.rs:256:10)`).
 pub fn culprit_frame(backtrace: &str) -> Option<String> {
     let frames = frames(backtrace);
-    let mut under_test = frames
-        .iter()
-        .filter(|(f, at)| !harness_frame(f, at.as_deref()));
+    let mut under_test = frames.iter().filter(|(f, at)| !harness_frame(f, at.as_deref()));
     let (f, at) = under_test.next()?;
     let at = at.as_deref().unwrap_or("?");
     let mut s = format!("{f} ({})", short_path(at));
@@ -203,11 +184,7 @@ fn short_path(at: &str) -> &str {
         if let Some(i) = at.find(marker) {
             let rest = &at[i + marker.len()..];
             // Skip the registry's `index.crates.io-xxxx/` folder.
-            return if marker == "/registry/src/" {
-                rest.split_once('/').map_or(rest, |(_, r)| r)
-            } else {
-                rest
-            };
+            return if marker == "/registry/src/" { rest.split_once('/').map_or(rest, |(_, r)| r) } else { rest };
         }
     }
     at.strip_prefix("./").unwrap_or(at)
@@ -251,9 +228,7 @@ mod tests {
              called from dicom_meta::extract_from (dicom-meta/src/lib.rs:69:10)"
         );
         assert_eq!(
-            super::strip_generics(
-                "<dicom_parser::dataset::read::DataSetReader<S> as core::iter::Iterator>::next"
-            ),
+            super::strip_generics("<dicom_parser::dataset::read::DataSetReader<S> as core::iter::Iterator>::next"),
             "<dicom_parser::dataset::read::DataSetReader as core::iter::Iterator>::next"
         );
     }

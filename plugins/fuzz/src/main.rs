@@ -19,9 +19,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_fuzz::{
-    generate, load_dir, sha256_hex, signature, Executor, Input, Limits, Outcome, Seed, Target,
-};
+use ferry_fuzz::{generate, load_dir, sha256_hex, signature, Executor, Input, Limits, Outcome, Seed, Target};
 
 const USAGE: &str = "\
 usage: fuzz --target extract|render|all (--seconds N | --inputs N) [options]
@@ -68,9 +66,7 @@ struct Args {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn parse_args(raw: &[String]) -> Result<Args, String> {
@@ -78,12 +74,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
     let default_out = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("fuzz-out")))
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-                .join("fuzz-out")
-        });
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("fuzz-out"));
     let mut a = Args {
         targets: Target::ALL.to_vec(),
         seconds: None,
@@ -100,14 +91,10 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
     };
     let mut it = raw.iter();
     while let Some(flag) = it.next() {
-        let mut value = |what: &str| -> Result<String, String> {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs {what}"))
-        };
+        let mut value =
+            |what: &str| -> Result<String, String> { it.next().cloned().ok_or_else(|| format!("{flag} needs {what}")) };
         fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{flag}: {v:?} is not a number"))
+            v.parse().map_err(|_| format!("{flag}: {v:?} is not a number"))
         }
         match flag.as_str() {
             "--target" => {
@@ -116,12 +103,8 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
                     Target::ALL.to_vec()
                 } else {
                     let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
-                    vec![Target::parse(&v).ok_or_else(|| {
-                        format!(
-                            "--target: unknown target {v:?} (known: {}, all)",
-                            names.join(", ")
-                        )
-                    })?]
+                    vec![Target::parse(&v)
+                        .ok_or_else(|| format!("--target: unknown target {v:?} (known: {}, all)", names.join(", ")))?]
                 };
             }
             "--seconds" => {
@@ -141,9 +124,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
             "--replay" => a.replay = Some(value("a folder")?.into()),
             "--budget-mib" => a.limits.budget = number::<usize>(flag, &value("MiB")?)? << 20,
             "--stack-mib" => a.limits.stack = number::<usize>(flag, &value("MiB")?)? << 20,
-            "--timeout-secs" => {
-                a.limits.timeout = Duration::from_secs(number(flag, &value("seconds")?)?)
-            }
+            "--timeout-secs" => a.limits.timeout = Duration::from_secs(number(flag, &value("seconds")?)?),
             "--child" => a.child = true,
             "--start" => a.start = number(flag, &value("an index")?)?,
             "--deadline-ms" => a.deadline_ms = Some(number(flag, &value("a time")?)?),
@@ -176,11 +157,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = if args.child {
-        child(&args)
-    } else {
-        supervise(&args, &raw)
-    };
+    let result = if args.child { child(&args) } else { supervise(&args, &raw) };
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -230,10 +207,7 @@ impl Stats {
             }
         }
         for (sig, (n, file)) in &other.findings {
-            let f = self
-                .findings
-                .entry(sig.clone())
-                .or_insert((0, file.clone()));
+            let f = self.findings.entry(sig.clone()).or_insert((0, file.clone()));
             f.0 += n;
         }
     }
@@ -241,10 +215,7 @@ impl Stats {
     fn to_text(&self) -> String {
         let mut s = format!("next\t{}\n", self.next);
         for (name, t) in &self.targets {
-            s += &format!(
-                "target\t{name}\t{}\t{}\t{}\t{}\t{}\n",
-                t.runs, t.accepted, t.busy_ns, t.peak.0, t.peak.1
-            );
+            s += &format!("target\t{name}\t{}\t{}\t{}\t{}\t{}\n", t.runs, t.accepted, t.busy_ns, t.peak.0, t.peak.1);
             for (ns, sha, size, path) in &t.slow {
                 s += &format!("slow\t{name}\t{ns}\t{sha}\t{size}\t{path}\n");
             }
@@ -268,17 +239,14 @@ impl Stats {
                     t.busy_ns = busy.parse().unwrap_or(0);
                     t.peak = (peak.parse().unwrap_or(0), peak_sha.to_string());
                 }
-                ["slow", name, ns, sha, size, path] => {
-                    s.targets.entry(name.to_string()).or_default().slow.push((
-                        ns.parse().unwrap_or(0),
-                        sha.to_string(),
-                        size.parse().unwrap_or(0),
-                        path.to_string(),
-                    ))
-                }
+                ["slow", name, ns, sha, size, path] => s.targets.entry(name.to_string()).or_default().slow.push((
+                    ns.parse().unwrap_or(0),
+                    sha.to_string(),
+                    size.parse().unwrap_or(0),
+                    path.to_string(),
+                )),
                 ["finding", n, file, sig] => {
-                    s.findings
-                        .insert(sig.to_string(), (n.parse().unwrap_or(0), file.to_string()));
+                    s.findings.insert(sig.to_string(), (n.parse().unwrap_or(0), file.to_string()));
                 }
                 _ => {}
             }
@@ -300,10 +268,7 @@ fn provenance(args: &Args, index: u64, input: &Input) -> String {
     if args.replay.is_some() {
         return format!("replayed file {}\n", input.seed);
     }
-    let mut s = format!(
-        "input #{index} of --seed {}, from seed file {}\n",
-        args.seed, input.seed
-    );
+    let mut s = format!("input #{index} of --seed {}, from seed file {}\n", args.seed, input.seed);
     if input.mutations.is_empty() {
         s += "mutations: none (the seed as it is)\n";
     } else {
@@ -350,21 +315,12 @@ struct Finding<'a> {
 
 /// Saves an input that caused a finding (at most a few per signature).
 fn record_finding(out: &Path, f: &Finding, stats: &mut Stats, seen: &mut BTreeMap<String, usize>) {
-    let Finding {
-        target,
-        signature: sig,
-        what,
-        bytes,
-        how,
-    } = *f;
+    let Finding { target, signature: sig, what, bytes, how } = *f;
     let kept = seen.entry(sig.to_string()).or_insert(0);
     let sha = sha256_hex(bytes);
     let name = format!("{}-{}", target.name(), &sha[..16]);
     let dcm = out.join("findings").join(format!("{name}.dcm"));
-    let entry = stats
-        .findings
-        .entry(sig.to_string())
-        .or_insert((0, dcm.display().to_string()));
+    let entry = stats.findings.entry(sig.to_string()).or_insert((0, dcm.display().to_string()));
     entry.0 += 1;
     if *kept >= KEEP_PER_SIGNATURE || dcm.exists() {
         return;
@@ -401,12 +357,7 @@ fn replay_files(dir: &Path) -> Result<Vec<Seed>, String> {
     let mut paths: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| format!("--replay {}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && !p
-                    .extension()
-                    .is_some_and(|x| ["txt", "md", "py", "tsv"].iter().any(|n| x == *n))
-        })
+        .filter(|p| p.is_file() && !p.extension().is_some_and(|x| ["txt", "md", "py", "tsv"].iter().any(|n| x == *n)))
         .collect();
     paths.sort();
     paths
@@ -438,17 +389,12 @@ fn child(args: &Args) -> Result<ExitCode, String> {
     for d in [&findings, &slow_dir] {
         fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
-    let current = File::create(args.out.join("current.dcm"))
-        .map_err(|e| format!("creating current.dcm: {e}"))?;
-    let current_txt = File::create(args.out.join("current.txt"))
-        .map_err(|e| format!("creating current.txt: {e}"))?;
+    let current = File::create(args.out.join("current.dcm")).map_err(|e| format!("creating current.dcm: {e}"))?;
+    let current_txt = File::create(args.out.join("current.txt")).map_err(|e| format!("creating current.txt: {e}"))?;
     let stats_path = args.out.join("child-stats.tsv");
     let mut seen = known_signatures(&findings);
     let mut exec = Executor::new(args.limits);
-    let mut stats = Stats {
-        next: args.start,
-        ..Stats::default()
-    };
+    let mut stats = Stats { next: args.start, ..Stats::default() };
     // Slowest inputs' bytes, written when the child ends.
     let mut slow_bytes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let end = match &replay {
@@ -474,18 +420,9 @@ fn child(args: &Args) -> Result<ExitCode, String> {
         let mut replay_line = String::new();
         for &target in &args.targets {
             // Leave the culprit behind if what follows kills the process.
-            let _ = current
-                .write_all_at(&bytes, 0)
-                .and_then(|_| current.set_len(bytes.len() as u64));
-            let note = format!(
-                "{}\t{index}\t{}\t{}\n",
-                target.name(),
-                args.seed,
-                input.seed
-            );
-            let _ = current_txt
-                .write_all_at(note.as_bytes(), 0)
-                .and_then(|_| current_txt.set_len(note.len() as u64));
+            let _ = current.write_all_at(&bytes, 0).and_then(|_| current.set_len(bytes.len() as u64));
+            let note = format!("{}\t{index}\t{}\t{}\n", target.name(), args.seed, input.seed);
+            let _ = current_txt.write_all_at(note.as_bytes(), 0).and_then(|_| current_txt.set_len(note.len() as u64));
 
             let started = Instant::now();
             let run = if selftest && bytes.starts_with(SELFTEST_OVERFLOW) {
@@ -505,18 +442,14 @@ fn child(args: &Args) -> Result<ExitCode, String> {
                 let sha = sha.get_or_insert_with(|| sha256_hex(&bytes)).clone();
                 if !t.slow.iter().any(|s| s.1 == sha) {
                     let path = slow_dir.join(format!("{}-{}.dcm", target.name(), &sha[..16]));
-                    t.slow
-                        .push((ns, sha.clone(), bytes.len(), path.display().to_string()));
+                    t.slow.push((ns, sha.clone(), bytes.len(), path.display().to_string()));
                     t.slow.sort_by_key(|s| std::cmp::Reverse(s.0));
                     t.slow.truncate(KEEP_SLOW);
                     slow_bytes.insert(sha, input.bytes.clone());
                 }
             }
             if run.peak > t.peak.0 {
-                t.peak = (
-                    run.peak,
-                    sha.get_or_insert_with(|| sha256_hex(&bytes)).clone(),
-                );
+                t.peak = (run.peak, sha.get_or_insert_with(|| sha256_hex(&bytes)).clone());
             }
             if replay.is_some() {
                 let verdict = match &run.outcome {
@@ -524,27 +457,16 @@ fn child(args: &Args) -> Result<ExitCode, String> {
                     Outcome::Rejected(e) => {
                         format!("refused ({})", e.chars().take(100).collect::<String>())
                     }
-                    o => signature(target, o).map_or_else(String::new, |s| {
-                        s.split_once(": ").map_or(s.clone(), |(_, r)| r.to_string())
-                    }),
+                    o => signature(target, o)
+                        .map_or_else(String::new, |s| s.split_once(": ").map_or(s.clone(), |(_, r)| r.to_string())),
                 };
-                replay_line += &format!(
-                    "  {}: {verdict} [{:.1?}, peak {} KiB]\n",
-                    target.name(),
-                    run.elapsed,
-                    run.peak >> 10
-                );
+                replay_line +=
+                    &format!("  {}: {verdict} [{:.1?}, peak {} KiB]\n", target.name(), run.elapsed, run.peak >> 10);
             }
             if let Some(sig) = signature(target, &run.outcome) {
                 let what = describe(&run.outcome, args.limits.budget);
                 let how = provenance(args, index, &input);
-                let finding = Finding {
-                    target,
-                    signature: &sig,
-                    what: &what,
-                    bytes: &bytes,
-                    how: &how,
-                };
+                let finding = Finding { target, signature: &sig, what: &what, bytes: &bytes, how: &how };
                 record_finding(&args.out, &finding, &mut stats, &mut seen);
                 if matches!(run.outcome, Outcome::Hang) {
                     restart = true;
@@ -573,13 +495,8 @@ fn child(args: &Args) -> Result<ExitCode, String> {
             }
         }
     }
-    write_atomically(&stats_path, &stats.to_text())
-        .map_err(|e| format!("writing {}: {e}", stats_path.display()))?;
-    Ok(if restart {
-        ExitCode::from(EXIT_RESTART)
-    } else {
-        ExitCode::SUCCESS
-    })
+    write_atomically(&stats_path, &stats.to_text()).map_err(|e| format!("writing {}: {e}", stats_path.display()))?;
+    Ok(if restart { ExitCode::from(EXIT_RESTART) } else { ExitCode::SUCCESS })
 }
 
 /// With `FERRY_FUZZ_SELFTEST` set, an input starting with this overflows
@@ -626,8 +543,7 @@ fn supervise(args: &Args, raw: &[String]) -> Result<ExitCode, String> {
             }
         }
     }
-    fs::create_dir_all(args.out.join("findings"))
-        .map_err(|e| format!("creating {}: {e}", args.out.display()))?;
+    fs::create_dir_all(args.out.join("findings")).map_err(|e| format!("creating {}: {e}", args.out.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("finding my own executable: {e}"))?;
     let started = Instant::now();
     let deadline_ms = args.seconds.map(|s| now_ms() + (s * 1000.0) as u64);
@@ -652,19 +568,12 @@ fn supervise(args: &Args, raw: &[String]) -> Result<ExitCode, String> {
             "fuzz: seed {} (again: --seed {}), targets {}, output in {}",
             args.seed,
             args.seed,
-            args.targets
-                .iter()
-                .map(|t| t.name())
-                .collect::<Vec<_>>()
-                .join(", "),
+            args.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
             args.out.display()
         );
     }
     let stats_path = args.out.join("child-stats.tsv");
-    let mut total = Stats {
-        next: args.start,
-        ..Stats::default()
-    };
+    let mut total = Stats { next: args.start, ..Stats::default() };
     let mut aborts = 0u32;
     let mut seen = known_signatures(&args.out.join("findings"));
     loop {
@@ -697,9 +606,7 @@ fn supervise(args: &Args, raw: &[String]) -> Result<ExitCode, String> {
                     t.push('\n');
                     if t.len() > 16 << 10 {
                         let cut = t.len() - (8 << 10);
-                        let cut = (cut..t.len())
-                            .find(|&i| t.is_char_boundary(i))
-                            .unwrap_or(t.len());
+                        let cut = (cut..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(t.len());
                         t.drain(..cut);
                     }
                 }
@@ -717,18 +624,12 @@ fn supervise(args: &Args, raw: &[String]) -> Result<ExitCode, String> {
                 if let Ok(t) = fs::read_to_string(&stats_path) {
                     let mut now = total.clone();
                     now.merge(&Stats::from_text(&t));
-                    eprintln!(
-                        "fuzz: {:>6.0?} {}",
-                        started.elapsed(),
-                        progress(&now, started.elapsed())
-                    );
+                    eprintln!("fuzz: {:>6.0?} {}", started.elapsed(), progress(&now, started.elapsed()));
                 }
             }
         };
         let _ = reader.join();
-        let child_stats = fs::read_to_string(&stats_path)
-            .map(|t| Stats::from_text(&t))
-            .unwrap_or_default();
+        let child_stats = fs::read_to_string(&stats_path).map(|t| Stats::from_text(&t)).unwrap_or_default();
         total.merge(&child_stats);
         if status.success() {
             break;
@@ -745,10 +646,7 @@ fn supervise(args: &Args, raw: &[String]) -> Result<ExitCode, String> {
         let note = fs::read_to_string(args.out.join("current.txt")).unwrap_or_default();
         let fields: Vec<&str> = note.trim_end().split('\t').collect();
         let (target, index) = match fields.as_slice() {
-            [t, i, ..] => (
-                Target::parse(t).unwrap_or(args.targets[0]),
-                i.parse().unwrap_or(total.next),
-            ),
+            [t, i, ..] => (Target::parse(t).unwrap_or(args.targets[0]), i.parse().unwrap_or(total.next)),
             _ => (args.targets[0], total.next),
         };
         let stderr = tail.lock().unwrap().clone();
@@ -760,15 +658,8 @@ fn supervise(args: &Args, raw: &[String]) -> Result<ExitCode, String> {
             let input = generate(&load_corpus(args)?, args.seed, index);
             provenance(args, index, &input)
         };
-        let what =
-            format!("the process died ({how}) running this input\n\nend of its stderr:\n{stderr}");
-        let finding = Finding {
-            target,
-            signature: &sig,
-            what: &what,
-            bytes: &bytes,
-            how: &made,
-        };
+        let what = format!("the process died ({how}) running this input\n\nend of its stderr:\n{stderr}");
+        let finding = Finding { target, signature: &sig, what: &what, bytes: &bytes, how: &made };
         record_finding(&args.out, &finding, &mut total, &mut seen);
         eprintln!("fuzz: {sig} (input #{index}); going on after it");
         total.next = index + 1;
@@ -776,9 +667,7 @@ fn supervise(args: &Args, raw: &[String]) -> Result<ExitCode, String> {
             eprintln!("fuzz: 500 aborts; stopping");
             break;
         }
-        if deadline_ms.is_some_and(|d| now_ms() >= d)
-            || args.inputs.is_some_and(|n| total.next >= n)
-        {
+        if deadline_ms.is_some_and(|d| now_ms() >= d) || args.inputs.is_some_and(|n| total.next >= n) {
             break;
         }
     }
@@ -789,19 +678,11 @@ fn supervise(args: &Args, raw: &[String]) -> Result<ExitCode, String> {
     } else {
         print!("{}", replay_report(&total));
     }
-    Ok(if total.findings.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if total.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn corpus_names(args: &Args) -> String {
-    args.corpus
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    args.corpus.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn load_corpus(args: &Args) -> Result<Vec<Seed>, String> {
@@ -857,10 +738,7 @@ fn report(args: &Args, s: &Stats, wall: Duration) -> String {
             t.runs,
             rate(t.runs, t.busy_ns),
             100.0 * t.accepted as f64 / t.runs.max(1) as f64,
-            t.slow.first().map_or("-".into(), |x| format!(
-                "{:.1?}",
-                Duration::from_nanos(x.0 as u64)
-            )),
+            t.slow.first().map_or("-".into(), |x| format!("{:.1?}", Duration::from_nanos(x.0 as u64))),
             mib(t.peak.0),
         );
     }
@@ -876,10 +754,7 @@ fn report(args: &Args, s: &Stats, wall: Duration) -> String {
     out += "slowest inputs:\n";
     for (name, t) in &s.targets {
         for (ns, _, size, path) in t.slow.iter().take(3) {
-            out += &format!(
-                "  {name:<8} {:>10.1?}  {size:>7} bytes  {path}\n",
-                Duration::from_nanos(*ns as u64)
-            );
+            out += &format!("  {name:<8} {:>10.1?}  {size:>7} bytes  {path}\n", Duration::from_nanos(*ns as u64));
         }
     }
     for (name, t) in &s.targets {
@@ -899,10 +774,7 @@ fn replay_report(s: &Stats) -> String {
     if s.findings.is_empty() {
         format!("\nreplayed {files} file(s): no findings\n")
     } else {
-        let mut out = format!(
-            "\nreplayed {files} file(s): {} finding(s)\n",
-            s.findings.len()
-        );
+        let mut out = format!("\nreplayed {files} file(s): {} finding(s)\n", s.findings.len());
         for (sig, (n, file)) in &s.findings {
             out += &format!("  {sig}: {n} file(s), e.g. {file}\n");
         }

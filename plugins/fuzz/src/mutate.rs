@@ -29,11 +29,7 @@ pub struct Seed {
 impl Seed {
     pub fn new(name: impl Into<String>, bytes: Vec<u8>) -> Seed {
         let layout = scan(&bytes);
-        Seed {
-            name: name.into(),
-            bytes,
-            layout,
-        }
+        Seed { name: name.into(), bytes, layout }
     }
 }
 
@@ -48,9 +44,7 @@ pub struct Input {
 }
 
 const INTERESTING_U8: [u8; 10] = [0x00, 0x01, 0x02, 0x7F, 0x80, 0xFE, 0xFF, 0x20, 0x10, 0x08];
-const INTERESTING_U16: [u16; 14] = [
-    0, 1, 2, 3, 7, 8, 12, 16, 17, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF, 0x00FF,
-];
+const INTERESTING_U16: [u16; 14] = [0, 1, 2, 3, 7, 8, 12, 16, 17, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF, 0x00FF];
 const INTERESTING_U32: [u32; 14] = [
     0,
     1,
@@ -95,8 +89,8 @@ const TAGS: [(u16, u16); 22] = [
 ];
 
 const VRS: [&[u8; 2]; 20] = [
-    b"SQ", b"OB", b"OW", b"OF", b"OD", b"UN", b"UT", b"UC", b"US", b"UL", b"SS", b"SL", b"FD",
-    b"FL", b"AT", b"DS", b"IS", b"CS", b"XX", b"\0\0",
+    b"SQ", b"OB", b"OW", b"OF", b"OD", b"UN", b"UT", b"UC", b"US", b"UL", b"SS", b"SL", b"FD", b"FL", b"AT", b"DS",
+    b"IS", b"CS", b"XX", b"\0\0",
 ];
 
 /// Value strings for IS/DS/CS pixel attributes and UIDs.
@@ -145,21 +139,13 @@ const DEPTHS: [usize; 12] = [1, 2, 3, 8, 63, 64, 65, 128, 500, 1000, 2000, 5000]
 
 fn put_u16(b: &mut [u8], at: usize, v: u16, little: bool) {
     if let Some(s) = b.get_mut(at..at + 2) {
-        s.copy_from_slice(&if little {
-            v.to_le_bytes()
-        } else {
-            v.to_be_bytes()
-        });
+        s.copy_from_slice(&if little { v.to_le_bytes() } else { v.to_be_bytes() });
     }
 }
 
 fn put_u32(b: &mut [u8], at: usize, v: u32, little: bool) {
     if let Some(s) = b.get_mut(at..at + 4) {
-        s.copy_from_slice(&if little {
-            v.to_le_bytes()
-        } else {
-            v.to_be_bytes()
-        });
+        s.copy_from_slice(&if little { v.to_le_bytes() } else { v.to_be_bytes() });
     }
 }
 
@@ -190,26 +176,14 @@ fn mutate_once(bytes: &mut Vec<u8>, corpus: &[Seed], rng: &mut Rng) -> String {
         }
     }
     let headers = &layout.headers;
-    let data_headers: Vec<Header> = headers
-        .iter()
-        .filter(|h| h.group != 0x0002)
-        .copied()
-        .collect();
+    let data_headers: Vec<Header> = headers.iter().filter(|h| h.group != 0x0002).copied().collect();
     let little = data_headers.first().is_none_or(|h| h.little);
     let explicit = layout.syntax != Some(Syntax::ImplicitLe);
     // Structural mutations first, when there is structure.
     if !headers.is_empty() && rng.below(10) < 7 {
-        if let Some(name) = mutate_structure(
-            bytes,
-            headers,
-            &data_headers,
-            layout.dataset_at,
-            little,
-            explicit,
-            &layout,
-            corpus,
-            rng,
-        ) {
+        if let Some(name) =
+            mutate_structure(bytes, headers, &data_headers, layout.dataset_at, little, explicit, &layout, corpus, rng)
+        {
             return name;
         }
     }
@@ -248,48 +222,32 @@ fn mutate_structure(
             if h.len_width == 2 {
                 let v = if v == 0xFFFF_FFFF { 0xFFFF } else { v as u16 };
                 put_u16(bytes, h.len_at, v, h.little);
-                format!(
-                    "length of ({:04X},{:04X}) at {} -> {v:#x}",
-                    h.group, h.element, h.at
-                )
+                format!("length of ({:04X},{:04X}) at {} -> {v:#x}", h.group, h.element, h.at)
             } else {
                 put_u32(bytes, h.len_at, v, h.little);
-                format!(
-                    "length of ({:04X},{:04X}) at {} -> {v:#x}",
-                    h.group, h.element, h.at
-                )
+                format!("length of ({:04X},{:04X}) at {} -> {v:#x}", h.group, h.element, h.at)
             }
         }
         2 => {
             let (g, e) = *rng.pick(&TAGS);
             let t = tag_bytes(g, e, h.little);
             bytes[h.at..h.at + 4].copy_from_slice(&t);
-            format!(
-                "tag at {} ({:04X},{:04X}) -> ({g:04X},{e:04X})",
-                h.at, h.group, h.element
-            )
+            format!("tag at {} ({:04X},{:04X}) -> ({g:04X},{e:04X})", h.at, h.group, h.element)
         }
         3 => {
             let vr = **rng.pick(&VRS);
             match h.vr {
                 Some(old) => {
                     bytes[h.at + 4..h.at + 6].copy_from_slice(&vr);
-                    format!(
-                        "VR at {} {} -> {}",
-                        h.at,
-                        String::from_utf8_lossy(&old),
-                        String::from_utf8_lossy(&vr)
-                    )
+                    format!("VR at {} {} -> {}", h.at, String::from_utf8_lossy(&old), String::from_utf8_lossy(&vr))
                 }
                 None => return None,
             }
         }
         4 => {
             // Pixel attributes: values a renderer multiplies and allocates by.
-            let pixel: Vec<&Header> = data_headers
-                .iter()
-                .filter(|h| h.group == 0x0028 && h.len > 0 && h.len < 64)
-                .collect();
+            let pixel: Vec<&Header> =
+                data_headers.iter().filter(|h| h.group == 0x0028 && h.len > 0 && h.len < 64).collect();
             let p = **rng.pick(if pixel.is_empty() {
                 return None;
             } else {
@@ -299,8 +257,8 @@ fn mutate_structure(
             if end > len {
                 return None;
             }
-            let numeric = matches!(p.vr.as_ref().map(|v| &v[..]), Some(b"US") | Some(b"SS"))
-                || (p.vr.is_none() && p.len == 2);
+            let numeric =
+                matches!(p.vr.as_ref().map(|v| &v[..]), Some(b"US") | Some(b"SS")) || (p.vr.is_none() && p.len == 2);
             if numeric {
                 let v = *rng.pick(&INTERESTING_U16);
                 put_u16(bytes, p.value_at, v, p.little);
@@ -323,56 +281,32 @@ fn mutate_structure(
             };
             let mut ins = tag_bytes(0xFFFE, e, h.little).to_vec();
             ins.extend_from_slice(&u32_bytes(l, h.little));
-            let at = if rng.one_in(2) {
-                h.at
-            } else {
-                h.value_at.min(len)
-            };
+            let at = if rng.one_in(2) { h.at } else { h.value_at.min(len) };
             bytes.splice(at..at, ins);
             format!("insert (FFFE,{e:04X}) len {l:#x} at {at}")
         }
         6 => {
             // A whole element, duplicated (sometimes many times) or cut out.
             let end = element_end(headers, &h, len);
-            let n = if rng.one_in(8) {
-                *rng.pick(&[16, 100, 1000])
-            } else {
-                rng.small(4)
-            };
+            let n = if rng.one_in(8) { *rng.pick(&[16, 100, 1000]) } else { rng.small(4) };
             if rng.one_in(3) {
                 bytes.drain(h.at..end);
-                format!(
-                    "delete element ({:04X},{:04X}) at {}..{end}",
-                    h.group, h.element, h.at
-                )
+                format!("delete element ({:04X},{:04X}) at {}..{end}", h.group, h.element, h.at)
             } else {
                 let chunk = bytes[h.at..end].to_vec();
                 if chunk.len().saturating_mul(n) > MAX_INPUT {
                     return None;
                 }
-                let ins: Vec<u8> = chunk
-                    .iter()
-                    .copied()
-                    .cycle()
-                    .take(chunk.len() * n)
-                    .collect();
+                let ins: Vec<u8> = chunk.iter().copied().cycle().take(chunk.len() * n).collect();
                 bytes.splice(end..end, ins);
-                format!(
-                    "duplicate element ({:04X},{:04X}) at {} x{n}",
-                    h.group, h.element, h.at
-                )
+                format!("duplicate element ({:04X},{:04X}) at {} x{n}", h.group, h.element, h.at)
             }
         }
         7 => {
             // Sequences nested deep, closed or left open.
             let depth = *rng.pick(&DEPTHS);
-            let candidates: Vec<&Header> = data_headers
-                .iter()
-                .filter(|h| !h.is_item_or_delimiter())
-                .collect();
-            let at = candidates
-                .get(rng.below(candidates.len().max(1)))
-                .map_or(dataset_at.max(len.min(132)), |h| h.at);
+            let candidates: Vec<&Header> = data_headers.iter().filter(|h| !h.is_item_or_delimiter()).collect();
+            let at = candidates.get(rng.below(candidates.len().max(1))).map_or(dataset_at.max(len.min(132)), |h| h.at);
             let closed = rng.below(3) != 0;
             let defined = closed && rng.one_in(3);
             let ins = nested(depth, little, explicit, closed, defined);
@@ -394,11 +328,7 @@ fn mutate_structure(
         8 => {
             // Splice: this input up to a header, another seed from one of its headers.
             let other = rng.pick(corpus);
-            let theirs = other
-                .layout
-                .headers
-                .get(rng.below(other.layout.headers.len().max(1)))
-                .map_or(0, |h| h.at);
+            let theirs = other.layout.headers.get(rng.below(other.layout.headers.len().max(1))).map_or(0, |h| h.at);
             bytes.truncate(h.at);
             bytes.extend_from_slice(&other.bytes[theirs.min(other.bytes.len())..]);
             format!("splice at {} with {} from {theirs}", h.at, other.name)
@@ -412,10 +342,7 @@ fn mutate_structure(
             .saturating_add(rng.below(3))
             .min(len);
             bytes.truncate(at);
-            format!(
-                "truncate at {at} (near ({:04X},{:04X}))",
-                h.group, h.element
-            )
+            format!("truncate at {at} (near ({:04X},{:04X}))", h.group, h.element)
         }
         10 => {
             let ts = layout.transfer_syntax?;
@@ -433,10 +360,7 @@ fn mutate_structure(
             put_u16(bytes, ts.len_at, v.len() as u16, true);
             // Keep the meta group length right half the time.
             if rng.one_in(2) {
-                if let Some(gl) = headers
-                    .iter()
-                    .find(|h| (h.group, h.element) == (0x0002, 0x0000) && h.len == 4)
-                {
+                if let Some(gl) = headers.iter().find(|h| (h.group, h.element) == (0x0002, 0x0000) && h.len == 4) {
                     if let Some(old) = bytes.get(gl.value_at..gl.value_at + 4) {
                         let old = u32::from_le_bytes(old.try_into().unwrap());
                         put_u32(bytes, gl.value_at, (old as i64 + delta) as u32, true);
@@ -447,10 +371,8 @@ fn mutate_structure(
         }
         _ => {
             // Encapsulated pixel data: a fragment or offset table lying.
-            let items: Vec<&Header> = data_headers
-                .iter()
-                .filter(|h| (h.group, h.element) == (0xFFFE, 0xE000))
-                .collect();
+            let items: Vec<&Header> =
+                data_headers.iter().filter(|h| (h.group, h.element) == (0xFFFE, 0xE000)).collect();
             let it = **rng.pick(if items.is_empty() {
                 return None;
             } else {
@@ -474,13 +396,7 @@ fn element_end(headers: &[Header], h: &Header, len: usize) -> usize {
     if h.len != u32::MAX && h.vr != Some(*b"SQ") && !h.is_item_or_delimiter() {
         return h.value_at.saturating_add(h.len as usize).min(len);
     }
-    headers
-        .iter()
-        .map(|x| x.at)
-        .filter(|&a| a > h.at)
-        .min()
-        .unwrap_or(len)
-        .min(len)
+    headers.iter().map(|x| x.at).filter(|&a| a > h.at).min().unwrap_or(len).min(len)
 }
 
 /// `depth` levels of sequence > item, opened with undefined lengths (and
@@ -536,11 +452,7 @@ fn mutate_bytes(bytes: &mut Vec<u8>, corpus: &[Seed], rng: &mut Rng) -> String {
     }
     let len = bytes.len();
     // Headers sit in the first kilobytes: aim there half the time.
-    let at = if rng.one_in(2) {
-        rng.below(len.min(2048))
-    } else {
-        rng.below(len)
-    };
+    let at = if rng.one_in(2) { rng.below(len.min(2048)) } else { rng.below(len) };
     match rng.below(8) {
         0 => {
             let bit = rng.below(8);
@@ -566,11 +478,7 @@ fn mutate_bytes(bytes: &mut Vec<u8>, corpus: &[Seed], rng: &mut Rng) -> String {
         }
         3 => {
             let d = rng.below(33) as u8;
-            bytes[at] = if rng.one_in(2) {
-                bytes[at].wrapping_add(d)
-            } else {
-                bytes[at].wrapping_sub(d)
-            };
+            bytes[at] = if rng.one_in(2) { bytes[at].wrapping_add(d) } else { bytes[at].wrapping_sub(d) };
             format!("byte at {at} +/- {d}")
         }
         4 => {
@@ -580,11 +488,7 @@ fn mutate_bytes(bytes: &mut Vec<u8>, corpus: &[Seed], rng: &mut Rng) -> String {
         }
         5 => {
             // A chunk from this input or another seed.
-            let src = if rng.one_in(2) {
-                bytes.clone()
-            } else {
-                rng.pick(corpus).bytes.clone()
-            };
+            let src = if rng.one_in(2) { bytes.clone() } else { rng.pick(corpus).bytes.clone() };
             let from = rng.below(src.len().max(1));
             let n = (rng.below(256) + 1).min(src.len() - from.min(src.len()));
             bytes.splice(at..at, src[from..from + n].iter().copied());
@@ -604,27 +508,17 @@ fn mutate_bytes(bytes: &mut Vec<u8>, corpus: &[Seed], rng: &mut Rng) -> String {
 }
 
 /// Mutates the inflated data set of a deflated file and deflates it again.
-fn mutate_deflated(
-    bytes: &mut Vec<u8>,
-    layout: &Layout,
-    corpus: &[Seed],
-    rng: &mut Rng,
-) -> Option<String> {
+fn mutate_deflated(bytes: &mut Vec<u8>, layout: &Layout, corpus: &[Seed], rng: &mut Rng) -> Option<String> {
     let start = layout.dataset_at;
     let mut inflated = Vec::new();
-    flate2::read::DeflateDecoder::new(&bytes[start..])
-        .take(4 << 20)
-        .read_to_end(&mut inflated)
-        .ok()?;
+    flate2::read::DeflateDecoder::new(&bytes[start..]).take(4 << 20).read_to_end(&mut inflated).ok()?;
     let mut names = Vec::new();
     for _ in 0..rng.small(3) {
         let headers = scan_dataset(&inflated, Syntax::ExplicitLe);
         if rng.one_in(40) {
             // A small bomb: megabytes of zeros inside a value.
             let mib = *rng.pick(&[1usize, 4, 16]);
-            let at = headers
-                .last()
-                .map_or(inflated.len(), |h| h.value_at.min(inflated.len()));
+            let at = headers.last().map_or(inflated.len(), |h| h.value_at.min(inflated.len()));
             inflated.splice(at..at, std::iter::repeat_n(0u8, mib << 20));
             names.push(format!("{mib} MiB of zeros at {at}"));
         } else if !headers.is_empty() {
@@ -634,18 +528,8 @@ fn mutate_deflated(
                 syntax: Some(Syntax::ExplicitLe),
                 transfer_syntax: None,
             };
-            let name = mutate_structure(
-                &mut inflated,
-                &headers,
-                &headers,
-                0,
-                true,
-                true,
-                &fake,
-                corpus,
-                rng,
-            )
-            .unwrap_or_else(|| mutate_bytes(&mut inflated, corpus, rng));
+            let name = mutate_structure(&mut inflated, &headers, &headers, 0, true, true, &fake, corpus, rng)
+                .unwrap_or_else(|| mutate_bytes(&mut inflated, corpus, rng));
             names.push(name);
         }
     }
@@ -662,11 +546,7 @@ fn mutate_deflated(
 pub fn generate(corpus: &[Seed], seed: u64, index: u64) -> Input {
     if (index as usize) < corpus.len() {
         let s = &corpus[index as usize];
-        return Input {
-            bytes: s.bytes.clone(),
-            seed: s.name.clone(),
-            mutations: vec![],
-        };
+        return Input { bytes: s.bytes.clone(), seed: s.name.clone(), mutations: vec![] };
     }
     let mut rng = Rng::for_input(seed, index);
     let s = rng.pick(corpus);
@@ -679,11 +559,7 @@ pub fn generate(corpus: &[Seed], seed: u64, index: u64) -> Input {
             mutations.push(format!("cut to {MAX_INPUT} bytes"));
         }
     }
-    Input {
-        bytes,
-        seed: s.name.clone(),
-        mutations,
-    }
+    Input { bytes, seed: s.name.clone(), mutations }
 }
 
 #[cfg(test)]

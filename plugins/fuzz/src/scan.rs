@@ -37,10 +37,7 @@ impl Syntax {
 }
 
 pub fn trim_uid(uid: &[u8]) -> &[u8] {
-    let end = uid
-        .iter()
-        .rposition(|&b| b != 0 && b != b' ')
-        .map_or(0, |i| i + 1);
+    let end = uid.iter().rposition(|&b| b != 0 && b != b' ').map_or(0, |i| i + 1);
     &uid[..end]
 }
 
@@ -92,20 +89,12 @@ const MAX_HEADERS: usize = 20_000;
 
 fn u16_at(b: &[u8], at: usize, little: bool) -> Option<u16> {
     let x: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
-    Some(if little {
-        u16::from_le_bytes(x)
-    } else {
-        u16::from_be_bytes(x)
-    })
+    Some(if little { u16::from_le_bytes(x) } else { u16::from_be_bytes(x) })
 }
 
 fn u32_at(b: &[u8], at: usize, little: bool) -> Option<u32> {
     let x: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-    Some(if little {
-        u32::from_le_bytes(x)
-    } else {
-        u32::from_be_bytes(x)
-    })
+    Some(if little { u32::from_le_bytes(x) } else { u32::from_be_bytes(x) })
 }
 
 /// Walks a whole file (preamble and `DICM`, or a bare data set).
@@ -121,19 +110,9 @@ pub fn scan(bytes: &[u8]) -> Layout {
         return layout;
     };
     // The meta group, always explicit VR little endian.
-    let end = walk(
-        bytes,
-        start,
-        Syntax::ExplicitLe,
-        &mut layout.headers,
-        Some(0x0002),
-    );
+    let end = walk(bytes, start, Syntax::ExplicitLe, &mut layout.headers, Some(0x0002));
     layout.dataset_at = end;
-    let ts = layout
-        .headers
-        .iter()
-        .find(|h| h.group == 0x0002 && h.element == 0x0010)
-        .copied();
+    let ts = layout.headers.iter().find(|h| h.group == 0x0002 && h.element == 0x0010).copied();
     let syntax = ts
         .and_then(|h| bytes.get(h.value_at..h.value_at.saturating_add(h.len as usize)))
         .map_or(Syntax::ExplicitLe, Syntax::of_uid);
@@ -154,21 +133,14 @@ pub fn scan_dataset(bytes: &[u8], syntax: Syntax) -> Vec<Header> {
 
 /// Records headers from `pos` on; with `only_group`, stops before the first
 /// element of another group. Returns where it stopped.
-fn walk(
-    b: &[u8],
-    mut pos: usize,
-    syntax: Syntax,
-    out: &mut Vec<Header>,
-    only_group: Option<u16>,
-) -> usize {
+fn walk(b: &[u8], mut pos: usize, syntax: Syntax, out: &mut Vec<Header>, only_group: Option<u16>) -> usize {
     let little = syntax.little();
     let explicit = syntax != Syntax::ImplicitLe;
     // Inside encapsulated pixel data: items are fragments, not data sets.
     let mut encapsulated = false;
     while out.len() < MAX_HEADERS {
         // Items and delimiters are little endian unless the syntax is big.
-        let (Some(group), Some(element)) = (u16_at(b, pos, little), u16_at(b, pos + 2, little))
-        else {
+        let (Some(group), Some(element)) = (u16_at(b, pos, little), u16_at(b, pos + 2, little)) else {
             break;
         };
         if only_group.is_some_and(|g| g != group) {
@@ -226,17 +198,7 @@ fn walk(
             l
         };
         let value_at = len_at + len_width as usize;
-        out.push(Header {
-            at: pos,
-            group,
-            element,
-            vr,
-            len_at,
-            len_width,
-            len,
-            value_at,
-            little,
-        });
+        out.push(Header { at: pos, group, element, vr, len_at, len_width, len, value_at, little });
         let pixel_data = group == 0x7FE0 && element == 0x0010;
         pos = if len == u32::MAX {
             // A sequence (or encapsulated pixel data): its items follow.
@@ -266,45 +228,22 @@ mod tests {
     fn walks_the_seeds() {
         let l = scan(&seed("explicit_le_16bit_nested_sq.dcm"));
         assert_eq!(l.syntax, Some(Syntax::ExplicitLe));
-        let pixel = l
-            .headers
-            .iter()
-            .find(|h| (h.group, h.element) == (0x7FE0, 0x0010))
-            .expect("pixel data");
+        let pixel = l.headers.iter().find(|h| (h.group, h.element) == (0x7FE0, 0x0010)).expect("pixel data");
         assert_eq!(pixel.len, 40 * 48 * 2);
         // Items of the nested code sequences, three deep.
-        assert!(
-            l.headers
-                .iter()
-                .filter(|h| (h.group, h.element) == (0xFFFE, 0xE000))
-                .count()
-                >= 5
-        );
-        assert!(l
-            .headers
-            .iter()
-            .any(|h| (h.group, h.element) == (0x0008, 0x0100)));
+        assert!(l.headers.iter().filter(|h| (h.group, h.element) == (0xFFFE, 0xE000)).count() >= 5);
+        assert!(l.headers.iter().any(|h| (h.group, h.element) == (0x0008, 0x0100)));
 
         let l = scan(&seed("implicit_le_8bit.dcm"));
         assert_eq!(l.syntax, Some(Syntax::ImplicitLe));
-        assert!(l
-            .headers
-            .iter()
-            .any(|h| (h.group, h.element, h.vr) == (0x0028, 0x0010, None)));
+        assert!(l.headers.iter().any(|h| (h.group, h.element, h.vr) == (0x0028, 0x0010, None)));
 
         let l = scan(&seed("explicit_be_16bit.dcm"));
         assert_eq!(l.syntax, Some(Syntax::ExplicitBe));
-        assert!(l
-            .headers
-            .iter()
-            .any(|h| (h.group, h.element) == (0x0028, 0x0010) && !h.little));
+        assert!(l.headers.iter().any(|h| (h.group, h.element) == (0x0028, 0x0010) && !h.little));
 
         let l = scan(&seed("jpeg_baseline_rgb_3fragments.dcm"));
-        let items = l
-            .headers
-            .iter()
-            .filter(|h| h.group == 0xFFFE && h.element == 0xE000)
-            .count();
+        let items = l.headers.iter().filter(|h| h.group == 0xFFFE && h.element == 0xE000).count();
         assert_eq!(items, 4, "offset table and three fragments");
 
         let l = scan(&seed("deflated_8bit.dcm"));

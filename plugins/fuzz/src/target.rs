@@ -31,14 +31,10 @@ impl Target {
     /// business.
     pub fn run(self, bytes: &[u8]) -> Result<(), String> {
         match self {
-            Target::Extract => dicom_meta::extract_from(Cursor::new(bytes))
-                .map(|_| ())
-                .map_err(|e| format!("{e:?}")),
+            Target::Extract => dicom_meta::extract_from(Cursor::new(bytes)).map(|_| ()).map_err(|e| format!("{e:?}")),
             Target::Render => {
                 let limits = dicom_preview::RenderLimits::default();
-                dicom_preview::render(Cursor::new(bytes), Some(256), &limits)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                dicom_preview::render(Cursor::new(bytes), Some(256), &limits).map(|_| ()).map_err(|e| e.to_string())
             }
         }
     }

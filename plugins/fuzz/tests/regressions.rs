@@ -7,9 +7,7 @@
 //! fails the run just as loudly (the file is named on stderr first).
 use std::sync::Arc;
 
-use ferry_fuzz::{
-    load_dir, regressions_dir, seeds_dir, signature, Executor, Limits, Outcome, Target,
-};
+use ferry_fuzz::{load_dir, regressions_dir, seeds_dir, signature, Executor, Limits, Outcome, Target};
 
 fn replay(dir: &std::path::Path, want_accepted: bool) {
     let files = load_dir(dir).unwrap();
@@ -22,9 +20,7 @@ fn replay(dir: &std::path::Path, want_accepted: bool) {
             eprintln!("{} {} ({} bytes)", target.name(), f.name, bytes.len());
             let run = exec.run(target, bytes.clone());
             match &run.outcome {
-                o if o.is_finding() => {
-                    failures.push(format!("{}: {}", f.name, signature(target, o).unwrap()))
-                }
+                o if o.is_finding() => failures.push(format!("{}: {}", f.name, signature(target, o).unwrap())),
                 Outcome::Rejected(e) if want_accepted => {
                     failures.push(format!("{}: {} refused a seed: {e}", f.name, target.name()))
                 }
@@ -32,12 +28,7 @@ fn replay(dir: &std::path::Path, want_accepted: bool) {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failure(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -55,20 +46,11 @@ fn seeds_are_accepted() {
 #[test]
 fn harness_catches_what_it_claims() {
     use ferry_fuzz::exec::Outcome as O;
-    let mut exec = Executor::new(Limits {
-        budget: 64 << 20,
-        timeout: std::time::Duration::from_secs(2),
-        ..Limits::default()
-    });
-    let probe = |exec: &mut Executor, what: &'static str| {
-        exec.run_fn(Box::new(move || ferry_fuzz::exec::probe(what)))
-    };
+    let mut exec =
+        Executor::new(Limits { budget: 64 << 20, timeout: std::time::Duration::from_secs(2), ..Limits::default() });
+    let probe = |exec: &mut Executor, what: &'static str| exec.run_fn(Box::new(move || ferry_fuzz::exec::probe(what)));
     let r = probe(&mut exec, "panic");
-    assert!(
-        matches!(&r.outcome, O::Panic { message, .. } if message.contains("probe")),
-        "{:?}",
-        r.outcome
-    );
+    assert!(matches!(&r.outcome, O::Panic { message, .. } if message.contains("probe")), "{:?}", r.outcome);
     let r = probe(&mut exec, "alloc");
     match &r.outcome {
         O::OverBudget(o) => {
@@ -110,37 +92,17 @@ fn an_abort_is_recorded_and_the_run_goes_on() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "findings exit 1\n{stdout}\n{stderr}"
-    );
+    assert_eq!(output.status.code(), Some(1), "findings exit 1\n{stdout}\n{stderr}");
+    assert!(stdout.contains("c.dcm\n  extract: ok"), "went on after the abort:\n{stdout}");
     assert!(
-        stdout.contains("c.dcm\n  extract: ok"),
-        "went on after the abort:\n{stdout}"
-    );
-    assert!(
-        stdout.contains("replayed 3 file(s): 1 finding(s)")
-            && stdout.contains("extract: stack overflow"),
+        stdout.contains("replayed 3 file(s): 1 finding(s)") && stdout.contains("extract: stack overflow"),
         "{stdout}"
     );
     let sha = ferry_fuzz::sha256_hex(b"FERRY-FUZZ-SELFTEST-OVERFLOW");
-    let txt = std::fs::read_to_string(
-        out.join("findings")
-            .join(format!("extract-{}.txt", &sha[..16])),
-    )
-    .unwrap();
-    assert!(
-        txt.starts_with("signature: extract: stack overflow")
-            && txt.contains("has overflowed its stack"),
-        "{txt}"
-    );
+    let txt = std::fs::read_to_string(out.join("findings").join(format!("extract-{}.txt", &sha[..16]))).unwrap();
+    assert!(txt.starts_with("signature: extract: stack overflow") && txt.contains("has overflowed its stack"), "{txt}");
     assert_eq!(
-        std::fs::read(
-            out.join("findings")
-                .join(format!("extract-{}.dcm", &sha[..16]))
-        )
-        .unwrap(),
+        std::fs::read(out.join("findings").join(format!("extract-{}.dcm", &sha[..16]))).unwrap(),
         b"FERRY-FUZZ-SELFTEST-OVERFLOW"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -207,7 +207,10 @@ impl Settings {
                 let body = match method {
                     Method::Get => {
                         if c.body.is_some() {
-                            return Err(invalid("body", "a GET request has no body (use method = \"POST\", or drop body)"));
+                            return Err(invalid(
+                                "body",
+                                "a GET request has no body (use method = \"POST\", or drop body)",
+                            ));
                         }
                         if !url_has_card {
                             return Err(invalid("url", "with method = \"GET\" the url must contain {cardId}"));
@@ -220,12 +223,16 @@ impl Settings {
                             return Err(invalid("body", "{cardIds} is for batch.body; here use {cardId}"));
                         }
                         if !body.contains(CARD_ID) && !url_has_card {
-                            return Err(invalid("body", "neither body nor url contains {cardId}: every request would be the same"));
+                            return Err(invalid(
+                                "body",
+                                "neither body nor url contains {cardId}: every request would be the same",
+                            ));
                         }
                         check_json_template(
                             &render_body(&body, "C-1001\"x"),
                             "the card id is inserted JSON-escaped without quotes, so write \"{cardId}\" in quotes",
-                        ).map_err(|why| invalid("body", why))?;
+                        )
+                        .map_err(|why| invalid("body", why))?;
                         Some(body)
                     }
                 };
@@ -265,13 +272,15 @@ impl Settings {
                     &render_batch_body(&body, &["C-1001".into(), "C\"2".into()]),
                     "{cardIds} is replaced by a JSON array such as [\"C-1\",\"C-2\"], so write it without quotes",
                 )
-                    .map_err(|why| invalid("batch.body", why))?;
+                .map_err(|why| invalid("batch.body", why))?;
                 let results_pointer = b.results_pointer.unwrap_or_else(|| DEFAULT_RESULTS_POINTER.into());
                 let key_pointer = b.key_pointer.unwrap_or_else(|| DEFAULT_KEY_POINTER.into());
                 let guid_pointer = b.guid_pointer.unwrap_or_else(|| DEFAULT_GUID_POINTER.into());
-                for (key, p) in
-                    [("batch.results_pointer", &results_pointer), ("batch.key_pointer", &key_pointer), ("batch.guid_pointer", &guid_pointer)]
-                {
+                for (key, p) in [
+                    ("batch.results_pointer", &results_pointer),
+                    ("batch.key_pointer", &key_pointer),
+                    ("batch.guid_pointer", &guid_pointer),
+                ] {
                     check_pointer(p).map_err(|why| invalid(key, why))?;
                 }
                 if key_pointer == guid_pointer {
@@ -281,7 +290,8 @@ impl Settings {
                 if !(1..=MAX_BATCH).contains(&max) {
                     return Err(invalid("batch.max", format!("{max} is outside 1..={MAX_BATCH}")));
                 }
-                let batch = Batch { body, results_pointer, key_pointer, guid_pointer: guid_pointer.clone(), max: max as usize };
+                let batch =
+                    Batch { body, results_pointer, key_pointer, guid_pointer: guid_pointer.clone(), max: max as usize };
                 (None, guid_pointer, Vec::new(), Some(batch))
             }
         };
@@ -526,7 +536,8 @@ pub fn parse_batch(body: &[u8], status: u16, batch: &Batch) -> Result<HashMap<St
                 )))
             }
         };
-        let guids = guids_of(entry.pointer(&batch.guid_pointer)).map_err(|Malformed(m)| Malformed(format!("result {i}: {m}")))?;
+        let guids = guids_of(entry.pointer(&batch.guid_pointer))
+            .map_err(|Malformed(m)| Malformed(format!("result {i}: {m}")))?;
         let merged = map.entry(card).or_default();
         for g in guids {
             if !merged.contains(&g) {
@@ -617,7 +628,13 @@ impl Transport for HostTransport {
     }
 }
 
-fn send(s: &Settings, t: &mut dyn Transport, url: String, body: Option<String>, what: &str) -> Result<Response, StageError> {
+fn send(
+    s: &Settings,
+    t: &mut dyn Transport,
+    url: String,
+    body: Option<String>,
+    what: &str,
+) -> Result<Response, StageError> {
     debug(&format!("{} {url} ({what})", s.method.as_str()));
     let request = Request {
         method: s.method.as_str().into(),
@@ -641,12 +658,19 @@ fn resolve_one(s: &Settings, t: &mut dyn Transport, card: &str) -> Result<Resolu
     let response = send(s, t, url, body, &format!("card {card}"))?;
     match classify(response.status, &s.not_found_status, &s.api)? {
         Verdict::NotFound => Ok(Resolution::NotFound),
-        Verdict::Answer => parse_single(&response.body, response.status, &s.guid_pointer).map_err(|m| malformed(&s.api, m)),
+        Verdict::Answer => {
+            parse_single(&response.body, response.status, &s.guid_pointer).map_err(|m| malformed(&s.api, m))
+        }
     }
 }
 
 /// Asks about up to `batch.max` cards at once.
-fn resolve_many(s: &Settings, batch: &Batch, t: &mut dyn Transport, cards: &[String]) -> Result<Vec<Resolution>, StageError> {
+fn resolve_many(
+    s: &Settings,
+    batch: &Batch,
+    t: &mut dyn Transport,
+    cards: &[String],
+) -> Result<Vec<Resolution>, StageError> {
     let body = render_batch_body(&batch.body, cards);
     let response = send(s, t, s.url.clone(), Some(body), &format!("{} cards", cards.len()))?;
     match classify(response.status, &[], &s.api)? {

@@ -43,7 +43,10 @@ fn defaults() {
     assert_eq!(s.api, "pms.example.com");
     assert_eq!(
         s.headers,
-        [("Accept".to_string(), "application/json".to_string()), ("Content-Type".to_string(), "application/json".to_string())]
+        [
+            ("Accept".to_string(), "application/json".to_string()),
+            ("Content-Type".to_string(), "application/json".to_string())
+        ]
     );
 
     let s = settings(
@@ -57,8 +60,10 @@ fn defaults() {
 
     let s = settings(&format!(r#"{{"url": "{URL}-batch", "batch": {{}}}}"#));
     let b = s.batch.as_ref().unwrap();
-    assert_eq!((b.body.as_str(), b.results_pointer.as_str(), b.key_pointer.as_str(), b.guid_pointer.as_str(), b.max),
-        (DEFAULT_BATCH_BODY, "/results", "/cardId", "/patientGuid", 50));
+    assert_eq!(
+        (b.body.as_str(), b.results_pointer.as_str(), b.key_pointer.as_str(), b.guid_pointer.as_str(), b.max),
+        (DEFAULT_BATCH_BODY, "/results", "/cardId", "/patientGuid", 50)
+    );
     assert!(s.headers.iter().any(|(k, _)| k == "Content-Type"));
 }
 
@@ -227,7 +232,8 @@ fn batch_answers() {
     let s = settings(
         r#"{"url": "https://x/b", "batch": {"body": "{cardIds}", "results_pointer": "", "key_pointer": "/card/id", "guid_pointer": "/patient/guid", "max": 2}}"#,
     );
-    let m = parse_batch(br#"[{"card": {"id": "1"}, "patient": {"guid": "g"}}]"#, 200, s.batch.as_ref().unwrap()).unwrap();
+    let m =
+        parse_batch(br#"[{"card": {"id": "1"}, "patient": {"guid": "g"}}]"#, 200, s.batch.as_ref().unwrap()).unwrap();
     assert_eq!(m["1"], ["g"]);
 }
 
@@ -411,7 +417,11 @@ fn failures_are_classified_without_phi() {
     let mut n = 0;
     let mut t = fake(move |_| {
         n += 1;
-        if n == 1 { json(200, r#"{"patientGuid": "g-1"}"#) } else { json(500, "") }
+        if n == 1 {
+            json(200, r#"{"patientGuid": "g-1"}"#)
+        } else {
+            json(500, "")
+        }
     });
     let e = resolve_keys(&s, &mut t, &[key("card-id", "1"), key("card-id", "2")]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Retryable);

@@ -33,15 +33,21 @@ impl FileReader {
         Ok(Self::new(fs::open(target)?))
     }
 
-    pub fn size(&self) -> u64 { self.size }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
 
     /// Bytes fetched from the host so far.
-    pub fn fetched(&self) -> u64 { self.fetched }
+    pub fn fetched(&self) -> u64 {
+        self.fetched
+    }
 
     /// The host error behind the last failed read, if any. A parser turns
     /// I/O errors into its own; this tells a host failure (`unavailable`:
     /// retry) from bad content (permanent).
-    pub fn take_error(&mut self) -> Option<HostError> { self.error.take() }
+    pub fn take_error(&mut self) -> Option<HostError> {
+        self.error.take()
+    }
 }
 
 impl Read for FileReader {

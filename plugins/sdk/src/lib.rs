@@ -58,8 +58,8 @@ mod file_reader;
 mod log;
 mod slot;
 pub use file_reader::FileReader;
-pub use slot::Slot;
 pub use log::{debug, error, info, trace, warn};
+pub use slot::Slot;
 
 /// Parses the stage's `config` table (JSON, as the host passes it) into `T`.
 ///
@@ -160,29 +160,39 @@ macro_rules! __plugin {
 /// to the plugin crate's `Cargo.toml`.
 #[macro_export]
 macro_rules! source_plugin {
-    ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("source-plugin", $ty, $wit); };
+    ($ty:ident, wit = $wit:literal) => {
+        $crate::__plugin!("source-plugin", $ty, $wit);
+    };
 }
 
 /// Exports `$ty` (implementing `ferry_exports::extractor::Guest`).
 #[macro_export]
 macro_rules! extractor_plugin {
-    ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("extractor-plugin", $ty, $wit); };
+    ($ty:ident, wit = $wit:literal) => {
+        $crate::__plugin!("extractor-plugin", $ty, $wit);
+    };
 }
 
 /// Exports `$ty` (implementing `ferry_exports::resolver::Guest`).
 #[macro_export]
 macro_rules! resolver_plugin {
-    ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("resolver-plugin", $ty, $wit); };
+    ($ty:ident, wit = $wit:literal) => {
+        $crate::__plugin!("resolver-plugin", $ty, $wit);
+    };
 }
 
 /// Exports `$ty` (implementing `ferry_exports::store::Guest`).
 #[macro_export]
 macro_rules! store_plugin {
-    ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("store-plugin", $ty, $wit); };
+    ($ty:ident, wit = $wit:literal) => {
+        $crate::__plugin!("store-plugin", $ty, $wit);
+    };
 }
 
 /// Exports `$ty` (implementing `ferry_exports::renderer::Guest`).
 #[macro_export]
 macro_rules! renderer_plugin {
-    ($ty:ident, wit = $wit:literal) => { $crate::__plugin!("renderer-plugin", $ty, $wit); };
+    ($ty:ident, wit = $wit:literal) => {
+        $crate::__plugin!("renderer-plugin", $ty, $wit);
+    };
 }

@@ -11,8 +11,18 @@ fn emit(level: Level, message: &str) {
     eprintln!("[{level:?}] {message}");
 }
 
-pub fn trace(message: &str) { emit(Level::Trace, message) }
-pub fn debug(message: &str) { emit(Level::Debug, message) }
-pub fn info(message: &str) { emit(Level::Info, message) }
-pub fn warn(message: &str) { emit(Level::Warn, message) }
-pub fn error(message: &str) { emit(Level::Error, message) }
+pub fn trace(message: &str) {
+    emit(Level::Trace, message)
+}
+pub fn debug(message: &str) {
+    emit(Level::Debug, message)
+}
+pub fn info(message: &str) {
+    emit(Level::Info, message)
+}
+pub fn warn(message: &str) {
+    emit(Level::Warn, message)
+}
+pub fn error(message: &str) {
+    emit(Level::Error, message)
+}

@@ -167,10 +167,7 @@ pub struct HostSite<'a> {
 impl Site for HostSite<'_> {
     fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, HostError> {
         let dir = FileRef { root: self.config.pdata_root.clone(), path: path.to_string() };
-        Ok(fs::list_dir(&dir)?
-            .into_iter()
-            .map(|e| DirEntry { name: e.name, kind: e.kind, size: e.size })
-            .collect())
+        Ok(fs::list_dir(&dir)?.into_iter().map(|e| DirEntry { name: e.name, kind: e.kind, size: e.size }).collect())
     }
 
     fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, HostError> {
@@ -201,9 +198,8 @@ pub fn scan_page(
     let top = match (cursor, listing.take()) {
         (Some(c), Some((next, top))) if next == c => top,
         _ => {
-            let mut top = site
-                .list_dir("")
-                .context(format_args!("listing the PDATA root (grant `{}`)", config.pdata_root))?;
+            let mut top =
+                site.list_dir("").context(format_args!("listing the PDATA root (grant `{}`)", config.pdata_root))?;
             // The host sorts by name already; sort anyway so that the
             // cursor comparison and the order agree whatever the host does.
             top.sort_by(|a, b| a.name.cmp(&b.name));
@@ -217,7 +213,12 @@ pub fn scan_page(
     Ok(page)
 }
 
-fn page_after(config: &Config, site: &mut dyn Site, cursor: Option<&str>, top: &[DirEntry]) -> Result<Page, StageError> {
+fn page_after(
+    config: &Config,
+    site: &mut dyn Site,
+    cursor: Option<&str>,
+    top: &[DirEntry],
+) -> Result<Page, StageError> {
     let mut page = Page { items: Vec::new(), notices: Vec::new(), next_cursor: None };
     let mut folders = 0u32;
     let mut last: Option<&str> = None;
@@ -290,10 +291,8 @@ fn scan_patient_folder(
     let cards = match patient(config, site, patient_id)? {
         Patient::Cards(cards) => cards,
         Patient::Missing => {
-            let reason = format!(
-                "no row in {} table for {} {patient_id}",
-                config.patient_table, config.patient_id_column
-            );
+            let reason =
+                format!("no row in {} table for {} {patient_id}", config.patient_table, config.patient_id_column);
             for (_, _, path) in &images {
                 page.notices.push(notice(path, NoticeOutcome::Fail, reason.clone()));
             }
@@ -349,20 +348,13 @@ fn patient(config: &Config, site: &mut dyn Site, patient_id: u64) -> Result<Pati
     if rows.is_empty() {
         return Ok(Patient::Missing);
     }
-    let cards: BTreeSet<String> = rows
-        .iter()
-        .filter_map(|row| row.first().and_then(value_text))
-        .filter(|card| !card.is_empty())
-        .collect();
+    let cards: BTreeSet<String> =
+        rows.iter().filter_map(|row| row.first().and_then(value_text)).filter(|card| !card.is_empty()).collect();
     Ok(if cards.is_empty() { Patient::NoCardId } else { Patient::Cards(cards.into_iter().collect()) })
 }
 
 /// Image names by id, for the ids the table knows (trimmed; may be empty).
-fn image_names(
-    config: &Config,
-    site: &mut dyn Site,
-    ids: &BTreeSet<u64>,
-) -> Result<BTreeMap<u64, String>, StageError> {
+fn image_names(config: &Config, site: &mut dyn Site, ids: &BTreeSet<u64>) -> Result<BTreeMap<u64, String>, StageError> {
     let ids: Vec<u64> = ids.iter().copied().collect();
     let mut names: BTreeMap<u64, String> = BTreeMap::new();
     for chunk in ids.chunks(IDS_PER_QUERY) {
@@ -376,9 +368,7 @@ fn image_names(
             placeholders.join(", ")
         );
         let params: Vec<SqlValue> = chunk.iter().map(|&id| SqlValue::Integer(id as i64)).collect();
-        let rows = site
-            .query(&statement, &params)
-            .context(format_args!("reading the {} table", config.image_table))?;
+        let rows = site.query(&statement, &params).context(format_args!("reading the {} table", config.image_table))?;
         for row in rows {
             let Some(id) = row.first().and_then(value_id) else { continue };
             let name = row.get(1).and_then(value_text).unwrap_or_default();

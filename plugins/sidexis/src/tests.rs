@@ -104,17 +104,7 @@ use EntryKind::{Directory as D, File as F};
 
 fn site() -> Fake {
     let mut s = Fake::default();
-    s.dir(
-        "",
-        &[
-            ("P_000001", D),
-            ("P_000002", D),
-            ("P_000003", D),
-            ("P_000004", D),
-            ("Thumbs.db", F),
-            ("backup", D),
-        ],
-    );
+    s.dir("", &[("P_000001", D), ("P_000002", D), ("P_000003", D), ("P_000004", D), ("Thumbs.db", F), ("backup", D)]);
     s.dir("P_000001", &[("0000_10.dcm", F), ("0000_11.DCM", F), ("notes.txt", F), ("old", D)]);
     s.dir("P_000002", &[("0000_20.dcm", F)]);
     s.dir("P_000003", &[("0000_30.dcm", F)]);

@@ -65,16 +65,10 @@ pub struct Profile {
 }
 
 /// `fs-store`: a folder (or any store the host grants).
-pub const FS_PROFILE: Profile = Profile {
-    default_key: "images/{patientGuid}/{imageName}",
-    default_sidecar: true,
-};
+pub const FS_PROFILE: Profile = Profile { default_key: "images/{patientGuid}/{imageName}", default_sidecar: true };
 
 /// `s3-store`: an S3 bucket.
-pub const S3_PROFILE: Profile = Profile {
-    default_key: "images/{patientGuid}/{imageName}",
-    default_sidecar: true,
-};
+pub const S3_PROFILE: Profile = Profile { default_key: "images/{patientGuid}/{imageName}", default_sidecar: true };
 
 /// Object keys are at most this long (S3's limit and the host's rule).
 pub const MAX_KEY: usize = 1024;
@@ -112,9 +106,7 @@ impl Settings {
             }
             Some(c) => Some(sanitise(&c)),
             None if template.uses(Placeholder::ClinicId) => {
-                return Err(permanent(
-                    "invalid [config]: the key template uses {clinicId}, so clinic_id must be set",
-                ));
+                return Err(permanent("invalid [config]: the key template uses {clinicId}, so clinic_id must be set"));
             }
             None => None,
         };
@@ -124,12 +116,7 @@ impl Settings {
                 "invalid [config] max_key_bytes: {max_key} is outside {MIN_KEY}..={MAX_KEY}"
             )));
         }
-        Ok(Settings {
-            template,
-            sidecar: config.sidecar.unwrap_or(profile.default_sidecar),
-            clinic_id,
-            max_key,
-        })
+        Ok(Settings { template, sidecar: config.sidecar.unwrap_or(profile.default_sidecar), clinic_id, max_key })
     }
 }
 
@@ -185,14 +172,8 @@ impl Template {
                         return Err(bad("`{` inside a placeholder".into()));
                     }
                     let Some((_, p)) = Placeholder::ALL.iter().find(|(n, _)| *n == name) else {
-                        let known: Vec<String> = Placeholder::ALL
-                            .iter()
-                            .map(|(n, _)| format!("{{{n}}}"))
-                            .collect();
-                        return Err(bad(format!(
-                            "unknown placeholder {{{name}}} (known: {})",
-                            known.join(", ")
-                        )));
+                        let known: Vec<String> = Placeholder::ALL.iter().map(|(n, _)| format!("{{{n}}}")).collect();
+                        return Err(bad(format!("unknown placeholder {{{name}}} (known: {})", known.join(", "))));
                     };
                     if o > 0 {
                         parts.push(Part::Literal(rest[..o].to_string()));
@@ -212,27 +193,16 @@ impl Template {
         if let Err(why) = check_key(&sample) {
             return Err(bad(why));
         }
-        if let Some((segment, why)) = sample
-            .split('/')
-            .find_map(|seg| defect(seg).map(|why| (seg, why)))
-        {
+        if let Some((segment, why)) = sample.split('/').find_map(|seg| defect(seg).map(|why| (seg, why))) {
             let shown = if t.parts.iter().any(|p| matches!(p, Part::Value(_))) {
                 format!("segment {segment:?} (with `x` for each placeholder)")
             } else {
                 format!("segment {segment:?}")
             };
-            return Err(bad(format!(
-                "{shown} {why}: keys must be plain file and folder names"
-            )));
+            return Err(bad(format!("{shown} {why}: keys must be plain file and folder names")));
         }
-        if !t
-            .parts
-            .iter()
-            .any(|p| matches!(p, Part::Value(v) if *v != Placeholder::ClinicId))
-        {
-            return Err(bad(
-                "no per-item placeholder: every item would get the same key".into(),
-            ));
+        if !t.parts.iter().any(|p| matches!(p, Part::Value(v) if *v != Placeholder::ClinicId)) {
+            return Err(bad("no per-item placeholder: every item would get the same key".into()));
         }
         Ok(t)
     }
@@ -314,11 +284,7 @@ const DEVICE_NAMES: [&str; 32] = [
 /// Is `segment`'s stem a device name? Windows looks at the part before
 /// the first dot, ignores trailing spaces and case.
 fn is_device_name(segment: &str) -> bool {
-    let stem = segment
-        .split('.')
-        .next()
-        .unwrap_or(segment)
-        .trim_end_matches(' ');
+    let stem = segment.split('.').next().unwrap_or(segment).trim_end_matches(' ');
     DEVICE_NAMES.iter().any(|d| stem.eq_ignore_ascii_case(d))
 }
 
@@ -364,11 +330,7 @@ fn replace_and_trim(value: &str) -> String {
             c => c,
         })
         .collect();
-    let trimmed = replaced
-        .trim()
-        .trim_start_matches('.')
-        .trim_end_matches(['.', ' '])
-        .trim();
+    let trimmed = replaced.trim().trim_start_matches('.').trim_end_matches(['.', ' ']).trim();
     if trimmed.is_empty() {
         "_".to_string()
     } else {
@@ -399,10 +361,7 @@ fn make_boring(s: &str) -> String {
     }
     flush(&mut out, dots);
     loop {
-        let t = out
-            .trim()
-            .trim_start_matches('.')
-            .trim_end_matches(['.', ' ']);
+        let t = out.trim().trim_start_matches('.').trim_end_matches(['.', ' ']);
         if t.len() == out.len() {
             break;
         }
@@ -463,8 +422,7 @@ pub fn extension(path: &str) -> String {
     match name.rfind('.') {
         Some(dot) if dot > 0 => {
             let ext = &name[dot + 1..];
-            if !ext.is_empty() && ext.len() <= 10 && ext.bytes().all(|b| b.is_ascii_alphanumeric())
-            {
+            if !ext.is_empty() && ext.len() <= 10 && ext.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 format!(".{}", ext.to_ascii_lowercase())
             } else {
                 String::new()
@@ -552,13 +510,7 @@ impl Key {
         // Folder segments too long for a file system: shorten with a hash.
         let dir: Vec<String> = dir
             .split_terminator('/')
-            .map(|seg| {
-                if defect(seg).is_some() {
-                    sanitise(seg)
-                } else {
-                    seg.to_string()
-                }
-            })
+            .map(|seg| if defect(seg).is_some() { sanitise(seg) } else { seg.to_string() })
             .map(|seg| {
                 if seg.len() <= MAX_SEGMENT {
                     seg.to_string()
@@ -569,11 +521,7 @@ impl Key {
             })
             .map(|seg| seg + "/")
             .collect();
-        Ok(Key {
-            dir: dir.concat(),
-            stem,
-            ext,
-        })
+        Ok(Key { dir: dir.concat(), stem, ext })
     }
 
     /// The object key, with `tag` (e.g. `~1a2b3c4d`) after the stem, at
@@ -638,21 +586,14 @@ pub fn percent_encode(s: &str) -> String {
 }
 
 fn meta_get<'a>(info: &'a ObjectInfo, key: &str) -> Option<&'a str> {
-    info.metadata
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    info.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 fn metadata_text<'a>(metadata: &'a Metadata, key: &str) -> Option<&'a str> {
-    metadata
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .and_then(|(_, v)| match v {
-            Value::Text(t) if !t.trim().is_empty() => Some(t.as_str()),
-            _ => None,
-        })
+    metadata.iter().rev().find(|(k, _)| k == key).and_then(|(_, v)| match v {
+        Value::Text(t) if !t.trim().is_empty() => Some(t.as_str()),
+        _ => None,
+    })
 }
 
 /// What the store needs from the host.
@@ -757,9 +698,7 @@ impl Placer<'_> {
             return Ok(sha.clone());
         }
         let file = &self.item.file;
-        let sha = backend
-            .sha256(file)
-            .context(format_args!("hashing {}", file.path))?;
+        let sha = backend.sha256(file).context(format_args!("hashing {}", file.path))?;
         Ok(self.content_sha.insert(sha).clone())
     }
 
@@ -769,19 +708,12 @@ impl Placer<'_> {
 
     /// Stores at `key` unless another item's (or nobody's) object is
     /// there: `None` then.
-    fn place(
-        &mut self,
-        backend: &mut dyn Backend,
-        key: &str,
-    ) -> Result<Option<(ObjectInfo, Outcome)>, StageError> {
+    fn place(&mut self, backend: &mut dyn Backend, key: &str) -> Result<Option<(ObjectInfo, Outcome)>, StageError> {
         let content_type = content_type(key);
         let file = &self.item.file;
         // Twice at most: a create that loses a race looks again.
         for _ in 0..2 {
-            let Some(info) = backend
-                .head(key)
-                .context(format_args!("looking up {key}"))?
-            else {
+            let Some(info) = backend.head(key).context(format_args!("looking up {key}"))? else {
                 match backend
                     .create_file(key, file, content_type, &self.object_meta())
                     .context(format_args!("storing {key}"))?
@@ -795,10 +727,7 @@ impl Placer<'_> {
                 return Ok(None);
             }
             let sha = self.sha(backend)?;
-            let same_bytes = info
-                .sha256
-                .as_deref()
-                .is_some_and(|s| s.eq_ignore_ascii_case(&sha));
+            let same_bytes = info.sha256.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&sha));
             if owner.is_none() {
                 // An object without an owner (put there by hand, or a crash
                 // between the bytes and their record): ours only if it holds
@@ -837,19 +766,14 @@ pub fn store_item(
         })
     });
     let key = Key::new(&rendered, &extension(&item.file.path))?;
-    let mut placer = Placer {
-        item,
-        item_meta: percent_encode(&item.id),
-        content_sha: None,
-    };
+    let mut placer = Placer { item, item_meta: percent_encode(&item.id), content_sha: None };
 
     let primary = key.render_checked("", settings.max_key)?;
     let (object_key, (info, outcome)) = match placer.place(backend, &primary)? {
         Some(placed) => (primary, placed),
         None => {
             // Another item's object holds the key: go next to it.
-            let alt =
-                key.render_checked(&format!("~{}", short_hash(&item.id, 8)), settings.max_key)?;
+            let alt = key.render_checked(&format!("~{}", short_hash(&item.id, 8)), settings.max_key)?;
             match placer.place(backend, &alt)? {
                 Some(placed) => (alt, placed),
                 None => {
@@ -860,51 +784,25 @@ pub fn store_item(
             }
         }
     };
-    debug(&format!(
-        "{}: {} ({object_key})",
-        item.id,
-        if outcome == Outcome::Stored {
-            "stored"
-        } else {
-            "unchanged"
-        }
-    ));
+    debug(&format!("{}: {} ({object_key})", item.id, if outcome == Outcome::Stored { "stored" } else { "unchanged" }));
 
     if settings.sidecar {
         let sidecar_key = format!("{object_key}{SIDECAR_SUFFIX}");
         let missing = outcome == Outcome::Stored
-            || backend
-                .head(&sidecar_key)
-                .context(format_args!("looking up {sidecar_key}"))?
-                .is_none();
+            || backend.head(&sidecar_key).context(format_args!("looking up {sidecar_key}"))?.is_none();
         if missing {
             let sha = match (&info.sha256, &placer.content_sha) {
                 (Some(s), _) | (None, Some(s)) => s.clone(),
                 (None, None) => placer.sha(backend)?,
             };
-            let body = sidecar(
-                item,
-                metadata,
-                patient_guid,
-                settings.clinic_id.as_deref(),
-                &object_key,
-                &sha,
-                info.size,
-            );
+            let body =
+                sidecar(item, metadata, patient_guid, settings.clinic_id.as_deref(), &object_key, &sha, info.size);
             backend
-                .put_bytes(
-                    &sidecar_key,
-                    &body,
-                    "application/json",
-                    &placer.object_meta(),
-                )
+                .put_bytes(&sidecar_key, &body, "application/json", &placer.object_meta())
                 .context(format_args!("storing {sidecar_key}"))?;
         }
     }
-    Ok(Placed {
-        location: object_key,
-        outcome,
-    })
+    Ok(Placed { location: object_key, outcome })
 }
 
 /// The sidecar: a pretty, deterministic JSON object (sorted keys, no
@@ -930,15 +828,8 @@ pub fn sidecar(
             Value::Reals(rs) => J::Array(rs.iter().map(|r| real(*r)).collect()),
         }
     };
-    let metadata: Map<String, J> = metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), value(v)))
-        .collect();
-    let attributes: BTreeMap<&str, &str> = item
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let metadata: Map<String, J> = metadata.iter().map(|(k, v)| (k.clone(), value(v))).collect();
+    let attributes: BTreeMap<&str, &str> = item.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut doc = json!({
         "itemId": item.id,
         "patientGuid": patient_guid,
@@ -984,17 +875,13 @@ macro_rules! export_store {
                 metadata: ::ferry_plugin_sdk::types::Metadata,
                 patient_guid: String,
             ) -> Result<ferry_exports::store::Stored, ::ferry_plugin_sdk::types::StageError> {
-                let placed = STATE.with(|s| {
-                    $crate::store_item(s, &mut $crate::HostBackend, &item, &metadata, &patient_guid)
-                })??;
+                let placed = STATE
+                    .with(|s| $crate::store_item(s, &mut $crate::HostBackend, &item, &metadata, &patient_guid))??;
                 let outcome = match placed.outcome {
                     $crate::Outcome::Stored => ferry_exports::store::StoreOutcome::Stored,
                     $crate::Outcome::Unchanged => ferry_exports::store::StoreOutcome::Unchanged,
                 };
-                Ok(ferry_exports::store::Stored {
-                    location: placed.location,
-                    outcome,
-                })
+                Ok(ferry_exports::store::Stored { location: placed.location, outcome })
             }
         }
 

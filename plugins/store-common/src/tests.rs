@@ -62,16 +62,10 @@ fn keys() {
     let a = k.render("").unwrap();
     assert_eq!(a, k.render("").unwrap());
     let name = a.rsplit('/').next().unwrap();
-    assert!(
-        name.len() <= MAX_SEGMENT - 5 && name.ends_with(".dcm") && name.contains('~'),
-        "{name}"
-    );
+    assert!(name.len() <= MAX_SEGMENT - 5 && name.ends_with(".dcm") && name.contains('~'), "{name}");
     let b = k.render("~12345678").unwrap();
     assert!(b.ends_with("~12345678.dcm") && b.len() <= MAX_KEY, "{b}");
-    let other = Key::new(&format!("images/g/{long}x"), ".dcm")
-        .unwrap()
-        .render("")
-        .unwrap();
+    let other = Key::new(&format!("images/g/{long}x"), ".dcm").unwrap().render("").unwrap();
     assert_ne!(a, other);
 
     // Long folders.
@@ -83,10 +77,7 @@ fn keys() {
     let key = k.render("").unwrap();
     assert!(key.split('/').all(|s| s.len() <= MAX_SEGMENT), "{key}");
     let too_deep = format!("{}/", "d".repeat(200)).repeat(6);
-    assert!(Key::new(&format!("{too_deep}x"), ".dcm")
-        .unwrap()
-        .render("")
-        .is_err());
+    assert!(Key::new(&format!("{too_deep}x"), ".dcm").unwrap().render("").is_err());
 }
 
 #[test]
@@ -111,10 +102,7 @@ struct Fake {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Fake {
@@ -139,14 +127,9 @@ impl Backend for Fake {
         ct: &str,
         meta: &[(String, String)],
     ) -> Result<ObjectInfo, HostError> {
-        let body = self
-            .files
-            .get(&file.path)
-            .cloned()
-            .ok_or_else(|| HostError::NotFound(file.path.clone()))?;
+        let body = self.files.get(&file.path).cloned().ok_or_else(|| HostError::NotFound(file.path.clone()))?;
         self.puts.push(key.to_string());
-        self.objects
-            .insert(key.to_string(), (body, ct.to_string(), meta.to_vec()));
+        self.objects.insert(key.to_string(), (body, ct.to_string(), meta.to_vec()));
         Ok(self.info(key).unwrap())
     }
     fn create_file(
@@ -172,17 +155,11 @@ impl Backend for Fake {
         meta: &[(String, String)],
     ) -> Result<ObjectInfo, HostError> {
         self.puts.push(key.to_string());
-        self.objects.insert(
-            key.to_string(),
-            (body.to_vec(), ct.to_string(), meta.to_vec()),
-        );
+        self.objects.insert(key.to_string(), (body.to_vec(), ct.to_string(), meta.to_vec()));
         Ok(self.info(key).unwrap())
     }
     fn sha256(&mut self, file: &FileRef) -> Result<String, HostError> {
-        self.files
-            .get(&file.path)
-            .map(|b| hex(b))
-            .ok_or_else(|| HostError::NotFound(file.path.clone()))
+        self.files.get(&file.path).map(|b| hex(b)).ok_or_else(|| HostError::NotFound(file.path.clone()))
     }
 }
 
@@ -191,15 +168,9 @@ fn item(id: &str, name: &str) -> Item {
         id: id.to_string(),
         patient_keys: vec![],
         display_name: name.to_string(),
-        file: FileRef {
-            root: "pdata".into(),
-            path: id.to_string(),
-        },
+        file: FileRef { root: "pdata".into(), path: id.to_string() },
         size: 3,
-        attributes: vec![
-            ("sidexis.image-id".into(), "5".into()),
-            ("a".into(), "b".into()),
-        ],
+        attributes: vec![("sidexis.image-id".into(), "5".into()), ("a".into(), "b".into())],
     }
 }
 
@@ -213,10 +184,7 @@ fn fs_settings(json: &str) -> Settings {
 }
 
 fn run(fake: &mut Fake, config: &Settings, item: &Item) -> (String, Outcome) {
-    let metadata = vec![
-        ("modality".to_string(), Value::Text("IO".into())),
-        ("rows".to_string(), Value::Integer(2)),
-    ];
+    let metadata = vec![("modality".to_string(), Value::Text("IO".into())), ("rows".to_string(), Value::Integer(2))];
     let s = store_item(config, fake, item, &metadata, "guid-1").unwrap();
     (s.location, s.outcome)
 }
@@ -230,16 +198,10 @@ fn store_is_idempotent_and_avoids_collisions() {
     let a = item("P_1/0000_5.dcm", "Pano");
     let b = item("P_1/0000_6.dcm", "Pano.dcm");
 
-    assert_eq!(
-        run(&mut fake, &config, &a),
-        ("images/guid-1/Pano.dcm".into(), Outcome::Stored)
-    );
+    assert_eq!(run(&mut fake, &config, &a), ("images/guid-1/Pano.dcm".into(), Outcome::Stored));
     let (_, ct, meta) = &fake.objects["images/guid-1/Pano.dcm"];
     assert_eq!(ct, "application/dicom");
-    assert_eq!(
-        meta,
-        &[("ferry-item-id".to_string(), "P_1/0000_5.dcm".to_string())]
-    );
+    assert_eq!(meta, &[("ferry-item-id".to_string(), "P_1/0000_5.dcm".to_string())]);
     let sidecar = String::from_utf8(fake.objects["images/guid-1/Pano.dcm.json"].0.clone()).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&sidecar).unwrap();
     assert_eq!(doc["itemId"], "P_1/0000_5.dcm");
@@ -250,53 +212,36 @@ fn store_is_idempotent_and_avoids_collisions() {
     assert_eq!(doc["patientGuid"], "guid-1");
     assert_eq!(doc["metadata"]["rows"], 2);
     assert_eq!(doc["attributes"]["a"], "b");
-    assert!(
-        sidecar.find("\"attributes\"").unwrap() < sidecar.find("\"itemId\"").unwrap(),
-        "sorted keys"
-    );
+    assert!(sidecar.find("\"attributes\"").unwrap() < sidecar.find("\"itemId\"").unwrap(), "sorted keys");
 
     // Same item, same content: nothing written.
     fake.puts.clear();
-    assert_eq!(
-        run(&mut fake, &config, &a),
-        ("images/guid-1/Pano.dcm".into(), Outcome::Unchanged)
-    );
+    assert_eq!(run(&mut fake, &config, &a), ("images/guid-1/Pano.dcm".into(), Outcome::Unchanged));
     assert!(fake.puts.is_empty());
 
     // Sidecar lost: rewritten, object left alone, same bytes as before.
     fake.objects.remove("images/guid-1/Pano.dcm.json");
     assert_eq!(run(&mut fake, &config, &a).1, Outcome::Unchanged);
     assert_eq!(fake.puts, ["images/guid-1/Pano.dcm.json"]);
-    assert_eq!(
-        fake.objects["images/guid-1/Pano.dcm.json"].0,
-        sidecar.as_bytes()
-    );
+    assert_eq!(fake.objects["images/guid-1/Pano.dcm.json"].0, sidecar.as_bytes());
 
     // Another item wanting the same key: goes next to it.
     fake.puts.clear();
     let alt = format!("images/guid-1/Pano~{}.dcm", &hex(b"P_1/0000_6.dcm")[..8]);
     assert_eq!(run(&mut fake, &config, &b), (alt.clone(), Outcome::Stored));
     assert_eq!(fake.objects["images/guid-1/Pano.dcm"].0, b"one");
-    assert_eq!(
-        run(&mut fake, &config, &b),
-        (alt.clone(), Outcome::Unchanged)
-    );
+    assert_eq!(run(&mut fake, &config, &b), (alt.clone(), Outcome::Unchanged));
 
     // Content of an item changed: overwritten in place.
-    fake.files
-        .insert("P_1/0000_6.dcm".into(), b"two, fixed".to_vec());
+    fake.files.insert("P_1/0000_6.dcm".into(), b"two, fixed".to_vec());
     assert_eq!(run(&mut fake, &config, &b), (alt.clone(), Outcome::Stored));
     assert_eq!(fake.objects[&alt].0, b"two, fixed");
 
     // A foreign object at both keys: refused, nothing touched.
     let c = item("P_1/0000_6.dcm", "Other");
-    fake.objects.insert(
-        "images/guid-1/Other.dcm".into(),
-        (b"x".to_vec(), String::new(), vec![]),
-    );
+    fake.objects.insert("images/guid-1/Other.dcm".into(), (b"x".to_vec(), String::new(), vec![]));
     let alt_c = format!("images/guid-1/Other~{}.dcm", &hex(b"P_1/0000_6.dcm")[..8]);
-    fake.objects
-        .insert(alt_c, (b"y".to_vec(), String::new(), vec![]));
+    fake.objects.insert(alt_c, (b"y".to_vec(), String::new(), vec![]));
     let e = store_item(&config, &mut fake, &c, &vec![], "guid-1").unwrap_err();
     assert!(e.message.contains("collision"), "{}", e.message);
 }
@@ -313,10 +258,7 @@ fn losing_a_create_race_goes_next_to_the_winner() {
     );
     fake.race = Some(("images/guid-1/Pano.dcm".into(), winner));
     let (key, outcome) = run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano"));
-    assert_eq!(
-        key,
-        format!("images/guid-1/Pano~{}.dcm", &hex(b"P_1/0000_5.dcm")[..8])
-    );
+    assert_eq!(key, format!("images/guid-1/Pano~{}.dcm", &hex(b"P_1/0000_5.dcm")[..8]));
     assert_eq!(outcome, Outcome::Stored);
     assert_eq!(fake.objects["images/guid-1/Pano.dcm"].0, b"two");
 }
@@ -331,18 +273,8 @@ fn other_templates() {
     assert_eq!(fake.objects.len(), 1);
 
     let config = fs_settings(r#"{"key": "x/{modality}/{imageName}", "sidecar": true}"#);
-    let s = store_item(
-        &config,
-        &mut fake,
-        &item("P_1/0000_5.dcm", "../../etc"),
-        &vec![],
-        "g",
-    )
-    .unwrap();
-    assert_eq!(
-        s.location,
-        format!("x/unknown/___etc~{}.dcm", &hex(b"../../etc")[..8])
-    );
+    let s = store_item(&config, &mut fake, &item("P_1/0000_5.dcm", "../../etc"), &vec![], "g").unwrap();
+    assert_eq!(s.location, format!("x/unknown/___etc~{}.dcm", &hex(b"../../etc")[..8]));
 }
 
 #[test]
@@ -350,20 +282,11 @@ fn config_errors() {
     let c = fs_settings("{}");
     assert!(c.sidecar && c.clinic_id.is_none() && c.max_key == MAX_KEY);
     let s3 = settings_of("{}", &S3_PROFILE);
-    assert!(
-        s3.sidecar
-            && s3.template.uses(Placeholder::PatientGuid)
-            && s3.template.uses(Placeholder::ImageName)
-    );
+    assert!(s3.sidecar && s3.template.uses(Placeholder::PatientGuid) && s3.template.uses(Placeholder::ImageName));
     let e = Settings::configure(r#"{"sidecars": false}"#, &FS_PROFILE).unwrap_err();
     assert!(e.message.contains("sidecars"), "{}", e.message);
-    let e = Settings::configure(r#"{"key": "images/{patientGuid}/{imageNme}"}"#, &FS_PROFILE)
-        .unwrap_err();
-    assert!(
-        e.message.contains("{imageNme}") && e.message.contains("{clinicId}"),
-        "{}",
-        e.message
-    );
+    let e = Settings::configure(r#"{"key": "images/{patientGuid}/{imageNme}"}"#, &FS_PROFILE).unwrap_err();
+    assert!(e.message.contains("{imageNme}") && e.message.contains("{clinicId}"), "{}", e.message);
     let e = Settings::configure(r#"{"max_key_bytes": 20}"#, &FS_PROFILE).unwrap_err();
     assert!(e.message.contains("max_key_bytes"), "{}", e.message);
     let e = Settings::configure(r#"{"max_key_bytes": 2000}"#, &FS_PROFILE).unwrap_err();
@@ -373,60 +296,38 @@ fn config_errors() {
 #[test]
 fn clinic_id() {
     // Required when the template uses it, sanitised like other values.
-    let e = Settings::configure(
-        r#"{"key": "{clinicId}/{patientGuid}/{imageName}"}"#,
-        &S3_PROFILE,
-    )
-    .unwrap_err();
+    let e = Settings::configure(r#"{"key": "{clinicId}/{patientGuid}/{imageName}"}"#, &S3_PROFILE).unwrap_err();
     assert!(e.message.contains("clinic_id"), "{}", e.message);
-    let e = Settings::configure(
-        r#"{"key": "{clinicId}/{patientGuid}/{imageName}", "clinic_id": " "}"#,
-        &S3_PROFILE,
-    )
-    .unwrap_err();
+    let e = Settings::configure(r#"{"key": "{clinicId}/{patientGuid}/{imageName}", "clinic_id": " "}"#, &S3_PROFILE)
+        .unwrap_err();
     assert!(e.message.contains("clinic_id"), "{}", e.message);
     // Not enough on its own: every item would share a key.
-    assert!(
-        Settings::configure(r#"{"key": "c/{clinicId}", "clinic_id": "c"}"#, &FS_PROFILE).is_err()
-    );
+    assert!(Settings::configure(r#"{"key": "c/{clinicId}", "clinic_id": "c"}"#, &FS_PROFILE).is_err());
 
     for profile in [FS_PROFILE, S3_PROFILE] {
-        let config = settings_of(
-            r#"{"key": "{clinicId}/{patientGuid}/{imageName}", "clinic_id": "Praxis/Süd: 1"}"#,
-            &profile,
-        );
+        let config =
+            settings_of(r#"{"key": "{clinicId}/{patientGuid}/{imageName}", "clinic_id": "Praxis/Süd: 1"}"#, &profile);
         assert_eq!(config.clinic_id.as_deref(), Some("Praxis_Süd_ 1"));
         let mut fake = Fake::default();
         fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
         let (key, _) = run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano"));
         assert_eq!(key, "Praxis_Süd_ 1/guid-1/Pano.dcm");
-        let doc: serde_json::Value =
-            serde_json::from_slice(&fake.objects[&format!("{key}.json")].0).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&fake.objects[&format!("{key}.json")].0).unwrap();
         assert_eq!(doc["clinicId"], "Praxis_Süd_ 1");
     }
 
     // Without a clinic id the sidecar has no such field.
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
-    run(
-        &mut fake,
-        &fs_settings("{}"),
-        &item("P_1/0000_5.dcm", "Pano"),
-    );
-    let doc: serde_json::Value =
-        serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
+    run(&mut fake, &fs_settings("{}"), &item("P_1/0000_5.dcm", "Pano"));
+    let doc: serde_json::Value = serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
     assert!(doc.get("clinicId").is_none());
 
     // Set but unused by the template: only in the sidecar.
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
-    run(
-        &mut fake,
-        &fs_settings(r#"{"clinic_id": "c-7"}"#),
-        &item("P_1/0000_5.dcm", "Pano"),
-    );
-    let doc: serde_json::Value =
-        serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
+    run(&mut fake, &fs_settings(r#"{"clinic_id": "c-7"}"#), &item("P_1/0000_5.dcm", "Pano"));
+    let doc: serde_json::Value = serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
     assert_eq!(doc["clinicId"], "c-7");
 }
 
@@ -441,60 +342,33 @@ fn key_limit() {
     let (b, _) = run(&mut fake, &config, &item("P_1/0000_6.dcm", &long));
     assert_ne!(a, b);
     for k in [&a, &b] {
-        assert!(
-            k.len() + ".json".len() <= 150
-                && k.starts_with("images/guid-1/nnn")
-                && k.ends_with(".dcm"),
-            "{k}"
-        );
+        assert!(k.len() + ".json".len() <= 150 && k.starts_with("images/guid-1/nnn") && k.ends_with(".dcm"), "{k}");
         assert!(fake.objects.contains_key(&format!("{k}.json")));
     }
     // The default: S3's 1024 bytes, file names within 255.
-    let (c, _) = run(
-        &mut fake,
-        &fs_settings("{}"),
-        &item("P_1/0000_5.dcm", &"m".repeat(2000)),
-    );
-    assert!(
-        c.len() <= MAX_KEY && c.rsplit('/').next().unwrap().len() <= MAX_SEGMENT - 5,
-        "{}",
-        c.len()
-    );
+    let (c, _) = run(&mut fake, &fs_settings("{}"), &item("P_1/0000_5.dcm", &"m".repeat(2000)));
+    assert!(c.len() <= MAX_KEY && c.rsplit('/').next().unwrap().len() <= MAX_SEGMENT - 5, "{}", c.len());
     // A folder part that leaves no room.
     let config = fs_settings(
         r#"{"key": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/{patientGuid}/{imageName}", "max_key_bytes": 64}"#,
     );
-    let e = store_item(
-        &config,
-        &mut fake,
-        &item("P_1/0000_5.dcm", "Pano"),
-        &vec![],
-        "guid-1",
-    )
-    .unwrap_err();
+    let e = store_item(&config, &mut fake, &item("P_1/0000_5.dcm", "Pano"), &vec![], "guid-1").unwrap_err();
     assert!(e.message.contains("too long"), "{}", e.message);
 }
 
 #[test]
 fn without_store_checksums_an_own_object_is_rewritten() {
     let config = fs_settings("{}");
-    let mut fake = Fake {
-        no_checksums: true,
-        ..Fake::default()
-    };
+    let mut fake = Fake { no_checksums: true, ..Fake::default() };
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     let a = item("P_1/0000_5.dcm", "Pano");
     assert_eq!(run(&mut fake, &config, &a).1, Outcome::Stored);
     // The sidecar still gets the file's checksum.
-    let doc: serde_json::Value =
-        serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
     assert_eq!(doc["sha256"], hex(b"one"));
     assert_eq!(run(&mut fake, &config, &a).1, Outcome::Stored);
     // An ownerless object is never overwritten when its content is unknown.
-    fake.objects.insert(
-        "images/guid-1/Other.dcm".into(),
-        (b"one".to_vec(), String::new(), vec![]),
-    );
+    fake.objects.insert("images/guid-1/Other.dcm".into(), (b"one".to_vec(), String::new(), vec![]));
     let (key, _) = run(&mut fake, &config, &item("P_1/0000_5.dcm", "Other"));
     assert_ne!(key, "images/guid-1/Other.dcm");
 }

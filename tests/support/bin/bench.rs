@@ -101,12 +101,7 @@ fn main() -> Result<()> {
     );
     println!("| wall time | {:.2?} | {:.2?} | |", baseline, first);
     println!("| no-op re-run | | {:.2?} ({}) | |", noop, noop_line.trim_start_matches("done: "));
-    println!(
-        "| one {:.0} MB file | | {:.2?}, peak RSS {:.0} MB | |",
-        mb(big_size),
-        big_time,
-        mb(big_rss)
-    );
+    println!("| one {:.0} MB file | | {:.2?}, peak RSS {:.0} MB | |", mb(big_size), big_time, mb(big_rss));
     println!();
     println!("ferry first run: {line}");
     println!("big file run: {big_line}");
@@ -172,7 +167,10 @@ fn write_pipeline(dir: &Path, s3: &S3Server, resolver: &ResolverServer, bucket: 
     // deadline for big files, and pages of 50 folders as in production
     let toml = ferry_tests::production_toml("bench", ferry_tests::SQLITE_CONNECTION, resolver, s3, bucket, "")
         .replace("folders_per_page = 3", "folders_per_page = 50")
-        .replace("concurrency = 4", &format!("concurrency = {CONCURRENCY}\nlimits = {{ memory = \"64MiB\", timeout = \"10m\" }}"));
+        .replace(
+            "concurrency = 4",
+            &format!("concurrency = {CONCURRENCY}\nlimits = {{ memory = \"64MiB\", timeout = \"10m\" }}"),
+        );
     std::fs::write(dir.join("pipeline.toml"), toml)?;
     Ok(())
 }
@@ -204,9 +202,11 @@ fn run_ferry_measuring_rss(bin: &Path, dir: &Path) -> Result<(Duration, u64, Str
     let mut peak = 0u64;
     loop {
         if let Ok(s) = std::fs::read_to_string(&status_file) {
-            if let Some(kb) = s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| {
-                v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
-            }) {
+            if let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
                 peak = peak.max(kb * 1024);
             }
         }

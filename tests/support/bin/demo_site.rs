@@ -31,10 +31,7 @@ fn run() -> Result<()> {
     };
     let dir = PathBuf::from(dir);
     if dir.exists() {
-        let empty = fs::read_dir(&dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .next()
-            .is_none();
+        let empty = fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.next().is_none();
         if !empty {
             if !dir.join(MARKER_FILE).is_file() {
                 bail!(
@@ -49,12 +46,7 @@ fn run() -> Result<()> {
     }
     let site = demo_site().build(&dir)?;
     let e = site.expected();
-    let patients_with_images = site
-        .images
-        .iter()
-        .map(|i| i.spec.sidexis_id)
-        .collect::<BTreeSet<_>>()
-        .len();
+    let patients_with_images = site.images.iter().map(|i| i.spec.sidexis_id).collect::<BTreeSet<_>>().len();
     println!(
         "demo site written to {}: {} patients ({} with images), {} images, {} other entries; \
          expected first run: scanned {}, skipped {}, unresolved {}, quarantined {}, stored {}, failed {}",

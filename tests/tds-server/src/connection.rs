@@ -35,17 +35,8 @@ struct Conn<S> {
 }
 
 /// Serves one connection until the client leaves or breaks the protocol.
-pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    io: S,
-    shared: Arc<Shared>,
-    spid: u16,
-) {
-    let mut conn = Conn {
-        io,
-        shared,
-        spid,
-        packet_size: DEFAULT_PACKET_SIZE,
-    };
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(io: S, shared: Arc<Shared>, spid: u16) {
+    let mut conn = Conn { io, shared, spid, packet_size: DEFAULT_PACKET_SIZE };
     match conn.run().await {
         Ok(()) => debug!(spid, "connection closed"),
         Err(e) => debug!(spid, error = %e, "connection ended"),
@@ -59,15 +50,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Ok(());
         };
         if msg.kind != kind::PRELOGIN {
-            return Err(packet::invalid(format!(
-                "expected PRELOGIN, got packet type {:#04x}",
-                msg.kind
-            )));
+            return Err(packet::invalid(format!("expected PRELOGIN, got packet type {:#04x}", msg.kind)));
         }
         let client = prelogin::parse(&msg.payload).map_err(|e| packet::invalid(e.0))?;
         debug!(spid = self.spid, ?client, "prelogin");
-        self.send(kind::TABULAR_RESULT, &prelogin::response())
-            .await?;
+        self.send(kind::TABULAR_RESULT, &prelogin::response()).await?;
 
         // LOGIN7
         let Some(msg) = packet::read_message(&mut self.io).await? else {
@@ -95,11 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             let outcome = run(&mut db, sql, Vec::new()).await;
                             batch_reply(outcome)
                         }
-                        Err(e) => error_reply(
-                            DoneKind::Done,
-                            BAD_RPC,
-                            &format!("malformed SQL batch: {e}"),
-                        ),
+                        Err(e) => error_reply(DoneKind::Done, BAD_RPC, &format!("malformed SQL batch: {e}")),
                     }
                 }
                 kind::RPC => {
@@ -176,10 +159,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Ok(None);
         }
         if !login.database.is_empty() && !login.database.eq_ignore_ascii_case(&opts.database) {
-            let why = format!(
-                "Cannot open database \"{}\" requested by the login. The login failed.",
-                login.database
-            );
+            let why = format!("Cannot open database \"{}\" requested by the login. The login failed.", login.database);
             self.login_failed(&login.user, Some(why)).await?;
             return Ok(None);
         }
@@ -218,11 +198,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(why) = first {
             t.error(CANNOT_OPEN_DATABASE, 11, &why);
         }
-        t.error(
-            LOGIN_FAILED,
-            14,
-            &format!("Login failed for user '{user}'."),
-        );
+        t.error(LOGIN_FAILED, 14, &format!("Login failed for user '{user}'."));
         t.done(DoneKind::Done, done::ERROR, 0, 0);
         self.send(kind::TABULAR_RESULT, t.as_bytes()).await
     }
@@ -237,7 +213,8 @@ fn split_executesql(mut params: Vec<Param>) -> Result<(String, Vec<Param>), SqlE
     if params.is_empty() {
         return Err(SqlError {
             number: 201,
-            message: "Procedure or function 'sp_executesql' expects parameter '@statement', which was not supplied.".into(),
+            message: "Procedure or function 'sp_executesql' expects parameter '@statement', which was not supplied."
+                .into(),
         });
     }
     let rest = params.split_off(params.len().min(2));
@@ -245,24 +222,16 @@ fn split_executesql(mut params: Vec<Param>) -> Result<(String, Vec<Param>), SqlE
         Value::Text(sql) => Ok((sql, rest)),
         _ => Err(SqlError {
             number: 214,
-            message: "Procedure expects parameter '@statement' of type 'ntext/nchar/nvarchar'."
-                .into(),
+            message: "Procedure expects parameter '@statement' of type 'ntext/nchar/nvarchar'.".into(),
         }),
     }
 }
 
 /// Runs a statement on the blocking pool, moving the SQLite connection there
 /// and back. Leaves `db` empty only if the worker panicked.
-async fn run(
-    db: &mut Option<rusqlite::Connection>,
-    sql: String,
-    params: Vec<Param>,
-) -> Result<Outcome, SqlError> {
+async fn run(db: &mut Option<rusqlite::Connection>, sql: String, params: Vec<Param>) -> Result<Outcome, SqlError> {
     let Some(conn) = db.take() else {
-        return Err(SqlError {
-            number: 50000,
-            message: "database connection lost".into(),
-        });
+        return Err(SqlError { number: 50000, message: "database connection lost".into() });
     };
     match tokio::task::spawn_blocking(move || {
         let out = sqlite::execute(&conn, &sql, &params);
@@ -274,10 +243,7 @@ async fn run(
             *db = Some(conn);
             out
         }
-        Err(e) => Err(SqlError {
-            number: 50000,
-            message: format!("SQLite worker failed: {e}"),
-        }),
+        Err(e) => Err(SqlError { number: 50000, message: format!("SQLite worker failed: {e}") }),
     }
 }
 

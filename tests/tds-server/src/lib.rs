@@ -70,11 +70,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            user: "ferry".into(),
-            password: "ferry-test-pw".into(),
-            database: "PDATA".into(),
-        }
+        Options { user: "ferry".into(), password: "ferry-test-pw".into(), database: "PDATA".into() }
     }
 }
 
@@ -147,8 +143,7 @@ impl TdsServer {
     }
 
     fn start_blocking_on(db: &Path, options: Options, addr: SocketAddr) -> io::Result<TdsServer> {
-        sqlite::open(db)
-            .map_err(|e| io::Error::other(format!("cannot open {}: {e}", db.display())))?;
+        sqlite::open(db).map_err(|e| io::Error::other(format!("cannot open {}: {e}", db.display())))?;
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -161,35 +156,27 @@ impl TdsServer {
             sockets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task_shared = shared.clone();
-        std::thread::Builder::new()
-            .name(format!("tds-server-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            warn!(error = %e, "cannot listen");
-                            return;
-                        }
-                    };
-                    tokio::select! {
-                        _ = accept_loop(listener, task_shared) => {}
-                        _ = stopped => {}
+        std::thread::Builder::new().name(format!("tds-server-{}", addr.port())).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(error = %e, "cannot listen");
+                        return;
                     }
-                });
-                // Dropping the runtime here cancels the connection tasks.
-            })?;
+                };
+                tokio::select! {
+                    _ = accept_loop(listener, task_shared) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime here cancels the connection tasks.
+        })?;
         debug!(%addr, db = %db.display(), "TDS test server listening");
-        Ok(TdsServer {
-            addr,
-            shared,
-            stop: Some(stop),
-        })
+        Ok(TdsServer { addr, shared, stop: Some(stop) })
     }
 
     /// The address the server listens on.
@@ -255,10 +242,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let registration = Registration {
-            shared: shared.clone(),
-            id,
-        };
+        let registration = Registration { shared: shared.clone(), id };
         let spid = 51 + (id % 30_000) as u16;
         tokio::spawn(async move {
             connection::serve(stream, registration.shared.clone(), spid).await;

@@ -92,20 +92,13 @@ pub fn parse(payload: &[u8]) -> Result<Login7, DecodeError> {
 /// Undoes the LOGIN7 password obfuscation: XOR each byte with 0xA5, then swap
 /// its nibbles; the result is UTF-16LE.
 pub fn decode_password(obfuscated: &[u8]) -> Result<String, DecodeError> {
-    let plain: Vec<u8> = obfuscated
-        .iter()
-        .map(|b| (b ^ 0xA5).rotate_left(4))
-        .collect();
+    let plain: Vec<u8> = obfuscated.iter().map(|b| (b ^ 0xA5).rotate_left(4)).collect();
     utf16_to_string(&plain)
 }
 
 /// The inverse of [`decode_password`] (for tests and hand-made clients).
 pub fn encode_password(password: &str) -> Vec<u8> {
-    password
-        .encode_utf16()
-        .flat_map(|u| u.to_le_bytes())
-        .map(|b| b.rotate_left(4) ^ 0xA5)
-        .collect()
+    password.encode_utf16().flat_map(|u| u.to_le_bytes()).map(|b| b.rotate_left(4) ^ 0xA5).collect()
 }
 
 #[cfg(test)]

@@ -45,17 +45,7 @@ pub mod kind {
     /// Types a client may send (anything else means the peer is not a TDS
     /// client, e.g. an HTTP request or a bare TLS handshake).
     pub fn is_client_type(ty: u8) -> bool {
-        matches!(
-            ty,
-            SQL_BATCH
-                | RPC
-                | ATTENTION
-                | BULK_LOAD
-                | TRANSACTION_MANAGER
-                | LOGIN7
-                | SSPI
-                | PRELOGIN
-        )
+        matches!(ty, SQL_BATCH | RPC | ATTENTION | BULK_LOAD | TRANSACTION_MANAGER | LOGIN7 | SSPI | PRELOGIN)
     }
 }
 
@@ -95,21 +85,15 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<
         let status = header[1];
         let len = u16::from_be_bytes([header[2], header[3]]) as usize;
         if !kind::is_client_type(ty) {
-            return Err(invalid(format!(
-                "{ty:#04x} is not a TDS client packet type"
-            )));
+            return Err(invalid(format!("{ty:#04x} is not a TDS client packet type")));
         }
         if len < HEADER_LEN {
-            return Err(invalid(format!(
-                "packet length {len} is shorter than its header"
-            )));
+            return Err(invalid(format!("packet length {len} is shorter than its header")));
         }
         match kind {
             None => kind = Some(ty),
             Some(k) if k != ty => {
-                return Err(invalid(format!(
-                    "packet type changed within a message ({k:#04x} then {ty:#04x})"
-                )))
+                return Err(invalid(format!("packet type changed within a message ({k:#04x} then {ty:#04x})")))
             }
             Some(_) => {}
         }
@@ -186,10 +170,7 @@ mod tests {
         assert_eq!(out[second + 1], 0);
         let third = 2 * 4096;
         assert_eq!(out[third + 1], STATUS_EOM);
-        assert_eq!(
-            u16::from_be_bytes([out[third + 2], out[third + 3]]),
-            1824 + 8
-        );
+        assert_eq!(u16::from_be_bytes([out[third + 2], out[third + 3]]), 1824 + 8);
         assert_eq!(out[third + 6], 3);
     }
 

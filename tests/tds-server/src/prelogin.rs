@@ -84,13 +84,7 @@ mod tests {
     #[test]
     fn response_parses_and_says_not_supported() {
         let r = response();
-        assert_eq!(
-            parse(&r).unwrap(),
-            ClientPrelogin {
-                encryption: Some(ENCRYPT_NOT_SUP),
-                mars: false
-            }
-        );
+        assert_eq!(parse(&r).unwrap(), ClientPrelogin { encryption: Some(ENCRYPT_NOT_SUP), mars: false });
     }
 
     #[test]

@@ -94,9 +94,7 @@ impl<'a> Reader<'a> {
 
     /// `n` UTF-16LE code units.
     pub fn utf16(&mut self, units: usize) -> Result<String> {
-        let n = units
-            .checked_mul(2)
-            .ok_or_else(|| DecodeError::new("string length overflow"))?;
+        let n = units.checked_mul(2).ok_or_else(|| DecodeError::new("string length overflow"))?;
         utf16_to_string(self.bytes(n)?)
     }
 
@@ -112,9 +110,7 @@ pub fn utf16_to_string(bytes: &[u8]) -> Result<String> {
     if !bytes.len().is_multiple_of(2) {
         return Err(DecodeError::new("UTF-16 text with an odd number of bytes"));
     }
-    let units = bytes
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]));
+    let units = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
     char::decode_utf16(units)
         .collect::<std::result::Result<String, _>>()
         .map_err(|_| DecodeError::new("invalid UTF-16 text"))
@@ -124,9 +120,7 @@ pub fn utf16_to_string(bytes: &[u8]) -> Result<String> {
 fn skip_all_headers(r: &mut Reader<'_>) -> Result<()> {
     let total = r.u32_le()? as usize;
     if total < 4 {
-        return Err(DecodeError::new(
-            "ALL_HEADERS shorter than its length field",
-        ));
+        return Err(DecodeError::new("ALL_HEADERS shorter than its length field"));
     }
     r.bytes(total - 4)?;
     Ok(())
@@ -192,19 +186,14 @@ pub fn decode_rpc(payload: &[u8]) -> Result<RpcCall> {
     let mut r = Reader::new(payload);
     skip_all_headers(&mut r)?;
     let name_len = r.u16_le()?;
-    let procedure = if name_len == 0xFFFF {
-        Procedure::Id(r.u16_le()?)
-    } else {
-        Procedure::Name(r.utf16(name_len as usize)?)
-    };
+    let procedure =
+        if name_len == 0xFFFF { Procedure::Id(r.u16_le()?) } else { Procedure::Name(r.utf16(name_len as usize)?) };
     let _option_flags = r.u16_le()?;
     let mut params = Vec::new();
     while !r.is_empty() {
         let first = r.bytes(1)?[0];
         if first == 0x80 || first == 0xFF {
-            return Err(DecodeError::new(
-                "more than one RPC in a request is not supported by this test server",
-            ));
+            return Err(DecodeError::new("more than one RPC in a request is not supported by this test server"));
         }
         r.pos -= 1;
         let name = r.b_varchar()?;
@@ -259,19 +248,13 @@ pub fn decode_value(r: &mut Reader<'_>) -> Result<Value> {
                 (_, 0) => Value::Null,
                 (ty::INTN, 1) => Value::Integer(data[0] as i64),
                 (ty::INTN, 2) => Value::Integer(i16::from_le_bytes([data[0], data[1]]) as i64),
-                (ty::INTN, 4) => {
-                    Value::Integer(i32::from_le_bytes(data.try_into().unwrap()) as i64)
-                }
+                (ty::INTN, 4) => Value::Integer(i32::from_le_bytes(data.try_into().unwrap()) as i64),
                 (ty::INTN, 8) => Value::Integer(i64::from_le_bytes(data.try_into().unwrap())),
                 (ty::BITN, 1) => Value::Integer((data[0] != 0) as i64),
                 (ty::FLTN, 4) => Value::Real(f32::from_le_bytes(data.try_into().unwrap()) as f64),
                 (ty::FLTN, 8) => Value::Real(f64::from_le_bytes(data.try_into().unwrap())),
                 (ty::GUID, 16) => Value::Text(guid_text(data)),
-                _ => {
-                    return Err(DecodeError::new(format!(
-                        "parameter of type {t:#04x} with invalid length {len}"
-                    )))
-                }
+                _ => return Err(DecodeError::new(format!("parameter of type {t:#04x} with invalid length {len}"))),
             }
         }
         ty::DECIMALN | ty::NUMERICN => {
@@ -305,17 +288,13 @@ pub fn decode_value(r: &mut Reader<'_>) -> Result<Value> {
                     ty::NVARCHAR | ty::NCHAR => Value::Text(utf16_to_string(&d)?),
                     // Single-byte text: treat as Latin-1 (the default collation's
                     // code page 1252 agrees on letters such as ä, ö, ü, ß).
-                    ty::BIGVARCHR | ty::BIGCHAR => {
-                        Value::Text(d.iter().map(|b| *b as char).collect())
-                    }
+                    ty::BIGVARCHR | ty::BIGCHAR => Value::Text(d.iter().map(|b| *b as char).collect()),
                     _ => Value::Blob(d),
                 },
             }
         }
         other => {
-            return Err(DecodeError::new(format!(
-                "parameter type {other:#04x} is not supported by this test server"
-            )))
+            return Err(DecodeError::new(format!("parameter type {other:#04x} is not supported by this test server")))
         }
     })
 }
@@ -346,9 +325,7 @@ fn guid_text(d: &[u8]) -> String {
 }
 
 fn numeric_value(data: &[u8], scale: u8) -> Result<Value> {
-    let (sign, mag) = data
-        .split_first()
-        .ok_or_else(|| DecodeError::new("empty numeric value"))?;
+    let (sign, mag) = data.split_first().ok_or_else(|| DecodeError::new("empty numeric value"))?;
     if mag.len() > 16 || scale > 38 {
         return Err(DecodeError::new("numeric value out of range"));
     }
@@ -489,15 +466,9 @@ mod tests {
 
     #[test]
     fn numerics_and_guids() {
-        assert_eq!(
-            numeric_value(&[1, 0x39, 0x30], 2).unwrap(),
-            Value::Real(123.45)
-        );
+        assert_eq!(numeric_value(&[1, 0x39, 0x30], 2).unwrap(), Value::Real(123.45));
         assert_eq!(numeric_value(&[0, 7], 0).unwrap(), Value::Integer(-7));
-        let g = [
-            0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD,
-            0xEE, 0xFF,
-        ];
+        let g = [0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF];
         assert_eq!(guid_text(&g), "00112233-4455-6677-8899-AABBCCDDEEFF");
     }
 }

@@ -35,10 +35,7 @@ use crate::translate;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A result set (possibly empty).
-    Rows {
-        columns: Vec<Column>,
-        rows: Vec<Vec<Value>>,
-    },
+    Rows { columns: Vec<Column>, rows: Vec<Vec<Value>> },
     /// An INSERT/UPDATE/DELETE and the number of rows it changed.
     Affected(u64),
     /// Anything else (DDL, `SET ...`, an empty batch).
@@ -55,10 +52,7 @@ pub struct SqlError {
 
 impl SqlError {
     fn new(number: u32, message: impl Into<String>) -> Self {
-        SqlError {
-            number,
-            message: message.into(),
-        }
+        SqlError { number, message: message.into() }
     }
 }
 
@@ -67,8 +61,7 @@ impl From<rusqlite::Error> for SqlError {
         let message = match &e {
             rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
             rusqlite::Error::MultipleStatement => {
-                "this test server runs one statement per request (SQLite: multiple statements provided)"
-                    .to_string()
+                "this test server runs one statement per request (SQLite: multiple statements provided)".to_string()
             }
             other => other.to_string(),
         };
@@ -99,9 +92,7 @@ impl From<rusqlite::Error> for SqlError {
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_URI
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
@@ -127,9 +118,7 @@ pub fn execute(conn: &Connection, sql: &str, params: &[Param]) -> Result<Outcome
                     .ok_or_else(|| {
                         SqlError::new(
                             8178,
-                            format!(
-                                "The parameterized query expects the parameter '{name}', which was not supplied."
-                            ),
+                            format!("The parameterized query expects the parameter '{name}', which was not supplied."),
                         )
                     })?
             }
@@ -145,27 +134,13 @@ pub fn execute(conn: &Connection, sql: &str, params: &[Param]) -> Result<Outcome
         let before = conn.total_changes();
         stmt.raw_execute()?;
         let changed = conn.total_changes() - before;
-        let first_word = sql
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_ascii_uppercase();
-        let dml = matches!(
-            first_word.as_str(),
-            "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH"
-        );
-        return Ok(if dml || changed > 0 {
-            Outcome::Affected(changed)
-        } else {
-            Outcome::Done
-        });
+        let first_word = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let dml = matches!(first_word.as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH");
+        return Ok(if dml || changed > 0 { Outcome::Affected(changed) } else { Outcome::Done });
     }
 
-    let decls: Vec<(String, Option<String>)> = stmt
-        .columns()
-        .iter()
-        .map(|c| (c.name().to_string(), c.decl_type().map(str::to_string)))
-        .collect();
+    let decls: Vec<(String, Option<String>)> =
+        stmt.columns().iter().map(|c| (c.name().to_string(), c.decl_type().map(str::to_string))).collect();
     let n = decls.len();
     let mut rows = Vec::new();
     let mut cursor = stmt.raw_query();
@@ -222,10 +197,7 @@ fn fits(kind: Kind, v: &Value) -> bool {
         (_, Value::Null)
             | (Kind::BigInt, Value::Integer(_))
             | (Kind::Float, Value::Integer(_) | Value::Real(_))
-            | (
-                Kind::Text,
-                Value::Integer(_) | Value::Real(_) | Value::Text(_)
-            )
+            | (Kind::Text, Value::Integer(_) | Value::Real(_) | Value::Text(_))
             | (Kind::Blob, Value::Blob(_))
     )
 }
@@ -308,26 +280,18 @@ mod tests {
     }
 
     fn p(name: &str, v: Value) -> Param {
-        Param {
-            name: name.into(),
-            value: v,
-        }
+        Param { name: name.into(), value: v }
     }
 
     #[test]
     fn declared_types_decide() {
         let c = db();
-        let Outcome::Rows { columns, rows } =
-            execute(&c, "SELECT i, r, s, b, d, n FROM t", &[]).unwrap()
-        else {
+        let Outcome::Rows { columns, rows } = execute(&c, "SELECT i, r, s, b, d, n FROM t", &[]).unwrap() else {
             panic!()
         };
         let types: Vec<_> = columns.iter().map(|c| c.ty).collect();
         use WireType::*;
-        assert_eq!(
-            types,
-            vec![BigInt, Float, NVarChar, VarBinary, NVarChar, BigInt]
-        );
+        assert_eq!(types, vec![BigInt, Float, NVarChar, VarBinary, NVarChar, BigInt]);
         assert_eq!(rows[1][1], Value::Real(2.0));
         assert_eq!(rows[0][3], Value::Blob(vec![1, 2]));
         assert_eq!(rows[1][0], Value::Null);
@@ -337,9 +301,7 @@ mod tests {
     fn values_that_do_not_fit_fall_back() {
         let c = db();
         c.execute("INSERT INTO t (i) VALUES ('abc')", []).unwrap();
-        let Outcome::Rows { columns, rows } = execute(&c, "SELECT i FROM t", &[]).unwrap() else {
-            panic!()
-        };
+        let Outcome::Rows { columns, rows } = execute(&c, "SELECT i FROM t", &[]).unwrap() else { panic!() };
         assert_eq!(columns[0].ty, WireType::NVarChar);
         assert_eq!(rows[0][0], Value::Text("1".into()));
     }
@@ -350,29 +312,14 @@ mod tests {
         let Outcome::Rows { columns, rows } = execute(
             &c,
             "SELECT 1 AS one, @P1 AS a, @p2 AS b, @P3 AS c",
-            &[
-                p("@P1", Value::Integer(5)),
-                p("@P2", Value::Text("x".into())),
-                p("@P3", Value::Null),
-            ],
+            &[p("@P1", Value::Integer(5)), p("@P2", Value::Text("x".into())), p("@P3", Value::Null)],
         )
         .unwrap() else {
             panic!()
         };
         use WireType::*;
-        assert_eq!(
-            columns.iter().map(|c| c.ty).collect::<Vec<_>>(),
-            vec![BigInt, BigInt, NVarChar, NVarChar]
-        );
-        assert_eq!(
-            rows,
-            vec![vec![
-                Value::Integer(1),
-                Value::Integer(5),
-                Value::Text("x".into()),
-                Value::Null
-            ]]
-        );
+        assert_eq!(columns.iter().map(|c| c.ty).collect::<Vec<_>>(), vec![BigInt, BigInt, NVarChar, NVarChar]);
+        assert_eq!(rows, vec![vec![Value::Integer(1), Value::Integer(5), Value::Text("x".into()), Value::Null]]);
     }
 
     #[test]
@@ -380,18 +327,9 @@ mod tests {
         let c = db();
         let e = execute(&c, "SELECT @P1", &[]).unwrap_err();
         assert_eq!(e.number, 8178);
-        assert_eq!(
-            execute(&c, "UPDATE t SET n = 1", &[]).unwrap(),
-            Outcome::Affected(2)
-        );
-        assert_eq!(
-            execute(&c, "DELETE FROM t WHERE 0", &[]).unwrap(),
-            Outcome::Affected(0)
-        );
-        assert_eq!(
-            execute(&c, "CREATE TABLE u (x)", &[]).unwrap(),
-            Outcome::Done
-        );
+        assert_eq!(execute(&c, "UPDATE t SET n = 1", &[]).unwrap(), Outcome::Affected(2));
+        assert_eq!(execute(&c, "DELETE FROM t WHERE 0", &[]).unwrap(), Outcome::Affected(0));
+        assert_eq!(execute(&c, "CREATE TABLE u (x)", &[]).unwrap(), Outcome::Done);
         assert_eq!(execute(&c, "SET NOCOUNT ON", &[]).unwrap(), Outcome::Done);
         assert_eq!(execute(&c, "  ", &[]).unwrap(), Outcome::Done);
         let e = execute(&c, "SELECT * FROM nope", &[]).unwrap_err();
@@ -404,9 +342,7 @@ mod tests {
     fn long_text_is_max() {
         let c = db();
         let long = "ß".repeat(4001);
-        let Outcome::Rows { columns, .. } =
-            execute(&c, "SELECT @P1", &[p("@P1", Value::Text(long))]).unwrap()
-        else {
+        let Outcome::Rows { columns, .. } = execute(&c, "SELECT @P1", &[p("@P1", Value::Text(long))]).unwrap() else {
             panic!()
         };
         assert_eq!(columns[0].ty, WireType::NVarCharMax);

@@ -229,20 +229,12 @@ impl Tokens {
                 }
                 WireType::NVarChar | WireType::NVarCharMax => {
                     self.u8(0xE7);
-                    self.u16(if c.ty == WireType::NVarChar {
-                        8000
-                    } else {
-                        0xFFFF
-                    });
+                    self.u16(if c.ty == WireType::NVarChar { 8000 } else { 0xFFFF });
                     self.buf.extend_from_slice(&COLLATION);
                 }
                 WireType::VarBinary | WireType::VarBinaryMax => {
                     self.u8(0xA5);
-                    self.u16(if c.ty == WireType::VarBinary {
-                        8000
-                    } else {
-                        0xFFFF
-                    });
+                    self.u16(if c.ty == WireType::VarBinary { 8000 } else { 0xFFFF });
                 }
             }
             self.b_varchar(&c.name);
@@ -308,10 +300,7 @@ mod tests {
     fn done_is_13_bytes() {
         let mut t = Tokens::new();
         t.done(DoneKind::Done, done::COUNT, cmd::SELECT, 3);
-        assert_eq!(
-            t.as_bytes(),
-            &[0xFD, 0x10, 0x00, 0xC1, 0x00, 3, 0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(t.as_bytes(), &[0xFD, 0x10, 0x00, 0xC1, 0x00, 3, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -339,18 +328,9 @@ mod tests {
     #[test]
     fn plp_nulls_and_chunks() {
         let cols = [
-            Column {
-                name: "a".into(),
-                ty: WireType::NVarCharMax,
-            },
-            Column {
-                name: "b".into(),
-                ty: WireType::BigInt,
-            },
-            Column {
-                name: "c".into(),
-                ty: WireType::NVarChar,
-            },
+            Column { name: "a".into(), ty: WireType::NVarCharMax },
+            Column { name: "b".into(), ty: WireType::BigInt },
+            Column { name: "c".into(), ty: WireType::NVarChar },
         ];
         let mut t = Tokens::new();
         t.row(&cols, &[Value::Null, Value::Null, Value::Null]);

@@ -177,9 +177,7 @@ fn strip_qualifiers(toks: &mut Vec<Tok>) {
         let mut j = i + 1;
         let mut cut = None; // index of the first token to keep
         while j < toks.len() && toks[j] == Tok::Punct('.') {
-            let part_before_is_dbo = toks[j - 1]
-                .ident()
-                .is_some_and(|p| p.eq_ignore_ascii_case("dbo"));
+            let part_before_is_dbo = toks[j - 1].ident().is_some_and(|p| p.eq_ignore_ascii_case("dbo"));
             let empty_part = toks[j - 1] == Tok::Punct('.');
             if part_before_is_dbo || empty_part {
                 cut = Some(j + 1);
@@ -202,10 +200,7 @@ fn strip_qualifiers(toks: &mut Vec<Tok>) {
 
 fn rename_functions(toks: &mut [Tok]) {
     for k in 0..toks.len() {
-        let next_paren = toks[k + 1..]
-            .iter()
-            .find(|t| !t.is_space())
-            .is_some_and(|t| *t == Tok::Punct('('));
+        let next_paren = toks[k + 1..].iter().find(|t| !t.is_space()).is_some_and(|t| *t == Tok::Punct('('));
         if !next_paren {
             continue;
         }
@@ -215,16 +210,8 @@ fn rename_functions(toks: &mut [Tok]) {
             toks[k] = Tok::Word("LENGTH".into());
         } else if toks[k].is_word("GETDATE") {
             // GETDATE() → CURRENT_TIMESTAMP: blank out the parentheses.
-            let open = k
-                + 1
-                + toks[k + 1..]
-                    .iter()
-                    .position(|t| !t.is_space())
-                    .unwrap_or(0);
-            let close = toks[open + 1..]
-                .iter()
-                .position(|t| !t.is_space())
-                .map(|p| open + 1 + p);
+            let open = k + 1 + toks[k + 1..].iter().position(|t| !t.is_space()).unwrap_or(0);
+            let close = toks[open + 1..].iter().position(|t| !t.is_space()).map(|p| open + 1 + p);
             if let Some(close) = close.filter(|c| toks[*c] == Tok::Punct(')')) {
                 toks[k] = Tok::Word("CURRENT_TIMESTAMP".into());
                 for t in &mut toks[k + 1..=close] {
@@ -264,18 +251,11 @@ fn take_top(toks: &mut Vec<Tok>) -> Option<String> {
         return None;
     };
     // TOP n PERCENT / TOP n WITH TIES have no LIMIT equivalent: leave them.
-    if idx
-        .next()
-        .is_some_and(|k| toks[k].is_word("PERCENT") || toks[k].is_word("WITH"))
-    {
+    if idx.next().is_some_and(|k| toks[k].is_word("PERCENT") || toks[k].is_word("WITH")) {
         return None;
     }
     // Also drop the whitespace after `n` so that no double space remains.
-    let end = if toks.get(end + 1).is_some_and(Tok::is_space) {
-        end + 1
-    } else {
-        end
-    };
+    let end = if toks.get(end + 1).is_some_and(Tok::is_space) { end + 1 } else { end };
     toks.drain(k..=end);
     Some(n)
 }
@@ -289,9 +269,7 @@ pub fn is_noop(sql: &str) -> bool {
 
 /// True if the statement has nothing but whitespace, comments and `;`.
 pub fn is_empty(sql: &str) -> bool {
-    lex(sql)
-        .iter()
-        .all(|t| t.is_space() || *t == Tok::Punct(';'))
+    lex(sql).iter().all(|t| t.is_space() || *t == Tok::Punct(';'))
 }
 
 #[cfg(test)]
@@ -324,18 +302,9 @@ mod tests {
     #[test]
     fn qualifiers() {
         assert_eq!(t("SELECT * FROM dbo.patient"), "SELECT * FROM patient");
-        assert_eq!(
-            t("SELECT * FROM [dbo].[patient]"),
-            "SELECT * FROM [patient]"
-        );
-        assert_eq!(
-            t("SELECT * FROM PDATA.dbo.patient"),
-            "SELECT * FROM patient"
-        );
-        assert_eq!(
-            t("SELECT * FROM [PDATA]..[patient]"),
-            "SELECT * FROM [patient]"
-        );
+        assert_eq!(t("SELECT * FROM [dbo].[patient]"), "SELECT * FROM [patient]");
+        assert_eq!(t("SELECT * FROM PDATA.dbo.patient"), "SELECT * FROM patient");
+        assert_eq!(t("SELECT * FROM [PDATA]..[patient]"), "SELECT * FROM [patient]");
         assert_eq!(
             t("SELECT dbo.patient.CardId FROM dbo.patient WHERE p.x = 1"),
             "SELECT patient.CardId FROM patient WHERE p.x = 1"
@@ -344,27 +313,15 @@ mod tests {
 
     #[test]
     fn top_becomes_limit() {
-        assert_eq!(
-            t("SELECT TOP 10 a FROM t ORDER BY a;"),
-            "SELECT a FROM t ORDER BY a LIMIT 10"
-        );
-        assert_eq!(
-            t("select distinct top (5) a from t"),
-            "select distinct a from t LIMIT 5"
-        );
+        assert_eq!(t("SELECT TOP 10 a FROM t ORDER BY a;"), "SELECT a FROM t ORDER BY a LIMIT 10");
+        assert_eq!(t("select distinct top (5) a from t"), "select distinct a from t LIMIT 5");
         assert_eq!(t("SELECT TOP (@P1) a FROM t"), "SELECT a FROM t LIMIT @P1");
-        assert_eq!(
-            t("SELECT TOP 5 PERCENT a FROM t"),
-            "SELECT TOP 5 PERCENT a FROM t"
-        );
+        assert_eq!(t("SELECT TOP 5 PERCENT a FROM t"), "SELECT TOP 5 PERCENT a FROM t");
     }
 
     #[test]
     fn functions() {
-        assert_eq!(
-            t("SELECT ISNULL(a, '') FROM t"),
-            "SELECT IFNULL(a, '') FROM t"
-        );
+        assert_eq!(t("SELECT ISNULL(a, '') FROM t"), "SELECT IFNULL(a, '') FROM t");
         assert_eq!(t("SELECT LEN (a) FROM t"), "SELECT LENGTH (a) FROM t");
         assert_eq!(t("SELECT GETDATE()"), "SELECT CURRENT_TIMESTAMP");
         assert_eq!(t("SELECT len FROM t"), "SELECT len FROM t");
@@ -380,21 +337,9 @@ mod tests {
 
     #[test]
     fn never_panics_on_odd_input() {
-        for sql in [
-            "'",
-            "[",
-            "\"",
-            "/*",
-            "--",
-            "N'",
-            "SELECT TOP",
-            "SELECT TOP (",
-            "a..",
-            ".",
-            "dbo.",
-            "GETDATE(",
-            "ß'",
-        ] {
+        for sql in
+            ["'", "[", "\"", "/*", "--", "N'", "SELECT TOP", "SELECT TOP (", "a..", ".", "dbo.", "GETDATE(", "ß'"]
+        {
             let _ = t(sql);
             let _ = super::is_noop(sql);
         }

@@ -41,11 +41,7 @@ async fn fixture() -> Fixture {
     .unwrap();
     drop(conn);
     let server = TdsServer::start(&db, Options::default()).await.unwrap();
-    Fixture {
-        _dir: dir,
-        db,
-        server,
-    }
+    Fixture { _dir: dir, db, server }
 }
 
 fn config(server: &TdsServer, user: &str, password: &str, database: &str) -> Config {
@@ -63,32 +59,17 @@ fn config(server: &TdsServer, user: &str, password: &str, database: &str) -> Con
 async fn connect_with(server: &TdsServer, config: Config) -> tiberius::Result<Tds> {
     let tcp = TcpStream::connect(server.addr()).await?;
     tcp.set_nodelay(true)?;
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        Client::connect(config, tcp.compat_write()),
-    )
-    .await
-    .expect("connect must not hang")
+    tokio::time::timeout(Duration::from_secs(20), Client::connect(config, tcp.compat_write()))
+        .await
+        .expect("connect must not hang")
 }
 
 async fn connect(server: &TdsServer) -> Tds {
-    connect_with(server, config(server, "ferry", "ferry-test-pw", "PDATA"))
-        .await
-        .expect("login")
+    connect_with(server, config(server, "ferry", "ferry-test-pw", "PDATA")).await.expect("login")
 }
 
-async fn one_row(
-    client: &mut Tds,
-    sql: &str,
-    params: &[&dyn tiberius::ToSql],
-) -> Option<tiberius::Row> {
-    client
-        .query(sql, params)
-        .await
-        .unwrap()
-        .into_row()
-        .await
-        .unwrap()
+async fn one_row(client: &mut Tds, sql: &str, params: &[&dyn tiberius::ToSql]) -> Option<tiberius::Row> {
+    client.query(sql, params).await.unwrap().into_row().await.unwrap()
 }
 
 #[tokio::test]
@@ -97,22 +78,12 @@ async fn select_one_as_batch_and_as_rpc() {
     let mut c = connect(&f.server).await;
     assert_eq!(f.server.logins(), 1);
 
-    let row = c
-        .simple_query("SELECT 1")
-        .await
-        .unwrap()
-        .into_row()
-        .await
-        .unwrap()
-        .unwrap();
+    let row = c.simple_query("SELECT 1").await.unwrap().into_row().await.unwrap().unwrap();
     assert_eq!(row.get::<i64, _>(0), Some(1));
 
     let row = one_row(&mut c, "SELECT 1", &[]).await.unwrap();
     assert_eq!(row.get::<i64, _>(0), Some(1));
-    assert!(matches!(
-        row.cells().next().unwrap().1,
-        ColumnData::I64(Some(1))
-    ));
+    assert!(matches!(row.cells().next().unwrap().1, ColumnData::I64(Some(1))));
     assert_eq!(f.server.queries(), 2);
 }
 
@@ -132,13 +103,7 @@ async fn parameter_as_integer_and_as_string() {
     assert_eq!(row.get::<&str, _>(0), Some("C-42"));
     assert!(one_row(&mut c, sql, &[&"4711"]).await.is_none());
 
-    let row = one_row(
-        &mut c,
-        "SELECT SidexisPatientId FROM patient WHERE CardId = @P1",
-        &[&"C-44"],
-    )
-    .await
-    .unwrap();
+    let row = one_row(&mut c, "SELECT SidexisPatientId FROM patient WHERE CardId = @P1", &[&"C-44"]).await.unwrap();
     assert_eq!(row.get::<i64, _>(0), Some(44));
 }
 
@@ -165,40 +130,21 @@ async fn nulls_in_results_and_parameters() {
     let f = fixture().await;
     let mut c = connect(&f.server).await;
 
-    let row = one_row(
-        &mut c,
-        "SELECT CardId, Weight, Photo FROM patient WHERE SidexisPatientId = 43",
-        &[],
-    )
-    .await
-    .unwrap();
+    let row =
+        one_row(&mut c, "SELECT CardId, Weight, Photo FROM patient WHERE SidexisPatientId = 43", &[]).await.unwrap();
     assert_eq!(row.get::<&str, _>(0), None);
     assert_eq!(row.get::<f64, _>(1), None);
     assert_eq!(row.get::<&[u8], _>(2), None);
     let cells: Vec<_> = row.cells().map(|(_, d)| d.clone()).collect();
-    assert_eq!(
-        cells,
-        vec![
-            ColumnData::String(None),
-            ColumnData::F64(None),
-            ColumnData::Binary(None)
-        ]
-    );
+    assert_eq!(cells, vec![ColumnData::String(None), ColumnData::F64(None), ColumnData::Binary(None)]);
 
     let none_i32: Option<i32> = None;
     let none_str: Option<&str> = None;
     let none_f64: Option<f64> = None;
-    let row = one_row(
-        &mut c,
-        "SELECT @P1 AS a, @P2 AS b, @P3 AS c",
-        &[&none_i32, &none_str, &none_f64],
-    )
-    .await
-    .unwrap();
-    assert!(row.cells().all(|(_, d)| matches!(
-        d,
-        ColumnData::String(None) | ColumnData::I64(None) | ColumnData::F64(None)
-    )));
+    let row = one_row(&mut c, "SELECT @P1 AS a, @P2 AS b, @P3 AS c", &[&none_i32, &none_str, &none_f64]).await.unwrap();
+    assert!(row
+        .cells()
+        .all(|(_, d)| matches!(d, ColumnData::String(None) | ColumnData::I64(None) | ColumnData::F64(None))));
 
     let n = c
         .execute(
@@ -209,13 +155,7 @@ async fn nulls_in_results_and_parameters() {
         .unwrap()
         .total();
     assert_eq!(n, 1);
-    let row = one_row(
-        &mut c,
-        "SELECT COUNT(*) FROM patient WHERE CardId IS NULL",
-        &[],
-    )
-    .await
-    .unwrap();
+    let row = one_row(&mut c, "SELECT COUNT(*) FROM patient WHERE CardId IS NULL", &[]).await.unwrap();
     assert_eq!(row.get::<i64, _>(0), Some(2));
 }
 
@@ -224,38 +164,15 @@ async fn unicode_both_ways() {
     let f = fixture().await;
     let mut c = connect(&f.server).await;
 
-    let row = one_row(
-        &mut c,
-        "SELECT Name FROM patient WHERE SidexisPatientId = @P1",
-        &[&42i32],
-    )
-    .await
-    .unwrap();
+    let row = one_row(&mut c, "SELECT Name FROM patient WHERE SidexisPatientId = @P1", &[&42i32]).await.unwrap();
     assert_eq!(row.get::<&str, _>(0), Some("Jürgen Groß"));
 
-    let row = one_row(
-        &mut c,
-        "SELECT SidexisPatientId FROM patient WHERE Name = @P1",
-        &[&"Zoë Straße"],
-    )
-    .await
-    .unwrap();
+    let row = one_row(&mut c, "SELECT SidexisPatientId FROM patient WHERE Name = @P1", &[&"Zoë Straße"]).await.unwrap();
     assert_eq!(row.get::<i64, _>(0), Some(44));
 
     let text = "Ärger über Öl, Maß – €, 𝄞 and 日本";
-    c.execute(
-        "INSERT INTO patient (SidexisPatientId, Name) VALUES (60, @P1)",
-        &[&text],
-    )
-    .await
-    .unwrap();
-    let row = one_row(
-        &mut c,
-        "SELECT Name FROM patient WHERE SidexisPatientId = 60",
-        &[],
-    )
-    .await
-    .unwrap();
+    c.execute("INSERT INTO patient (SidexisPatientId, Name) VALUES (60, @P1)", &[&text]).await.unwrap();
+    let row = one_row(&mut c, "SELECT Name FROM patient WHERE SidexisPatientId = 60", &[]).await.unwrap();
     assert_eq!(row.get::<&str, _>(0), Some(text));
     // And as a literal in a batch.
     let row = c
@@ -278,44 +195,21 @@ async fn long_strings_and_blobs() {
     // nvarchar(max); also bigger than one 4096-byte packet both ways.
     let long: String = "Große Übersicht; ".repeat(700);
     assert!(long.chars().count() > 4000);
-    c.execute(
-        "INSERT INTO patient (SidexisPatientId, Name) VALUES (70, @P1)",
-        &[&long.as_str()],
-    )
-    .await
-    .unwrap();
-    let row = one_row(
-        &mut c,
-        "SELECT Name FROM patient WHERE SidexisPatientId = @P1",
-        &[&70i32],
-    )
-    .await
-    .unwrap();
+    c.execute("INSERT INTO patient (SidexisPatientId, Name) VALUES (70, @P1)", &[&long.as_str()]).await.unwrap();
+    let row = one_row(&mut c, "SELECT Name FROM patient WHERE SidexisPatientId = @P1", &[&70i32]).await.unwrap();
     assert_eq!(row.get::<&str, _>(0), Some(long.as_str()));
-    let row = one_row(&mut c, "SELECT @P1", &[&long.as_str()])
-        .await
-        .unwrap();
+    let row = one_row(&mut c, "SELECT @P1", &[&long.as_str()]).await.unwrap();
     assert_eq!(row.get::<&str, _>(0).map(str::len), Some(long.len()));
 
-    let row = one_row(
-        &mut c,
-        "SELECT Photo, Weight FROM patient WHERE SidexisPatientId = 42",
-        &[],
-    )
-    .await
-    .unwrap();
+    let row = one_row(&mut c, "SELECT Photo, Weight FROM patient WHERE SidexisPatientId = 42", &[]).await.unwrap();
     assert_eq!(row.get::<&[u8], _>(0), Some(&[0xDE, 0xAD, 0xBE, 0xEF][..]));
     assert_eq!(row.get::<f64, _>(1), Some(71.5));
 
     let blob: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-    let row = one_row(&mut c, "SELECT @P1", &[&blob.as_slice()])
-        .await
-        .unwrap();
+    let row = one_row(&mut c, "SELECT @P1", &[&blob.as_slice()]).await.unwrap();
     assert_eq!(row.get::<&[u8], _>(0), Some(blob.as_slice()));
 
-    let row = one_row(&mut c, "SELECT @P1, @P2, @P3", &[&true, &2.25f64, &7u8])
-        .await
-        .unwrap();
+    let row = one_row(&mut c, "SELECT @P1, @P2, @P3", &[&true, &2.25f64, &7u8]).await.unwrap();
     assert_eq!(row.get::<i64, _>(0), Some(1));
     assert_eq!(row.get::<f64, _>(1), Some(2.25));
     assert_eq!(row.get::<i64, _>(2), Some(7));
@@ -354,25 +248,14 @@ async fn sql_server_isms() {
     .unwrap();
     assert_eq!(row.get::<&str, _>(0), Some("C-42"));
     assert_eq!(row.get::<&str, _>(1), Some("pano.dcm"));
-    c.simple_query("SET NOCOUNT ON")
-        .await
-        .unwrap()
-        .into_results()
-        .await
-        .unwrap();
+    c.simple_query("SET NOCOUNT ON").await.unwrap().into_results().await.unwrap();
 }
 
 #[tokio::test]
 async fn execute_reports_rows_affected() {
     let f = fixture().await;
     let mut c = connect(&f.server).await;
-    let r = c
-        .execute(
-            "UPDATE patient SET Weight = @P1 WHERE Weight IS NOT NULL",
-            &[&1.0f64],
-        )
-        .await
-        .unwrap();
+    let r = c.execute("UPDATE patient SET Weight = @P1 WHERE Weight IS NOT NULL", &[&1.0f64]).await.unwrap();
     assert_eq!(r.rows_affected(), &[2]);
     let r = c.execute("DELETE FROM patient WHERE 0", &[]).await.unwrap();
     assert_eq!(r.total(), 0);
@@ -382,9 +265,7 @@ async fn execute_reports_rows_affected() {
 async fn wrong_password_or_user_is_login_failed() {
     let f = fixture().await;
     for (user, pw) in [("ferry", "wrong"), ("sa", "ferry-test-pw"), ("ferry", "")] {
-        let err = connect_with(&f.server, config(&f.server, user, pw, "PDATA"))
-            .await
-            .expect_err("login must fail");
+        let err = connect_with(&f.server, config(&f.server, user, pw, "PDATA")).await.expect_err("login must fail");
         let text = err.to_string();
         assert!(text.contains("Login failed for user"), "{text}");
         match err {
@@ -405,24 +286,13 @@ async fn wrong_password_or_user_is_login_failed() {
 #[tokio::test]
 async fn unknown_database_is_refused() {
     let f = fixture().await;
-    let err = connect_with(
-        &f.server,
-        config(&f.server, "ferry", "ferry-test-pw", "SIDEXIS"),
-    )
-    .await
-    .err()
-    .unwrap();
+    let err = connect_with(&f.server, config(&f.server, "ferry", "ferry-test-pw", "SIDEXIS")).await.err().unwrap();
     match err {
         tiberius::error::Error::Server(e) => assert_eq!(e.code(), 4060, "{e}"),
         other => panic!("{other:?}"),
     }
     // Database names are case-insensitive, as with a default collation.
-    connect_with(
-        &f.server,
-        config(&f.server, "ferry", "ferry-test-pw", "pdata"),
-    )
-    .await
-    .unwrap();
+    connect_with(&f.server, config(&f.server, "ferry", "ferry-test-pw", "pdata")).await.unwrap();
 }
 
 #[tokio::test]
@@ -430,13 +300,7 @@ async fn refused_logins_while_set() {
     let f = fixture().await;
     let mut old = connect(&f.server).await;
     f.server.set_refuse_logins(true);
-    let err = connect_with(
-        &f.server,
-        config(&f.server, "ferry", "ferry-test-pw", "PDATA"),
-    )
-    .await
-    .err()
-    .unwrap();
+    let err = connect_with(&f.server, config(&f.server, "ferry", "ferry-test-pw", "PDATA")).await.err().unwrap();
     assert!(err.to_string().contains("Login failed"), "{err}");
     // Open connections keep working.
     assert!(one_row(&mut old, "SELECT 1", &[]).await.is_some());
@@ -450,15 +314,8 @@ async fn sql_error_then_the_connection_still_works() {
     let f = fixture().await;
     let mut c = connect(&f.server).await;
 
-    let err = c
-        .query("SELECT * FROM no_such_table WHERE x = @P1", &[&1i32])
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        err.to_string().contains("no such table: no_such_table"),
-        "{err}"
-    );
+    let err = c.query("SELECT * FROM no_such_table WHERE x = @P1", &[&1i32]).await.err().unwrap();
+    assert!(err.to_string().contains("no such table: no_such_table"), "{err}");
     match &err {
         tiberius::error::Error::Server(e) => {
             assert_eq!(e.code(), 208);
@@ -466,29 +323,13 @@ async fn sql_error_then_the_connection_still_works() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        one_row(&mut c, "SELECT 2", &[])
-            .await
-            .unwrap()
-            .get::<i64, _>(0),
-        Some(2)
-    );
+    assert_eq!(one_row(&mut c, "SELECT 2", &[]).await.unwrap().get::<i64, _>(0), Some(2));
 
     let err = c.simple_query("SELEC oops").await.err().unwrap();
     assert!(err.to_string().contains("syntax error"), "{err}");
-    let err = c
-        .execute("INSERT INTO patient (SidexisPatientId) VALUES (42)", &[])
-        .await
-        .err()
-        .unwrap();
+    let err = c.execute("INSERT INTO patient (SidexisPatientId) VALUES (42)", &[]).await.err().unwrap();
     assert!(err.to_string().contains("UNIQUE"), "{err}");
-    assert_eq!(
-        one_row(&mut c, "SELECT 3", &[])
-            .await
-            .unwrap()
-            .get::<i64, _>(0),
-        Some(3)
-    );
+    assert_eq!(one_row(&mut c, "SELECT 3", &[]).await.unwrap().get::<i64, _>(0), Some(3));
 }
 
 #[tokio::test]
@@ -513,13 +354,7 @@ async fn dropped_connections_fail_and_new_ones_work() {
     }
 
     let mut new = connect(&f.server).await;
-    assert_eq!(
-        one_row(&mut new, "SELECT 5", &[])
-            .await
-            .unwrap()
-            .get::<i64, _>(0),
-        Some(5)
-    );
+    assert_eq!(one_row(&mut new, "SELECT 5", &[]).await.unwrap().get::<i64, _>(0), Some(5));
     assert_eq!(f.server.logins(), 2);
 }
 
@@ -528,18 +363,14 @@ async fn a_client_requiring_tls_gets_a_clean_error() {
     let f = fixture().await;
     let mut cfg = config(&f.server, "ferry", "ferry-test-pw", "PDATA");
     cfg.encryption(EncryptionLevel::Required);
-    let err = connect_with(&f.server, cfg)
-        .await
-        .expect_err("TLS is not offered");
+    let err = connect_with(&f.server, cfg).await.expect_err("TLS is not offered");
     assert!(err.to_string().contains("encryption"), "{err}");
     // `Off` (encrypt the login only) still needs TLS: tiberius tries a
     // handshake, the server hangs up, the client gets an error, not a hang.
     for level in [EncryptionLevel::Off, EncryptionLevel::On] {
         let mut cfg = config(&f.server, "ferry", "ferry-test-pw", "PDATA");
         cfg.encryption(level);
-        let err = connect_with(&f.server, cfg)
-            .await
-            .expect_err("TLS is not offered");
+        let err = connect_with(&f.server, cfg).await.expect_err("TLS is not offered");
         eprintln!("{level:?}: {err}");
     }
     assert_eq!(f.server.logins(), 0);
@@ -552,48 +383,34 @@ async fn garbage_from_a_client_closes_only_that_connection() {
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         &[0x12, 0x01, 0x00, 0x03, 0, 0, 0, 0], // length shorter than a header
         &[0x12, 0x01, 0x00, 0x0A, 0, 0, 0, 0, 0x01, 0x00], // option table cut short
-        &[
-            0x12, 0x01, 0x00, 0x0E, 0, 0, 0, 0, 0x01, 0x00, 0x40, 0x00, 0x01, 0xFF,
-        ], // option outside
-        &[
-            0x16, 0x03, 0x01, 0x00, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-        ], // TLS hello
+        &[0x12, 0x01, 0x00, 0x0E, 0, 0, 0, 0, 0x01, 0x00, 0x40, 0x00, 0x01, 0xFF], // option outside
+        &[0x16, 0x03, 0x01, 0x00, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], // TLS hello
     ];
     for input in inputs {
         let mut tcp = TcpStream::connect(f.server.addr()).await.unwrap();
         tcp.write_all(input).await.unwrap();
         let mut buf = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut buf)).await;
-        assert!(
-            read.is_ok(),
-            "server kept a broken connection open for {input:?}"
-        );
+        assert!(read.is_ok(), "server kept a broken connection open for {input:?}");
     }
 
     // A valid PRELOGIN followed by a truncated LOGIN7.
     let mut tcp = TcpStream::connect(f.server.addr()).await.unwrap();
-    let prelogin = [
-        0x12, 0x01, 0x00, 0x0F, 0, 0, 1, 0, 0x01, 0x00, 0x06, 0x00, 0x01, 0xFF, 0x02,
-    ];
+    let prelogin = [0x12, 0x01, 0x00, 0x0F, 0, 0, 1, 0, 0x01, 0x00, 0x06, 0x00, 0x01, 0xFF, 0x02];
     tcp.write_all(&prelogin).await.unwrap();
     let mut header = [0u8; 8];
     tcp.read_exact(&mut header).await.unwrap();
     assert_eq!(header[0], 0x04);
     let mut body = vec![0u8; u16::from_be_bytes([header[2], header[3]]) as usize - 8];
     tcp.read_exact(&mut body).await.unwrap();
-    tcp.write_all(&[0x10, 0x01, 0x00, 0x10, 0, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8])
-        .await
-        .unwrap();
+    tcp.write_all(&[0x10, 0x01, 0x00, 0x10, 0, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8]).await.unwrap();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut rest))
         .await
         .expect("closed after a malformed login")
         .ok();
     // The answer to a malformed login is a login-failed error.
-    assert!(
-        rest.windows(2).any(|w| w == [0x18, 0x48]),
-        "no error 18456 in {rest:?}"
-    );
+    assert!(rest.windows(2).any(|w| w == [0x18, 0x48]), "no error 18456 in {rest:?}");
 
     let mut c = connect(&f.server).await;
     assert!(one_row(&mut c, "SELECT 1", &[]).await.is_some());
@@ -604,9 +421,7 @@ async fn garbage_from_a_client_closes_only_that_connection() {
 async fn start_fails_for_a_missing_database() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.sqlite");
-    assert!(TdsServer::start(&missing, Options::default())
-        .await
-        .is_err());
+    assert!(TdsServer::start(&missing, Options::default()).await.is_err());
     assert!(!missing.exists(), "start must not create a database");
 }
 
@@ -615,18 +430,8 @@ async fn writes_by_the_test_are_visible_to_the_client() {
     let f = fixture().await;
     let mut c = connect(&f.server).await;
     let w = rusqlite::Connection::open(&f.db).unwrap();
-    w.execute(
-        "INSERT INTO patient (SidexisPatientId, CardId) VALUES (90, 'C-90')",
-        [],
-    )
-    .unwrap();
-    let row = one_row(
-        &mut c,
-        "SELECT CardId FROM patient WHERE SidexisPatientId = @P1",
-        &[&90i32],
-    )
-    .await
-    .unwrap();
+    w.execute("INSERT INTO patient (SidexisPatientId, CardId) VALUES (90, 'C-90')", []).unwrap();
+    let row = one_row(&mut c, "SELECT CardId FROM patient WHERE SidexisPatientId = @P1", &[&90i32]).await.unwrap();
     assert_eq!(row.get::<&str, _>(0), Some("C-90"));
 }
 
@@ -638,16 +443,15 @@ fn server_answers_while_the_test_thread_blocks() {
     let db = dir.path().join("x.sqlite");
     rusqlite::Connection::open(&db)
         .unwrap()
-        .execute_batch("CREATE TABLE patient (SidexisPatientId INTEGER, CardId TEXT); INSERT INTO patient VALUES (1, 'C-1');")
+        .execute_batch(
+            "CREATE TABLE patient (SidexisPatientId INTEGER, CardId TEXT); INSERT INTO patient VALUES (1, 'C-1');",
+        )
         .unwrap();
     let server = TdsServer::start_blocking(&db, Options::default()).unwrap();
     let port = server.port();
     // Another thread plays the child process; this one just blocks on it.
     let card = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             let mut config = Config::new();
             config.host("127.0.0.1");
@@ -656,13 +460,8 @@ fn server_answers_while_the_test_thread_blocks() {
             config.encryption(EncryptionLevel::NotSupported);
             let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             let mut c = Client::connect(config, tcp.compat_write()).await.unwrap();
-            let row = one_row(
-                &mut c,
-                "SELECT CardId FROM patient WHERE SidexisPatientId = @P1",
-                &[&1i32],
-            )
-            .await
-            .unwrap();
+            let row =
+                one_row(&mut c, "SELECT CardId FROM patient WHERE SidexisPatientId = @P1", &[&1i32]).await.unwrap();
             row.get::<&str, _>(0).map(str::to_string)
         })
     })

@@ -29,11 +29,7 @@ pub enum Kind {
 pub fn generate(kind: Kind, pixels: Option<(u16, u16)>) -> Vec<u8> {
     match kind {
         Kind::IntraOral | Kind::Panoramic => {
-            let (rows, cols) = pixels.unwrap_or(if kind == Kind::IntraOral {
-                (64, 48)
-            } else {
-                (128, 64)
-            });
+            let (rows, cols) = pixels.unwrap_or(if kind == Kind::IntraOral { (64, 48) } else { (128, 64) });
             write(image(kind, rows, cols), EXPLICIT_LE)
         }
         Kind::Corrupt => {
@@ -43,11 +39,7 @@ pub fn generate(kind: Kind, pixels: Option<(u16, u16)>) -> Vec<u8> {
                     VR::UI,
                     uids::DIGITAL_INTRA_ORAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
                 ),
-                DataElement::new(
-                    tags::SOP_INSTANCE_UID,
-                    VR::UI,
-                    "1.2.826.0.1.3680043.10.1234.3.7.101",
-                ),
+                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.10.1234.3.7.101"),
                 DataElement::new(tags::MODALITY, VR::CS, "IO"),
             ]);
             let mut out = write(obj, EXPLICIT_LE);
@@ -56,49 +48,28 @@ pub fn generate(kind: Kind, pixels: Option<(u16, u16)>) -> Vec<u8> {
             out.extend_from_slice(b"Trunc\0\xff\xfe\x00");
             out
         }
-        Kind::NotDicom => {
-            b"Sidexis export placeholder for image 101.\nThis is not a DICOM file.\n".repeat(4)
-        }
+        Kind::NotDicom => b"Sidexis export placeholder for image 101.\nThis is not a DICOM file.\n".repeat(4),
     }
 }
 
 fn image(kind: Kind, rows: u16, cols: u16) -> InMemDicomObject {
     let (modality, sop_class) = match kind {
         Kind::Panoramic => ("PX", uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION),
-        _ => (
-            "IO",
-            uids::DIGITAL_INTRA_ORAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
-        ),
+        _ => ("IO", uids::DIGITAL_INTRA_ORAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION),
     };
     let mut obj = InMemDicomObject::from_element_iter([
         DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
-        DataElement::new(
-            tags::IMAGE_TYPE,
-            VR::CS,
-            dicom_value!(Strs, ["ORIGINAL", "PRIMARY"]),
-        ),
+        DataElement::new(tags::IMAGE_TYPE, VR::CS, dicom_value!(Strs, ["ORIGINAL", "PRIMARY"])),
         DataElement::new(tags::SOP_CLASS_UID, VR::UI, sop_class),
-        DataElement::new(
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            "1.2.826.0.1.3680043.10.1234.3.7.101",
-        ),
+        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.10.1234.3.7.101"),
         DataElement::new(tags::STUDY_DATE, VR::DA, "20240131"),
         DataElement::new(tags::MODALITY, VR::CS, modality),
         DataElement::new(tags::MANUFACTURER, VR::LO, "Sirona"),
         DataElement::new(tags::PATIENT_NAME, VR::PN, PATIENT_NAME),
         DataElement::new(tags::PATIENT_ID, VR::LO, "7"),
         DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, "19800229"),
-        DataElement::new(
-            tags::STUDY_INSTANCE_UID,
-            VR::UI,
-            "1.2.826.0.1.3680043.10.1234.1.7",
-        ),
-        DataElement::new(
-            tags::SERIES_INSTANCE_UID,
-            VR::UI,
-            "1.2.826.0.1.3680043.10.1234.2.7",
-        ),
+        DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.10.1234.1.7"),
+        DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.10.1234.2.7"),
         DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1_u16)),
         DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
         DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
@@ -106,20 +77,12 @@ fn image(kind: Kind, rows: u16, cols: u16) -> InMemDicomObject {
         DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16_u16)),
         DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12_u16)),
         DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11_u16)),
-        DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0_u16),
-        ),
+        DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0_u16)),
         DataElement::new(tags::WINDOW_CENTER, VR::DS, "2048"),
         DataElement::new(tags::WINDOW_WIDTH, VR::DS, "4096"),
         DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "0"),
         DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"),
-        DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(gradient(rows, cols, 101).into()),
-        ),
+        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(gradient(rows, cols, 101).into())),
     ]);
     obj.put(DataElement::new(
         tags::ANATOMIC_REGION_SEQUENCE,
@@ -141,9 +104,7 @@ fn gradient(rows: u16, cols: u16, seed: u32) -> Vec<u16> {
     let mut out = Vec::with_capacity((rows * cols) as usize);
     for r in 0..rows {
         for c in 0..cols {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             let noise = ((state >> 33) % 64) as u32;
             let gradient = (r * 3583 / rows + c * 3583 / cols) / 2;
             out.push((gradient + offset + noise).min(4095) as u16);
@@ -154,9 +115,7 @@ fn gradient(rows: u16, cols: u16, seed: u32) -> Vec<u16> {
 
 /// Preamble, `DICM`, meta and data set in `ts`, by dicom-object's writer.
 fn write(obj: InMemDicomObject, ts: &str) -> Vec<u8> {
-    let file = obj
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax(ts))
-        .unwrap();
+    let file = obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(ts)).unwrap();
     let mut out = Vec::new();
     file.write_all(&mut out).unwrap();
     out
@@ -181,29 +140,17 @@ pub fn variant(src: &[u8], change: impl FnOnce(&mut DefaultDicomObject)) -> Vec<
 
 /// `src` written in another (native) transfer syntax.
 pub fn retarget(src: &[u8], ts: &str) -> Vec<u8> {
-    variant(src, |obj| {
-        obj.update_meta(|meta| meta.transfer_syntax = ts.to_string())
-    })
+    variant(src, |obj| obj.update_meta(|meta| meta.transfer_syntax = ts.to_string()))
 }
 
 /// The native pixel data of `src`, little-endian bytes.
 pub fn pixel_bytes(src: &[u8]) -> Vec<u8> {
-    open(src)
-        .get(tags::PIXEL_DATA)
-        .unwrap()
-        .to_bytes()
-        .unwrap()
-        .to_vec()
+    open(src).get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec()
 }
 
 /// The fragments of `src`'s encapsulated pixel data.
 pub fn fragments(src: &[u8]) -> Vec<Vec<u8>> {
-    open(src)
-        .get(tags::PIXEL_DATA)
-        .unwrap()
-        .fragments()
-        .unwrap()
-        .to_vec()
+    open(src).get(tags::PIXEL_DATA).unwrap().fragments().unwrap().to_vec()
 }
 
 /// `src` with encapsulated pixel data in transfer syntax `ts`.
@@ -255,9 +202,7 @@ pub fn rle(raw: &[u8], bytes: usize) -> Vec<u8> {
 /// its pixel data element.
 pub fn with_raw(src: &[u8], raw: &[u8]) -> Vec<u8> {
     let layout = dicom_guard::scan(Cursor::new(src), &Limits::default()).unwrap();
-    let Some(PixelData::Native { offset, .. }) = layout.pixel_data else {
-        panic!("native pixel data expected")
-    };
+    let Some(PixelData::Native { offset, .. }) = layout.pixel_data else { panic!("native pixel data expected") };
     let at = offset as usize - 12;
     [&src[..at], raw, &src[at..]].concat()
 }
@@ -266,9 +211,7 @@ pub fn with_raw(src: &[u8], raw: &[u8]) -> Vec<u8> {
 pub fn nested(depth: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for _ in 0..depth {
-        out.extend([
-            0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
-        ]);
+        out.extend([0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
         out.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
     }
     for _ in 0..depth {
@@ -283,9 +226,7 @@ pub fn nested(depth: usize) -> Vec<u8> {
 /// of file.
 pub fn deflate_bomb(src: &[u8], size: u64) -> Vec<u8> {
     let layout = dicom_guard::scan(Cursor::new(src), &Limits::default()).unwrap();
-    let Some(PixelData::Native { offset, .. }) = layout.pixel_data else {
-        panic!("native pixel data expected")
-    };
+    let Some(PixelData::Native { offset, .. }) = layout.pixel_data else { panic!("native pixel data expected") };
     let matches = (size - 1) / 258;
     let declared = 1 + 258 * matches;
     let mut prefix = src[layout.dataset_start as usize..offset as usize - 4].to_vec();
@@ -295,9 +236,6 @@ pub fn deflate_bomb(src: &[u8], size: u64) -> Vec<u8> {
         obj.update_meta(|meta| meta.transfer_syntax = DEFLATED.to_string());
         obj.remove_element(tags::PIXEL_DATA);
     });
-    let start = dicom_guard::scan(Cursor::new(&deflated), &Limits::default())
-        .unwrap()
-        .dataset_start as usize;
+    let start = dicom_guard::scan(Cursor::new(&deflated), &Limits::default()).unwrap().dataset_start as usize;
     [&deflated[..start], &ferry_testkit::deflate_bomb(&prefix, matches)[..]].concat()
 }
-

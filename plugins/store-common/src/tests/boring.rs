@@ -30,20 +30,13 @@ fn is_boring(seg: &str, max_len: usize) -> bool {
     }
     // Microsoft's list has COM0 and LPT0 too; CONIN$ and CONOUT$ are
     // devices to CreateFile.
-    let mut devices: Vec<String> = ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut devices: Vec<String> =
+        ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"].iter().map(|s| s.to_string()).collect();
     for p in ["COM", "LPT"] {
         devices.extend((0..=9).map(|d| format!("{p}{d}")));
         devices.extend(['¹', '²', '³'].iter().map(|d| format!("{p}{d}")));
     }
-    let before_dot = seg
-        .split('.')
-        .next()
-        .unwrap()
-        .trim_end_matches(' ')
-        .to_ascii_uppercase();
+    let before_dot = seg.split('.').next().unwrap().trim_end_matches(' ').to_ascii_uppercase();
     !devices.contains(&before_dot)
 }
 
@@ -57,11 +50,7 @@ fn sanitise_before(value: &str) -> String {
             c => c,
         })
         .collect();
-    let trimmed = replaced
-        .trim()
-        .trim_start_matches('.')
-        .trim_end_matches(['.', ' '])
-        .trim();
+    let trimmed = replaced.trim().trim_start_matches('.').trim_end_matches(['.', ' ']).trim();
     if trimmed.is_empty() {
         "_".to_string()
     } else {
@@ -77,17 +66,9 @@ fn h(value: &str) -> String {
 /// The key `fs-store`'s default template gives an item named `name`.
 fn default_key(name: &str) -> String {
     let mut fake = Fake::default();
-    fake.files
-        .insert("P_000017/0000_101.dcm".into(), b"one".to_vec());
-    let (key, _) = run(
-        &mut fake,
-        &fs_settings("{}"),
-        &item("P_000017/0000_101.dcm", name),
-    );
-    assert!(
-        fake.objects.contains_key(&format!("{key}.json")),
-        "sidecar of {key}"
-    );
+    fake.files.insert("P_000017/0000_101.dcm".into(), b"one".to_vec());
+    let (key, _) = run(&mut fake, &fs_settings("{}"), &item("P_000017/0000_101.dcm", name));
+    assert!(fake.objects.contains_key(&format!("{key}.json")), "sidecar of {key}");
     key
 }
 
@@ -102,34 +83,19 @@ fn keys_of_boring_names_do_not_change() {
         ("0000_101.dcm", "images/guid-1/0000_101.dcm"),
         ("0000_101", "images/guid-1/0000_101.dcm"),
         ("Röntgen Zahn 16.dcm", "images/guid-1/Röntgen Zahn 16.dcm"),
-        (
-            "Müller, Jürgen (OPG).dcm",
-            "images/guid-1/Müller, Jürgen (OPG).dcm",
-        ),
+        ("Müller, Jürgen (OPG).dcm", "images/guid-1/Müller, Jürgen (OPG).dcm"),
         ("Aufbiss #3", "images/guid-1/Aufbiss #3.dcm"),
         ("Zahn 36 & 37", "images/guid-1/Zahn 36 & 37.dcm"),
         ("OPG + FRS", "images/guid-1/OPG + FRS.dcm"),
-        (
-            "Fernröntgen, seitlich",
-            "images/guid-1/Fernröntgen, seitlich.dcm",
-        ),
+        ("Fernröntgen, seitlich", "images/guid-1/Fernröntgen, seitlich.dcm"),
         ("Einzelbild (2).DCM", "images/guid-1/Einzelbild (2).DCM"),
         ("Ceph lat. 2020", "images/guid-1/Ceph lat. 2020.dcm"),
         ("Bild 1.2.3", "images/guid-1/Bild 1.2.3.dcm"),
-        (
-            "IO 47-46 (Kontrolle)",
-            "images/guid-1/IO 47-46 (Kontrolle).dcm",
-        ),
+        ("IO 47-46 (Kontrolle)", "images/guid-1/IO 47-46 (Kontrolle).dcm"),
         ("日本 パノラマ", "images/guid-1/日本 パノラマ.dcm"),
         ("É-Bild é", "images/guid-1/É-Bild é.dcm"),
-        (
-            "Panorama 12.05.2021",
-            "images/guid-1/Panorama 12.05.2021.dcm",
-        ),
-        (
-            "Bissflügel #2 & #3, rechts (+)",
-            "images/guid-1/Bissflügel #2 & #3, rechts (+).dcm",
-        ),
+        ("Panorama 12.05.2021", "images/guid-1/Panorama 12.05.2021.dcm"),
+        ("Bissflügel #2 & #3, rechts (+)", "images/guid-1/Bissflügel #2 & #3, rechts (+).dcm"),
         ("x ray_final-v2", "images/guid-1/x ray_final-v2.dcm"),
         ("~tilde", "images/guid-1/~tilde.dcm"),
         ("a'b", "images/guid-1/a'b.dcm"),
@@ -154,12 +120,8 @@ fn keys_of_boring_names_do_not_change() {
     // Other placeholders too: `{itemId}` always holds a `/`.
     let config = fs_settings(r#"{"key": "{modality}/{itemId}", "sidecar": false}"#);
     let mut fake = Fake::default();
-    fake.files
-        .insert("P_000017/0000_101.dcm".into(), b"one".to_vec());
-    assert_eq!(
-        run(&mut fake, &config, &item("P_000017/0000_101.dcm", "x")).0,
-        "IO/P_000017_0000_101.dcm"
-    );
+    fake.files.insert("P_000017/0000_101.dcm".into(), b"one".to_vec());
+    assert_eq!(run(&mut fake, &config, &item("P_000017/0000_101.dcm", "x")).0, "IO/P_000017_0000_101.dcm");
 }
 
 /// Names the old rules left unportable get new keys: listed here.
@@ -176,10 +138,7 @@ fn keys_that_change() {
     for (name, key) in changed {
         let key = key.replace("~#", &h(name));
         assert_eq!(default_key(name), key, "{name:?}");
-        assert_ne!(
-            default_key(name),
-            format!("images/guid-1/{}.dcm", sanitise_before(name))
-        );
+        assert_ne!(default_key(name), format!("images/guid-1/{}.dcm", sanitise_before(name)));
     }
 }
 
@@ -253,29 +212,11 @@ fn no_control_characters() {
     for c in (0u32..0x20).chain(0x7f..=0x9f).filter_map(char::from_u32) {
         table.push((format!("a{c}b"), "a_b".into()));
     }
-    let table: Vec<(&str, &str)> = table
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
+    let table: Vec<(&str, &str)> = table.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     check_table("control", &table);
-    check_table(
-        "control",
-        &[
-            ("\t\n", "__"),
-            ("\u{0}", "_"),
-            ("\u{85}Pano", "_Pano"),
-            ("Pano\r\n", "Pano__"),
-        ],
-    );
+    check_table("control", &[("\t\n", "__"), ("\u{0}", "_"), ("\u{85}Pano", "_Pano"), ("Pano\r\n", "Pano__")]);
     // Not controls: kept.
-    check_table(
-        "control",
-        &[
-            ("a\u{a0}b", "a\u{a0}b"),
-            ("a\u{200b}b", "a\u{200b}b"),
-            ("a\u{a1}b", "a\u{a1}b"),
-        ],
-    );
+    check_table("control", &[("a\u{a0}b", "a\u{a0}b"), ("a\u{200b}b", "a\u{200b}b"), ("a\u{a1}b", "a\u{a1}b")]);
 }
 
 #[test]
@@ -284,39 +225,21 @@ fn no_characters_windows_refuses() {
         let input = format!("a{c}b");
         check_table("refused", &[(&input, "a_b")]);
     }
-    check_table(
-        "refused",
-        &[
-            ("C:\\Temp\\x", "C__Temp_x"),
-            ("\"quoted\"", "_quoted_"),
-            ("a<>b", "a__b"),
-        ],
-    );
+    check_table("refused", &[("C:\\Temp\\x", "C__Temp_x"), ("\"quoted\"", "_quoted_"), ("a<>b", "a__b")]);
 }
 
 #[test]
 fn no_device_names() {
     let mut table: Vec<(String, String)> = Vec::new();
-    let mut devices: Vec<String> = ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
-        .map(String::from)
-        .to_vec();
+    let mut devices: Vec<String> = ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"].map(String::from).to_vec();
     for p in ["COM", "LPT"] {
         devices.extend((0..=9).map(|d| format!("{p}{d}")));
         devices.extend(['¹', '²', '³'].iter().map(|d| format!("{p}{d}")));
     }
     for d in &devices {
         let lower = d.to_lowercase();
-        let mixed: String = d
-            .chars()
-            .enumerate()
-            .map(|(i, c)| {
-                if i % 2 == 1 {
-                    c.to_ascii_lowercase()
-                } else {
-                    c
-                }
-            })
-            .collect();
+        let mixed: String =
+            d.chars().enumerate().map(|(i, c)| if i % 2 == 1 { c.to_ascii_lowercase() } else { c }).collect();
         table.push((d.clone(), format!("{d}_~#")));
         table.push((lower.clone(), format!("{lower}_~#")));
         table.push((format!("{mixed}.dcm"), format!("{mixed}_~#.dcm")));
@@ -324,10 +247,7 @@ fn no_device_names() {
         table.push((format!("{d} .dcm"), format!("{d} _~#.dcm")));
         table.push((format!("{d}  "), d.clone() + "_~#"));
     }
-    let table: Vec<(&str, &str)> = table
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
+    let table: Vec<(&str, &str)> = table.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     check_table("device", &table);
     // Look-alikes are ordinary names.
     check_table(
@@ -348,17 +268,7 @@ fn no_device_names() {
 
 #[test]
 fn never_empty() {
-    check_table(
-        "empty",
-        &[
-            ("", "_"),
-            ("   ", "_"),
-            (".", "_"),
-            ("...", "_"),
-            (" . ", "_"),
-            ("\u{3000}", "_"),
-        ],
-    );
+    check_table("empty", &[("", "_"), ("   ", "_"), (".", "_"), ("...", "_"), (" . ", "_"), ("\u{3000}", "_")]);
 }
 
 #[test]
@@ -405,10 +315,7 @@ fn placeholders_and_sidecar_are_boring_too() {
     }
     let doc: serde_json::Value = serde_json::from_slice(&fake.objects[&sidecar_key].0).unwrap();
     assert_eq!(doc["key"], want.as_str());
-    assert_eq!(
-        doc["sourceName"], "nul",
-        "the sidecar keeps the name as it was"
-    );
+    assert_eq!(doc["sourceName"], "nul", "the sidecar keeps the name as it was");
 }
 
 #[test]
@@ -428,9 +335,7 @@ fn literal_template_text_must_be_boring() {
         "images/{modality}..{imageName}",
         "images/{imageName} ",
     ] {
-        let e = Template::parse(bad)
-            .err()
-            .unwrap_or_else(|| panic!("{bad:?} accepted"));
+        let e = Template::parse(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
         assert!(e.message.contains("segment"), "{bad:?}: {}", e.message);
     }
     for good in [
@@ -443,24 +348,12 @@ fn literal_template_text_must_be_boring() {
         assert!(Template::parse(good).is_ok(), "{good:?}");
     }
     // A device name made of literal text and a value is fixed per key.
-    let config = fs_settings(
-        r#"{"key": "COM{modality}/{patientGuid}/{imageName}/LPT{modality}", "sidecar": false}"#,
-    );
+    let config = fs_settings(r#"{"key": "COM{modality}/{patientGuid}/{imageName}/LPT{modality}", "sidecar": false}"#);
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     let metadata = vec![("modality".to_string(), Value::Text("1".into()))];
-    let s = store_item(
-        &config,
-        &mut fake,
-        &item("P_1/0000_5.dcm", "Pano"),
-        &metadata,
-        "g",
-    )
-    .unwrap();
-    assert_eq!(
-        s.location,
-        format!("COM1_{}/g/Pano/LPT1_{}.dcm", h("COM1"), h("LPT1"))
-    );
+    let s = store_item(&config, &mut fake, &item("P_1/0000_5.dcm", "Pano"), &metadata, "g").unwrap();
+    assert_eq!(s.location, format!("COM1_{}/g/Pano/LPT1_{}.dcm", h("COM1"), h("LPT1")));
 }
 
 #[test]
@@ -499,11 +392,10 @@ impl Rng {
     /// A string of pieces that break naive sanitisers.
     fn hostile(&mut self) -> String {
         const PIECES: &[&str] = &[
-            "a", "Z", "0", "_", "-", " ", "  ", ".", "..", "...", ".dcm", ".DCM", ".tar.gz", "/",
-            "\\", "<", ">", ":", "\"", "|", "?", "*", "~", "#", "&", "+", ",", "%", "\u{0}", "\t",
-            "\n", "\u{1f}", "\u{7f}", "\u{85}", "\u{9f}", "\u{a0}", "\u{3000}", "\u{200b}",
-            "\u{feff}", "\u{202e}", "ü", "é", "e\u{301}", "日本", "🦷", "CON", "con", "Prn", "aux",
-            "NUL", "COM1", "com9", "LPT3", "COM¹", "lpt²", "CONIN$", "COM0", "ſ", "ı",
+            "a", "Z", "0", "_", "-", " ", "  ", ".", "..", "...", ".dcm", ".DCM", ".tar.gz", "/", "\\", "<", ">", ":",
+            "\"", "|", "?", "*", "~", "#", "&", "+", ",", "%", "\u{0}", "\t", "\n", "\u{1f}", "\u{7f}", "\u{85}",
+            "\u{9f}", "\u{a0}", "\u{3000}", "\u{200b}", "\u{feff}", "\u{202e}", "ü", "é", "e\u{301}", "日本", "🦷",
+            "CON", "con", "Prn", "aux", "NUL", "COM1", "com9", "LPT3", "COM¹", "lpt²", "CONIN$", "COM0", "ſ", "ı",
         ];
         let len = match self.below(10) {
             0 => 0,
@@ -545,10 +437,7 @@ fn random_values_always_make_boring_keys() {
         assert_eq!(sanitise(&s), s, "stable: {value:?} → {s:?}");
         let before = sanitise_before(&value);
         if is_boring(&before, usize::MAX) {
-            assert_eq!(
-                s, before,
-                "a name the old rules made boring keeps its key: {value:?}"
-            );
+            assert_eq!(s, before, "a name the old rules made boring keeps its key: {value:?}");
         } else {
             assert!(s.contains(&h(&value)), "{value:?} → {s:?} marks the change");
         }
@@ -561,19 +450,12 @@ fn random_values_always_make_boring_keys() {
             let template = templates[rng.below(templates.len())];
             let max_key = [64, 150, 255, 1024][rng.below(4)];
             let clinic = rng.hostile();
-            let clinic = if clinic.trim().is_empty() {
-                "c".to_string()
-            } else {
-                clinic
-            };
-            let json = serde_json::json!({ "key": template, "clinic_id": clinic, "max_key_bytes": max_key }).to_string();
+            let clinic = if clinic.trim().is_empty() { "c".to_string() } else { clinic };
+            let json =
+                serde_json::json!({ "key": template, "clinic_id": clinic, "max_key_bytes": max_key }).to_string();
             let config = fs_settings(&json);
             let metadata = vec![("modality".to_string(), Value::Text(rng.hostile()))];
-            let (id, name, guid) = (
-                format!("P_1/{}", rng.hostile()),
-                rng.hostile(),
-                rng.hostile(),
-            );
+            let (id, name, guid) = (format!("P_1/{}", rng.hostile()), rng.hostile(), rng.hostile());
             let mut it = item(&id, &name);
             it.file.path = "P_1/0000_1.dcm".into();
             let mut keys = Vec::new();
@@ -585,10 +467,7 @@ fn random_values_always_make_boring_keys() {
                         let key = placed.location;
                         assert!(key.len() + ".json".len() <= max_key, "{key}");
                         for seg in format!("{key}.json").split('/') {
-                            assert!(
-                                is_boring(seg, MAX_SEGMENT),
-                                "{template} {value:?}: segment {seg:?} of {key:?}"
-                            );
+                            assert!(is_boring(seg, MAX_SEGMENT), "{template} {value:?}: segment {seg:?} of {key:?}");
                         }
                         keys.push(key);
                     }

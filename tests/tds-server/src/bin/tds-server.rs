@@ -24,11 +24,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<(PathBuf, u16, Options), 
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "-h" | "--help" => return Err(String::new()),
-            "--port" => {
-                port = value("--port")?
-                    .parse()
-                    .map_err(|e| format!("--port: {e}"))?
-            }
+            "--port" => port = value("--port")?.parse().map_err(|e| format!("--port: {e}"))?,
             "--user" => opts.user = value("--user")?,
             "--password" => opts.password = value("--password")?,
             "--database" => opts.database = value("--database")?,
@@ -52,10 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tds-server: {e}");
@@ -65,25 +58,20 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let user = opts.user.clone();
         let database = opts.database.clone();
-        let server =
-            match TdsServer::start_on(&db, opts, SocketAddr::from(([127, 0, 0, 1], port))).await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("tds-server: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+        let server = match TdsServer::start_on(&db, opts, SocketAddr::from(([127, 0, 0, 1], port))).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tds-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         println!(
             "serving {} as database {database} on {} (user {user}, no TLS); Ctrl-C to stop",
             db.display(),
             server.addr()
         );
         let _ = tokio::signal::ctrl_c().await;
-        println!(
-            "stopping after {} logins and {} queries",
-            server.logins(),
-            server.queries()
-        );
+        println!("stopping after {} logins and {} queries", server.logins(), server.queries());
         ExitCode::SUCCESS
     })
 }
