@@ -109,7 +109,7 @@ fn show_n<T: std::fmt::Display>(v: T) -> String {
 }
 
 fn show_d(d: Duration) -> String {
-    crate::stage::humantime(d)
+    crate::util::humantime(d)
 }
 
 fn show_b(b: u64) -> String {

@@ -22,6 +22,7 @@
 
 pub mod bindings;
 pub mod caps;
+pub mod check;
 pub mod config;
 pub mod ledger;
 pub mod outcome;
@@ -30,3 +31,4 @@ pub mod runner;
 pub mod runtime;
 pub mod serve;
 pub mod stage;
+pub mod util;

@@ -129,7 +129,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
             init_logging(cli.log_format, None);
             let p = runtime::load_pipeline(&pipeline)?;
             println!("pipeline `{}` ({}): config ok", p.name, pipeline.display());
-            let lines = runtime::check(&p, &Options::from_env()).await?;
+            let lines = ferry::check::check(&p, &Options::from_env()).await?;
             let failed = lines.iter().filter(|l| !l.ok).count();
             for l in &lines {
                 println!("{l}");

@@ -4,7 +4,8 @@
 //! only what its section of the pipeline file names. It is also where
 //! `ferry check` lives, because checking a pipeline means doing everything
 //! a run does up to the first item, one stage at a time, and saying which
-//! stage and which grant is wrong.
+//! stage and which grant is wrong ([`check_stages`]; `crate::check` adds
+//! `[serve]` and formats the lines).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -238,42 +239,17 @@ impl Runtime {
     }
 }
 
-/// One line of `ferry check`.
-#[derive(Debug, Clone)]
-pub struct CheckLine {
-    /// The section checked: a stage's, or `serve`.
-    pub section: &'static str,
-    pub ok: bool,
-    /// What was checked, or what is wrong and how to fix it.
-    pub message: String,
-}
-
-impl std::fmt::Display for CheckLine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:<5} {:<10} {}", if self.ok { "ok" } else { "FAIL" }, self.section, self.message)
-    }
-}
-
-/// Checks each stage of a pipeline as far as it can without running it.
-pub async fn check(pipeline: &Pipeline, options: &Options) -> Result<Vec<CheckLine>> {
+/// Checks each stage of a pipeline as far as it can without running it:
+/// per stage, what was checked (`Ok`) or what is wrong and how to fix it.
+/// [`crate::check`] adds `[serve]` and prints the lines.
+pub async fn check_stages(pipeline: &Pipeline, options: &Options) -> Result<Vec<(Role, Result<String, String>)>> {
     let shared = Shared::new(pipeline)?;
-    let mut lines = Vec::new();
+    let mut out = Vec::new();
     for stage in &pipeline.stages {
-        let (ok, message) = match check_stage(&shared, pipeline, stage, options).await {
-            Ok(m) => (true, m),
-            Err(e) => (false, format!("{e:#}")),
-        };
-        lines.push(CheckLine { section: stage.role.section(), ok, message });
+        let r = check_stage(&shared, pipeline, stage, options).await.map_err(|e| format!("{e:#}"));
+        out.push((stage.role, r));
     }
-    if pipeline.serve.is_some() {
-        // what `ferry serve` would refuse, without listening or running
-        let (ok, message) = match crate::serve::check(pipeline, &shared.engine, options).await {
-            Ok(m) => (true, m),
-            Err(e) => (false, format!("{e:#}")),
-        };
-        lines.push(CheckLine { section: "serve", ok, message });
-    }
-    Ok(lines)
+    Ok(out)
 }
 
 async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, options: &Options) -> Result<String> {
@@ -347,13 +323,13 @@ async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, option
 
 /// The renderer `ferry serve` makes previews with: `[serve.preview]`'s
 /// plugin with no grants at all. The only file it can read is the one
-/// handed to each call, from `download_dir` (root
-/// [`DOWNLOAD_ROOT`](crate::serve::preview::DOWNLOAD_ROOT)).
+/// handed to each call, from `download_dir`, which it sees as fs root
+/// `root`.
 pub fn renderer(
     engine: &Engine,
     pipeline: &Pipeline,
     cfg: &crate::config::PreviewConfig,
-    download_dir: &Path,
+    (root, download_dir): (&str, &Path),
     options: &Options,
 ) -> Result<StagePool> {
     let path = pipeline.find_plugin(&cfg.plugin).map_err(|m| anyhow::anyhow!("[serve.preview] plugin: {m}"))?;
@@ -366,7 +342,7 @@ pub fn renderer(
         plugin_name: plugin.name(),
         grants: crate::config::Grants::default(),
         fs_roots: BTreeMap::new(),
-        all_fs_roots: BTreeMap::from([(crate::serve::preview::DOWNLOAD_ROOT.to_owned(), real)]),
+        all_fs_roots: BTreeMap::from([(root.to_owned(), real)]),
         sql: Arc::new(sql::Connections::new(&BTreeMap::new())),
         http: http::Client::new(),
         object_store: None,

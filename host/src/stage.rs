@@ -349,21 +349,5 @@ enum Response {
     Picture(Picture),
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
-}
-
-/// `1.5s`, `30s`, `2m`, `6h`.
-pub fn humantime(d: Duration) -> String {
-    if d.as_millis() < 1000 {
-        format!("{}ms", d.as_millis())
-    } else if d.as_secs().is_multiple_of(3600) && d.as_secs() >= 3600 && d.subsec_millis() == 0 {
-        format!("{}h", d.as_secs() / 3600)
-    } else if d.as_secs().is_multiple_of(60) && d.as_secs() >= 60 {
-        format!("{}m", d.as_secs() / 60)
-    } else if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
+use crate::util::first_line;
+pub use crate::util::humantime;

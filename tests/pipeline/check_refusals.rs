@@ -4,8 +4,9 @@
 //! nothing), a destination inside a source folder, and `[serve]` settings
 //! that `serve` would stop on.
 
+use ferry::check::{check, CheckLine};
 use ferry::config::Role;
-use ferry::runtime::{check, CheckLine, Runtime};
+use ferry::runtime::Runtime;
 use ferry_tests::demo_site;
 
 use crate::harness::{options, Fixture};

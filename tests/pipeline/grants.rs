@@ -2,9 +2,9 @@
 //! at the call with a message naming the stage and the grant, and
 //! `ferry check` finds it before a run.
 
+use ferry::check::check;
 use ferry::config::Role;
 use ferry::runner::Outcome;
-use ferry::runtime::check;
 use ferry_tests::demo_site;
 
 use crate::harness::{options, run, runtime, Fixture};

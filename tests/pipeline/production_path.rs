@@ -189,19 +189,19 @@ async fn check_tests_sql_login_resolver_and_bucket() {
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
     let good = fx.production_toml(&Sql::SqlServer(tds.port()), &resolver, &s3, BUCKET, "");
-    let lines = ferry::runtime::check(&fx.load_with_env(&good), &crate::harness::options()).await.unwrap();
+    let lines = ferry::check::check(&fx.load_with_env(&good), &crate::harness::options()).await.unwrap();
     for l in &lines {
         assert!(l.ok, "{l}");
     }
     let line =
-        |lines: &[ferry::runtime::CheckLine], r: Role| lines.iter().find(|l| l.section == r.section()).unwrap().clone();
+        |lines: &[ferry::check::CheckLine], r: Role| lines.iter().find(|l| l.section == r.section()).unwrap().clone();
     assert!(line(&lines, Role::Resolver).message.contains("test lookup answered"));
     assert!(line(&lines, Role::Store).message.contains(&format!("s3://{BUCKET}/")));
 
     // wrong password, missing bucket: each on its stage's line, with the fix
     tds.set_refuse_logins(true);
     let bad = good.replace(&format!("bucket = \"{BUCKET}\""), "bucket = \"no-such-bucket\"");
-    let lines = ferry::runtime::check(&fx.load_with_env(&bad), &crate::harness::options()).await.unwrap();
+    let lines = ferry::check::check(&fx.load_with_env(&bad), &crate::harness::options()).await.unwrap();
     let source = line(&lines, Role::Source);
     assert!(!source.ok && source.message.contains("login failed"), "{source}");
     assert!(source.message.contains("check user and password"), "{source}");

@@ -89,7 +89,7 @@ async fn bad_api_key_is_a_clear_permanent_error() {
         assert!(!r.detail.contains("wrong-key"), "no secrets in messages");
     }
     // ferry check finds it too
-    let lines = ferry::runtime::check(&rt.pipeline, &crate::harness::options()).await.unwrap();
+    let lines = ferry::check::check(&rt.pipeline, &crate::harness::options()).await.unwrap();
     let resolver_line = lines.iter().find(|l| l.section == ferry::config::Role::Resolver.section()).unwrap();
     assert!(!resolver_line.ok && resolver_line.message.contains("401"), "{resolver_line}");
 }

@@ -5,12 +5,10 @@
 //! again, so a symlink inside a root cannot lead out of it. Reads go
 //! through `spawn_blocking` because PDATA is usually a network share.
 
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::Resource;
 
 use super::StageState;
@@ -103,22 +101,7 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))
 }
 
-/// Hex SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n_total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        n_total += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((hex::encode(h.finalize()), n_total))
-}
+pub use crate::util::sha256_file;
 
 impl Host for StageState {
     async fn roots(&mut self) -> Vec<String> {

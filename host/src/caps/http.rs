@@ -154,18 +154,10 @@ fn transport_error(host: &str, e: reqwest::Error) -> HostError {
     if e.is_timeout() {
         HostError::Unavailable(format!("request to {host} timed out"))
     } else if e.is_connect() {
-        HostError::Unavailable(format!("cannot connect to {host}: {}", root_cause(&e)))
+        HostError::Unavailable(format!("cannot connect to {host}: {}", crate::util::root_cause(&e)))
     } else {
-        HostError::Unavailable(format!("request to {host} failed: {}", root_cause(&e)))
+        HostError::Unavailable(format!("request to {host} failed: {}", crate::util::root_cause(&e)))
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ impl MssqlPool {
             Ok(r) => r,
             Err(_) => Err(HostError::Unavailable(format!(
                 "{what}: no answer within {} (connect_timeout)",
-                crate::stage::humantime(c.connect_timeout)
+                crate::util::humantime(c.connect_timeout)
             ))),
         }
     }

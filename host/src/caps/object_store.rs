@@ -259,7 +259,7 @@ impl ObjectStore for FsStore {
             // bytes without a matching record (a crash between the two
             // writes, or a file put there by hand): hash what is there
             None => {
-                let (sha256, size) = tokio::task::spawn_blocking(move || super::fs::sha256_file(&path))
+                let (sha256, size) = tokio::task::spawn_blocking(move || crate::util::sha256_file(&path))
                     .await
                     .map_err(|e| HostError::Failed(format!("host task failed: {e}")))?
                     .map_err(|e| io_error(key, e))?;

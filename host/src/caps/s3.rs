@@ -239,7 +239,7 @@ impl S3Store {
         check_key(&self.full_key(key))?;
         let src = source.to_owned();
         let what = source.display().to_string();
-        let (sha_hex, size) = tokio::task::spawn_blocking(move || super::fs::sha256_file(&src))
+        let (sha_hex, size) = tokio::task::spawn_blocking(move || crate::util::sha256_file(&src))
             .await
             .map_err(|e| HostError::Failed(format!("host task failed: {e}")))?
             .map_err(|e| io_error(&what, e))?;
@@ -356,11 +356,11 @@ where
             })
             .unwrap_or_default(),
     };
-    let msg = e.message().map(str::to_owned).unwrap_or_else(|| root_cause(&e));
+    let msg = e.message().map(str::to_owned).unwrap_or_else(|| crate::util::root_cause(&e));
     let what = format!("s3://{bucket}/{key}");
     match (&e, status) {
         (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_), _) => {
-            HostError::Unavailable(format!("{what}: cannot reach the S3 endpoint: {}", root_cause(&e)))
+            HostError::Unavailable(format!("{what}: cannot reach the S3 endpoint: {}", crate::util::root_cause(&e)))
         }
         (_, Some(s)) if s >= 500 || s == 429 => HostError::Unavailable(format!("{what}: S3 answered {s} {code}: {msg}")),
         _ if code == "SlowDown" || code == "RequestTimeout" => HostError::Unavailable(format!("{what}: {code}: {msg}")),
@@ -370,16 +370,8 @@ where
         _ if code == "NoSuchBucket" => HostError::NotFound(format!("bucket `{bucket}` does not exist")),
         (_, Some(412)) => HostError::Failed(format!("{what}: {PRECONDITION}: the key exists already")),
         (_, Some(s)) => HostError::Failed(format!("{what}: S3 answered {s} {code}: {msg}")),
-        _ => HostError::Unavailable(format!("{what}: {}", root_cause(&e))),
+        _ => HostError::Unavailable(format!("{what}: {}", crate::util::root_cause(&e))),
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[async_trait::async_trait]

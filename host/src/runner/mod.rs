@@ -186,7 +186,7 @@ fn verdict(ledger: Option<&dyn Ledger>, w: &Work) -> Verdict {
                 format!(
                     "parked after {} attempt(s), next in {}: {}",
                     rec.attempts,
-                    crate::stage::humantime(Duration::from_secs(wait.as_secs().max(1))),
+                    crate::util::humantime(Duration::from_secs(wait.as_secs().max(1))),
                     rec.last_error.as_deref().unwrap_or("")
                 ),
             ))
@@ -490,8 +490,8 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                                 Outcome::Deferred,
                                 format!(
                                     "the file was modified {} ago, less than [source] min_age = {}: it may still be being written; next pass",
-                                    crate::stage::humantime(age),
-                                    crate::stage::humantime(min_age)
+                                    crate::util::humantime(age),
+                                    crate::util::humantime(min_age)
                                 ),
                             );
                             continue;

@@ -192,7 +192,8 @@ pub async fn check(pipeline: &Pipeline, engine: &wasmtime::Engine, options: &Opt
     let addrs = listen_addrs(&cfg.listen).await?;
     let auth = validate(pipeline, &cfg, &addrs)?;
     let dir = tempfile::tempdir()?;
-    let renderer = crate::runtime::renderer(engine, pipeline, &cfg.preview, dir.path(), options)?;
+    let renderer =
+        crate::runtime::renderer(engine, pipeline, &cfg.preview, (preview::DOWNLOAD_ROOT, dir.path()), options)?;
     renderer.warm_up().await?;
     Ok(format!(
         "listen {}; auth: {}; previews: {} ({} at once, {} MiB each)",
@@ -220,8 +221,14 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
 
     let runtime = Arc::new(Runtime::new(pipeline, options).await.map_err(ServeError::Runtime)?);
     let download_dir = previews_dir.join("tmp");
-    let renderer = crate::runtime::renderer(&runtime.engine, &runtime.pipeline, &cfg.preview, &download_dir, options)
-        .map_err(ServeError::Runtime)?;
+    let renderer = crate::runtime::renderer(
+        &runtime.engine,
+        &runtime.pipeline,
+        &cfg.preview,
+        (preview::DOWNLOAD_ROOT, &download_dir),
+        options,
+    )
+    .map_err(ServeError::Runtime)?;
     renderer.warm_up().await.map_err(|e| ServeError::Runtime(e.into()))?;
     let metrics = Arc::new(Metrics::new());
     let previews = Previews::new(

@@ -158,7 +158,7 @@ impl Passes {
                 return;
             }
             let next = every.saturating_sub(begun.elapsed());
-            tracing::info!("next pass in {}", crate::stage::humantime(next.max(Duration::from_secs(1))));
+            tracing::info!("next pass in {}", crate::util::humantime(next.max(Duration::from_secs(1))));
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(next) => {}

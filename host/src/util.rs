@@ -1,0 +1,71 @@
+//! Small helpers more than one module needs, kept in one place so that
+//! capabilities, the runner and the service do not grow private copies
+//! (and so that a module does not import another only for a helper).
+
+use std::io::Read as _;
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// The innermost error of a chain: what actually went wrong (a refused
+/// connection, a DNS failure), without the wrappers around it.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The first line of a message (wasmtime puts backtraces after it).
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// `1.5s`, `30s`, `2m`, `6h`: durations as the pipeline file writes them.
+pub fn humantime(d: Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{}ms", d.as_millis())
+    } else if d.as_secs().is_multiple_of(3600) && d.as_secs() >= 3600 && d.subsec_millis() == 0 {
+        format!("{}h", d.as_secs() / 3600)
+    } else if d.as_secs().is_multiple_of(60) && d.as_secs() >= 60 {
+        format!("{}m", d.as_secs() / 60)
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Hex SHA-256 of a file and its size, streamed (256 KiB at a time).
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n_total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        n_total += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((hex::encode(h.finalize()), n_total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_the_pipeline_file() {
+        assert_eq!(humantime(Duration::from_millis(250)), "250ms");
+        assert_eq!(humantime(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(humantime(Duration::from_secs(30)), "30s");
+        assert_eq!(humantime(Duration::from_secs(120)), "2m");
+        assert_eq!(humantime(Duration::from_secs(6 * 3600)), "6h");
+        assert_eq!(humantime(Duration::from_secs(90 * 60)), "90m");
+    }
+}
