@@ -9,9 +9,7 @@
 pub mod fs;
 pub mod http;
 pub mod log;
-pub mod mssql;
 pub mod object_store;
-pub mod s3;
 pub mod sql;
 
 use std::collections::BTreeMap;

@@ -11,6 +11,7 @@
 
 use std::sync::Mutex;
 
+use futures_util::TryStreamExt as _;
 use sqlparser::dialect::MsSqlDialect;
 use sqlparser::parser::Parser;
 use tiberius::{AuthMethod, Client, ColumnData, EncryptionLevel, Query};
@@ -174,13 +175,20 @@ async fn run(conn: &mut Conn, statement: &str, params: &[SqlValue]) -> tiberius:
                 .collect()
         })
         .unwrap_or_default();
-    let rows = stream.into_first_result().await?;
-    if rows.len() > super::sql::MAX_ROWS {
-        return Err(tiberius::error::Error::Conversion(
-            format!("query returned more than {} rows; page it", super::sql::MAX_ROWS).into(),
-        ));
+    // counted while they arrive: a query that returns a million rows is
+    // refused at row MAX_ROWS + 1, not after all of them are in memory
+    // (the connection is then dropped, not reused, with the rest unread)
+    let mut rows = Vec::new();
+    let mut stream = stream.into_row_stream();
+    while let Some(row) = stream.try_next().await? {
+        if rows.len() >= super::MAX_ROWS {
+            return Err(tiberius::error::Error::Conversion(
+                format!("query returned more than {} rows; page it", super::MAX_ROWS).into(),
+            ));
+        }
+        rows.push(row.cells().map(|(_, v)| value(v)).collect());
     }
-    Ok(Rows { columns, rows: rows.iter().map(|r| r.cells().map(|(_, v)| value(v)).collect()).collect() })
+    Ok(Rows { columns, rows })
 }
 
 fn value(v: &ColumnData<'static>) -> SqlValue {

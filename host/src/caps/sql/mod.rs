@@ -2,22 +2,21 @@
 //!
 //! Backends share one contract: placeholders `@P1..@Pn`, typed values in
 //! and out, one read statement per call. SQLite is embedded (the demo and
-//! clinics with an export); SQL Server (tiberius) plugs in as another
-//! `Backend` variant. Read-only is enforced by the database, not by
+//! clinics with an export, [`sqlite`]); SQL Server (tiberius, [`mssql`])
+//! plugs in as another `Backend` variant. Read-only is enforced by the database, not by
 //! pattern-matching SQL text: SQLite connections are opened read-only and
 //! each prepared statement must report itself read-only.
 
+pub mod mssql;
+mod sqlite;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::types::ValueRef;
-use rusqlite::OpenFlags;
-
 use super::StageState;
-use crate::bindings::sql::{Column, Host, Rows, SqlValue};
+use crate::bindings::sql::{Host, Rows, SqlValue};
 use crate::bindings::types::HostError;
 use crate::config::ConnectionConfig;
+use sqlite::{sqlite_query, SqlitePool};
 
 /// Most rows one query may return; a plugin should page beyond that.
 pub const MAX_ROWS: usize = 100_000;
@@ -28,40 +27,8 @@ pub struct Connections {
 }
 
 enum Backend {
-    Sqlite(Arc<SqlitePool>),
-    Mssql(Arc<super::mssql::MssqlPool>),
-}
-
-struct SqlitePool {
-    path: PathBuf,
-    idle: Mutex<Vec<rusqlite::Connection>>,
-}
-
-impl SqlitePool {
-    fn take(&self) -> Result<rusqlite::Connection, HostError> {
-        if let Some(c) = self.idle.lock().unwrap().pop() {
-            return Ok(c);
-        }
-        // Refuse to create a database that is not there: a typo'd path
-        // would otherwise look like an empty Sidexis.
-        if !self.path.is_file() {
-            return Err(HostError::Unavailable(format!("SQLite database {} does not exist", self.path.display())));
-        }
-        let c = rusqlite::Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-        )
-        .map_err(|e| HostError::Unavailable(format!("cannot open SQLite database {}: {e}", self.path.display())))?;
-        c.busy_timeout(std::time::Duration::from_secs(5)).ok();
-        Ok(c)
-    }
-
-    fn give_back(&self, c: rusqlite::Connection) {
-        let mut idle = self.idle.lock().unwrap();
-        if idle.len() < 8 {
-            idle.push(c);
-        }
-    }
+    Sqlite(Arc<sqlite::SqlitePool>),
+    Mssql(Arc<mssql::MssqlPool>),
 }
 
 impl Connections {
@@ -73,9 +40,7 @@ impl Connections {
                     ConnectionConfig::Sqlite { path } => {
                         Backend::Sqlite(Arc::new(SqlitePool { path: path.clone(), idle: Mutex::new(Vec::new()) }))
                     }
-                    ConnectionConfig::Mssql(m) => {
-                        Backend::Mssql(Arc::new(super::mssql::MssqlPool::new(name, m.clone())))
-                    }
+                    ConnectionConfig::Mssql(m) => Backend::Mssql(Arc::new(mssql::MssqlPool::new(name, m.clone()))),
                 };
                 (name.clone(), b)
             })
@@ -105,75 +70,6 @@ impl Connections {
     /// Checks that a connection works (for `ferry check`).
     pub async fn probe(&self, name: &str) -> Result<(), HostError> {
         self.query(name, "SELECT 1".into(), vec![]).await.map(|_| ())
-    }
-}
-
-fn sqlite_query(conn: &rusqlite::Connection, sql: &str, params: &[SqlValue]) -> Result<Rows, HostError> {
-    let mut stmt = conn.prepare(sql).map_err(|e| match e {
-        rusqlite::Error::MultipleStatement => HostError::Invalid("only one statement per query is allowed".into()),
-        e => HostError::Invalid(format!("cannot prepare statement: {e}")),
-    })?;
-    if !stmt.readonly() {
-        return Err(HostError::Denied("only read statements are allowed on sql connections".into()));
-    }
-    for i in 1..=stmt.parameter_count() {
-        let name = stmt.parameter_name(i).unwrap_or("?");
-        let n: usize =
-            name.strip_prefix("@P").and_then(|n| n.parse().ok()).filter(|n| *n >= 1 && *n <= params.len()).ok_or_else(
-                || {
-                    HostError::Invalid(format!(
-                        "placeholder `{name}` has no parameter: use @P1..@P{} for the {} parameters given",
-                        params.len(),
-                        params.len()
-                    ))
-                },
-            )?;
-        let v = &params[n - 1];
-        let r = match v {
-            SqlValue::Null => stmt.raw_bind_parameter(i, rusqlite::types::Null),
-            SqlValue::Boolean(b) => stmt.raw_bind_parameter(i, *b),
-            SqlValue::Integer(x) => stmt.raw_bind_parameter(i, *x),
-            SqlValue::Real(x) => stmt.raw_bind_parameter(i, *x),
-            SqlValue::Text(s) => stmt.raw_bind_parameter(i, s.as_str()),
-            SqlValue::Blob(b) => stmt.raw_bind_parameter(i, b.as_slice()),
-        };
-        r.map_err(|e| HostError::Invalid(format!("cannot bind @P{n}: {e}")))?;
-    }
-    let columns: Vec<Column> = stmt
-        .columns()
-        .iter()
-        .map(|c| Column { name: c.name().to_owned(), declared_type: c.decl_type().unwrap_or("").to_owned() })
-        .collect();
-    let ncols = columns.len();
-    let mut rows_out = Vec::new();
-    let mut rows = stmt.raw_query();
-    while let Some(row) = rows.next().map_err(sqlite_err)? {
-        if rows_out.len() >= MAX_ROWS {
-            return Err(HostError::Invalid(format!("query returned more than {MAX_ROWS} rows; page it")));
-        }
-        let mut vals = Vec::with_capacity(ncols);
-        for i in 0..ncols {
-            vals.push(match row.get_ref(i).map_err(sqlite_err)? {
-                ValueRef::Null => SqlValue::Null,
-                ValueRef::Integer(x) => SqlValue::Integer(x),
-                ValueRef::Real(x) => SqlValue::Real(x),
-                ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
-                ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
-            });
-        }
-        rows_out.push(vals);
-    }
-    Ok(Rows { columns, rows: rows_out })
-}
-
-fn sqlite_err(e: rusqlite::Error) -> HostError {
-    match &e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
-        {
-            HostError::Unavailable(format!("database busy: {e}"))
-        }
-        _ => HostError::Failed(format!("query failed: {e}")),
     }
 }
 

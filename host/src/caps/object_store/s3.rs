@@ -26,10 +26,10 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::fs::io_error;
-use super::object_store::{check_key, ByteRange, ByteStream as ObjectBytes, Metadata, ObjectStore};
+use super::{check_key, ByteRange, ByteStream as ObjectBytes, Metadata, ObjectStore};
 use crate::bindings::object_store::{Listing, ObjectInfo};
 use crate::bindings::types::HostError;
+use crate::caps::fs::io_error;
 use crate::config::S3Grant;
 
 /// Marks the error of a conditional put that found the key taken.

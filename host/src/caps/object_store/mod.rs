@@ -1,0 +1,155 @@
+//! `object-store`: the destination a store stage writes to.
+//!
+//! Plugins decide, the host moves: a plugin names a key and a `file-ref`,
+//! and the bytes go from disk to the store here, streamed, hashed on the
+//! way, never through the guest. Backends implement [`ObjectStore`], one
+//! file each: [`fs`] (a local folder) and [`s3`] (S3 and S3-compatible
+//! servers); [`guest`] is the WIT glue that checks what a plugin asks and
+//! hands it to the stage's backend.
+
+pub mod fs;
+mod guest;
+pub mod s3;
+
+pub use fs::FsStore;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+
+use crate::bindings::object_store::{Listing, ObjectInfo};
+use crate::bindings::types::HostError;
+use crate::config::ObjectStoreGrant;
+
+/// Largest `put-bytes` body.
+pub const MAX_PUT_BYTES: usize = 1 << 20;
+/// Longest key (as on S3).
+pub const MAX_KEY: usize = 1024;
+
+pub type Metadata = Vec<(String, String)>;
+
+/// A place objects are written to and read back from.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// For messages: `fs:/srv/store`, `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, HostError>;
+    async fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError>;
+    /// Writes only if `key` is free; `None` if an object is there.
+    /// Must be atomic with respect to concurrent calls for the same key.
+    async fn put_file_new(
+        &self,
+        key: &str,
+        source: &Path,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<Option<ObjectInfo>, HostError>;
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: Metadata,
+    ) -> Result<ObjectInfo, HostError>;
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, HostError>;
+    /// Checks the store is usable (for `ferry check`).
+    async fn probe(&self) -> Result<(), HostError>;
+    /// Reads an object back (for `ferry serve`), streamed: `None` if there
+    /// is none; else its info, its total size and the bytes of `range`
+    /// (`(first, Some(last))` inclusive, `(first, None)` to the end; a
+    /// `last` past the end is clamped). A range starting at or past the
+    /// end yields an empty stream: the caller compares with the total size
+    /// and answers 416.
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(ObjectInfo, u64, ByteStream)>, HostError>;
+    /// A short-lived URL that downloads the object without ferry in the
+    /// way, where the backend has such a thing (S3: a presigned GET);
+    /// `None` otherwise. It does not check that the object exists.
+    async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> Result<Option<String>, HostError>;
+}
+
+/// `(first, last)` byte offsets, `last` inclusive; `None` means to the end.
+pub type ByteRange = (u64, Option<u64>);
+
+/// Object bytes on their way out, in chunks, never all in memory.
+pub type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>>;
+
+/// The bytes `first..=last` of a range over an object of `total` bytes,
+/// as `(offset, length)`; length 0 when the range starts past the end.
+pub fn range_span(range: Option<ByteRange>, total: u64) -> (u64, u64) {
+    match range {
+        None => (0, total),
+        Some((first, _)) if first >= total => (first, 0),
+        Some((first, last)) => {
+            let end = last.map(|l| l.saturating_add(1).min(total)).unwrap_or(total);
+            (first, end.saturating_sub(first))
+        }
+    }
+}
+
+/// Streams `len` bytes of an open file from where it stands, in 64 KiB
+/// chunks.
+pub fn file_stream(file: tokio::fs::File, len: u64) -> ByteStream {
+    const CHUNK: usize = 64 * 1024;
+    let reader = file.take(len);
+    Box::pin(futures_util::stream::try_unfold(reader, |mut r| async move {
+        let mut buf = bytes::BytesMut::with_capacity(CHUNK);
+        let n = r.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some((buf.freeze(), r)))
+    }))
+}
+
+/// Builds the backend a grant names.
+pub fn open(grant: &ObjectStoreGrant) -> Arc<dyn ObjectStore> {
+    match grant {
+        ObjectStoreGrant::Fs { path } => Arc::new(FsStore { root: path.clone() }),
+        ObjectStoreGrant::S3(g) => Arc::new(s3::S3Store::new(g.clone())),
+    }
+}
+
+/// Checks a key is a clean relative `/`-separated path.
+pub fn check_key(key: &str) -> Result<(), HostError> {
+    let bad = |why: &str| Err(HostError::Invalid(format!("object key `{key}` {why}")));
+    if key.is_empty() {
+        return bad("is empty");
+    }
+    if key.len() > MAX_KEY {
+        return bad(&format!("is longer than {MAX_KEY} bytes"));
+    }
+    if key.contains('\\') || key.chars().any(|c| c.is_control()) {
+        return bad("contains a backslash or control character");
+    }
+    for seg in key.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return bad("has an empty, `.` or `..` segment");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_metadata(md: &Metadata) -> Result<(), HostError> {
+    for (k, v) in md {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(HostError::Invalid(format!("metadata key `{k}` must be lowercase ascii letters, digits or -")));
+        }
+        if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(HostError::Invalid(format!(
+                "metadata value of `{k}` must be printable ascii (percent-encode it)"
+            )));
+        }
+    }
+    Ok(())
+}
