@@ -149,20 +149,7 @@ fn person_name(pn: &str) -> (String, String) {
     (display, words.join(" "))
 }
 
-/// How long parked items wait before the next attempt.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// Delay after `attempts` failed attempts: base·2^(attempts−1), capped.
-    pub fn delay(&self, attempts: u32) -> Duration {
-        let exp = attempts.saturating_sub(1).min(30);
-        self.base.saturating_mul(1u32 << exp).min(self.max)
-    }
-}
+pub use crate::retry::Backoff;
 
 /// The ledger in one SQLite file (the default; one `ferry` per clinic).
 pub struct SqliteLedger {

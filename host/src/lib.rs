@@ -27,6 +27,7 @@ pub mod config;
 pub mod ledger;
 pub mod outcome;
 pub mod plugin;
+pub mod retry;
 pub mod runner;
 pub mod runtime;
 pub mod serve;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::StageState;
 use crate::bindings::http::{Host, Request, Response};
 use crate::bindings::types::HostError;
+use crate::retry::Backoff;
 
 /// Largest response body handed to a guest.
 pub const MAX_BODY: usize = 16 << 20;
@@ -56,23 +57,16 @@ pub fn allowed(allow: &[String], url: &url::Url) -> bool {
 
 /// Attempts for a request with `retry` set (the first included).
 pub const MAX_ATTEMPTS: u32 = 5;
-/// Backoff before the second attempt; doubles each time, with full jitter.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
-pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Waits between attempts: from 200 ms, doubling, at most 10 s, with full
+/// jitter (the policy of [`crate::retry`]).
+pub const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
-/// Full-jitter exponential backoff before attempt `attempt + 1`.
-pub fn backoff(attempt: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1 << attempt.min(16)).min(BACKOFF_CAP);
-    exp.mul_f64(rand::random::<f64>())
-}
-
-/// `Retry-After` as seconds (the HTTP-date form is treated as absent).
+/// `Retry-After`, in seconds or as an HTTP-date.
 pub fn retry_after(headers: &[(String, String)]) -> Option<Duration> {
     headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .and_then(|(_, v)| crate::retry::retry_after(v, std::time::SystemTime::now()))
 }
 
 impl Host for StageState {
@@ -113,9 +107,11 @@ impl Host for StageState {
                 attempt += 1;
                 // what to wait before trying again, if worth it
                 let wait = match &result {
-                    Err(HostError::Unavailable(_)) => Some(backoff(attempt - 1)),
-                    Ok(r) if r.status == 429 => Some(retry_after(&r.headers).unwrap_or_else(|| backoff(attempt - 1))),
-                    Ok(r) if matches!(r.status, 500 | 502 | 503 | 504) => Some(backoff(attempt - 1)),
+                    Err(HostError::Unavailable(_)) => Some(BACKOFF.jittered(attempt)),
+                    Ok(r) if r.status == 429 => {
+                        Some(retry_after(&r.headers).unwrap_or_else(|| BACKOFF.jittered(attempt)))
+                    }
+                    Ok(r) if matches!(r.status, 500 | 502 | 503 | 504) => Some(BACKOFF.jittered(attempt)),
                     _ => None,
                 };
                 let Some(wait) = wait else { return result };
