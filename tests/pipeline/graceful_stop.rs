@@ -15,7 +15,7 @@ async fn cancel_drains_in_flight_items() {
     // a short queue, so that the scan cannot run far ahead of the store
     let toml = fx.stock_toml().replace("name = \"test\"", "name = \"test\"\nqueue_depth = 1");
     let rt = runtime(fx.load(&toml)).await;
-    let summary = Arc::new(Summary::default());
+    let summary = Arc::new(Summary::keeping_reports());
     let cancel = CancellationToken::new();
     {
         // stop as soon as the first item is stored

@@ -119,7 +119,7 @@ pub async fn runtime(p: Pipeline) -> Runtime {
 
 /// One full run; checks the summary adds up.
 pub async fn run(rt: &Runtime) -> Arc<Summary> {
-    let summary = Arc::new(Summary::default());
+    let summary = Arc::new(Summary::keeping_reports());
     rt.run_once(CancellationToken::new(), summary.clone()).await;
     let total: u64 = Outcome::ALL.iter().map(|o| summary.count(*o)).sum();
     assert_eq!(summary.scanned(), total, "every scanned entry has exactly one outcome: {}", summary.line());

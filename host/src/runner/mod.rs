@@ -393,6 +393,12 @@ async fn store_one(
                     tracing::warn!("cannot index {}: {e}", w.item.id);
                 }
             }
+            if stored.outcome == StoreOutcome::Stored {
+                // the size the fingerprint was taken with (what was hashed)
+                let size =
+                    w.fingerprint.as_deref().and_then(|f| f.split(':').next()?.parse().ok()).unwrap_or(w.item.size);
+                summary.stored_bytes.fetch_add(size, Ordering::Relaxed);
+            }
             Report {
                 subject: w.item.id.clone(),
                 outcome: match stored.outcome {

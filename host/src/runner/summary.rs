@@ -1,6 +1,11 @@
 //! The live counters of one pass ([`Summary`]) and where its outcomes are
 //! written down (the ledger's journal): what the progress bar, the summary
 //! line, `/metrics` and the tests read.
+//!
+//! Per-item reports stream to the log and the ledger as items end; a
+//! summary keeps them only when asked to ([`Summary::keeping_reports`]: a
+//! sync job's few items, tests), so a pass over 100,000 unchanged images
+//! holds counters, not 100,000 reports.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +27,10 @@ pub struct Summary {
     pub(super) cache_hits: AtomicU64,
     pub(super) cache_misses: AtomicU64,
     pub(super) journal: std::sync::OnceLock<Journal>,
+    /// Keep every [`Report`] (see [`Summary::keeping_reports`]).
+    keep: bool,
+    /// Bytes of the files stored in this pass.
+    pub(super) stored_bytes: AtomicU64,
 }
 
 /// Where outcomes are written down besides the summary.
@@ -33,6 +42,17 @@ pub(super) struct Journal {
 }
 
 impl Summary {
+    /// A summary that also keeps every item's report, for [`reports`](Self::reports)
+    /// and [`report`](Self::report). [`Summary::default`] only counts.
+    pub fn keeping_reports() -> Summary {
+        Summary { keep: true, ..Summary::default() }
+    }
+
+    /// Bytes of the files stored in this pass (their size when scanned).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
+    }
+
     pub fn scanned(&self) -> u64 {
         self.scanned.load(Ordering::Relaxed)
     }
@@ -41,6 +61,8 @@ impl Summary {
         self.counts[o as usize].load(Ordering::Relaxed)
     }
 
+    /// Every item's report, in the order they ended; empty unless the
+    /// summary was made with [`keeping_reports`](Self::keeping_reports).
     pub fn reports(&self) -> Vec<Report> {
         self.reports.lock().unwrap().clone()
     }
@@ -100,7 +122,13 @@ impl Summary {
                 self.error(format!("{}: cannot record the outcome: {e}", r.subject));
             }
         }
-        self.reports.lock().unwrap().push(r);
+        self.keep_report(r);
+    }
+
+    fn keep_report(&self, r: Report) {
+        if self.keep {
+            self.reports.lock().unwrap().push(r);
+        }
     }
 
     /// Counts and logs an outcome without writing the ledger (for items
@@ -121,7 +149,7 @@ impl Summary {
 
     pub(super) fn remembered(&self, r: Report) {
         self.count_only(&r);
-        self.reports.lock().unwrap().push(r);
+        self.keep_report(r);
     }
 
     pub(super) fn item(&self, w: &Work, outcome: Outcome, detail: impl Into<String>) {
@@ -133,5 +161,33 @@ impl Summary {
     pub(super) fn error(&self, e: String) {
         tracing::error!("{e}");
         self.errors.lock().unwrap().push(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(n: usize) -> Report {
+        Report {
+            subject: format!("P_1/0000_{n}.dcm"),
+            outcome: Outcome::Stored,
+            detail: String::new(),
+            patient_guid: None,
+            location: None,
+        }
+    }
+
+    #[test]
+    fn only_a_keeping_summary_holds_reports() {
+        let counting = Summary::default();
+        let keeping = Summary::keeping_reports();
+        for n in 0..1000 {
+            counting.record(report(n), None);
+            keeping.record(report(n), None);
+        }
+        assert_eq!((counting.count(Outcome::Stored), counting.reports().len()), (1000, 0));
+        assert_eq!((keeping.count(Outcome::Stored), keeping.reports().len()), (1000, 1000));
+        assert_eq!(keeping.report("P_1/0000_7.dcm").unwrap().outcome, Outcome::Stored);
     }
 }

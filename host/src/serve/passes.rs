@@ -95,7 +95,11 @@ impl Passes {
         if self.cancel.is_cancelled() {
             return None;
         }
-        let summary = Arc::new(Summary::default());
+        // a sync job reports its (few) items; a scheduled pass only counts
+        let summary = Arc::new(match kind {
+            PassKind::Job => Summary::keeping_reports(),
+            PassKind::Scheduled => Summary::default(),
+        });
         started(summary.clone());
         self.metrics.pass_started();
         let begun = Instant::now();
@@ -116,14 +120,7 @@ impl Passes {
             let ledger = self.ledger.clone();
             let summary = summary.clone();
             tokio::task::spawn_blocking(move || {
-                // sizes of what was written, from the fingerprints (`size:mtime`)
-                let bytes: u64 = summary
-                    .reports()
-                    .iter()
-                    .filter(|r| r.outcome == Outcome::Stored)
-                    .filter_map(|r| ledger.item(&r.subject).ok().flatten()?.fingerprint)
-                    .filter_map(|fp| fp.split(':').next()?.parse::<u64>().ok())
-                    .sum();
+                let bytes = summary.stored_bytes();
                 let states = ledger.status(0).map(|s| s.by_state).unwrap_or_default();
                 (bytes, states)
             })
