@@ -1,0 +1,301 @@
+//! The REST API under `/api/v1`: JSON in and out, errors as RFC 7807
+//! problem documents, described by the OpenAPI document at
+//! `/api/v1/openapi.json`, which is generated from these handlers (utoipa),
+//! so it cannot drift from the routes.
+//!
+//! | route | role | what |
+//! |---|---|---|
+//! | `GET /patients?name=` | viewer | patients by first/last name prefix (case- and accent-insensitive) |
+//! | `GET /patients/{patientGuid}/images` | viewer | the patient's images, paginated |
+//! | `GET /patients/{patientGuid}/images/{name}` | viewer | the DICOM bytes (ranges; or a 307 to a presigned URL) |
+//! | `GET /patients/{patientGuid}/images/{name}/preview` | viewer | a PNG preview |
+//! | `GET /patients/{patientGuid}/logs` | operator | the patient's synchronization log |
+//! | `GET /logs/{id}` | operator | one log entry |
+//! | `POST /patients/{patientGuid}/sync` | operator | re-run the pipeline for the patient's items → job |
+//! | `GET /jobs/{id}` | operator | a job's progress |
+//!
+//! Safety of keys: a guid must pass [`crate::runner::valid_guid`] and an
+//! image name must be exactly one key segment (no `/`, `\`, control
+//! characters, no leading `.`), checked after percent-decoding, so that no
+//! request can name an object outside `images/{patientGuid}/`. JSON
+//! sidecars (`*.json`) are not images: not listed, not served.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Role;
+use super::passes::rfc3339;
+use super::problem::{ApiResult, Problem};
+use super::AppState;
+use crate::caps::object_store::{check_key, range_span, ByteRange};
+use crate::ledger::ImageFacts;
+
+mod http;
+mod images;
+mod jobs;
+mod logs;
+mod patients;
+
+use http::*;
+use images::*;
+use jobs::*;
+use logs::*;
+use patients::*;
+
+/// Where the store plugins file images: `images/{patientGuid}/{name}`.
+pub const IMAGES_PREFIX: &str = "images/";
+/// Lifetime of presigned download URLs.
+pub const PRESIGN_TTL: Duration = Duration::from_secs(300);
+/// Longest image name accepted (one file-system name).
+const MAX_NAME: usize = 255;
+
+type St = State<Arc<AppState>>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ferry API",
+        description = "Dental X-rays moved from Sidexis to the practice's storage, by patient. \
+                       Every route needs a bearer JWT (`Authorization: Bearer …`) with a role: \
+                       `viewer` for images, previews and search; `operator` for logs, sync and jobs; \
+                       `admin` can do everything. Errors are RFC 7807 problem documents.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "patients", description = "Patients and their images"),
+        (name = "sync", description = "The synchronization log and re-syncs"),
+        (name = "meta", description = "This document")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// The document's frame: info, security scheme, tags (the paths come
+/// from [`router`]).
+pub fn doc() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The API routes (relative to `/api/v1`), each with its OpenAPI path.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(search_patients))
+        .routes(routes!(list_images))
+        .routes(routes!(get_image))
+        .routes(routes!(preview))
+        .routes(routes!(patient_logs))
+        .routes(routes!(log_entry))
+        .routes(routes!(sync_patient))
+        .routes(routes!(job))
+        .routes(routes!(openapi_json))
+        .fallback(unknown_route)
+}
+
+async fn unknown_route() -> Problem {
+    Problem::not_found("no such API route; see /api/v1/openapi.json")
+}
+
+// ---------------------------------------------------------------- extractors
+
+/// Path parameters with rejections as problem documents.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| Problem::bad_request("invalid-path", e.body_text()))
+    }
+}
+
+/// Query parameters with rejections as problem documents.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| Problem::bad_request("invalid-query", e.body_text()))
+    }
+}
+
+// ---------------------------------------------------------------- checks
+
+fn authorize(state: &AppState, headers: &HeaderMap, needed: Role) -> ApiResult<super::auth::Principal> {
+    let value = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            Problem::from(super::auth::AuthError::Unauthenticated("the Authorization header is not valid text".into()))
+        })?),
+    };
+    Ok(state.auth.authorize(value, needed)?)
+}
+
+/// A patient guid usable in a key and a URL.
+pub fn check_guid(guid: &str) -> ApiResult<()> {
+    if crate::runner::valid_guid(guid) {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(
+            "invalid-guid",
+            "a patient guid is 1 to 128 letters, digits, `-`, `_` and `.`, not starting with `.` (e.g. a UUID)",
+        ))
+    }
+}
+
+/// An image name: exactly one key segment.
+pub fn check_name(name: &str) -> ApiResult<()> {
+    let bad = |why: &str| Err(Problem::bad_request("invalid-name", format!("an image name {why}")));
+    if name.is_empty() {
+        return bad("must not be empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad(&format!("is at most {MAX_NAME} bytes"));
+    }
+    if name.contains('/') || name.contains('\\') {
+        return bad("is one path segment: it must not contain `/` or `\\`");
+    }
+    if name.starts_with('.') {
+        return bad("must not start with `.`");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return bad("must not contain control characters");
+    }
+    Ok(())
+}
+
+fn prefix_of(guid: &str) -> String {
+    format!("{IMAGES_PREFIX}{guid}/")
+}
+
+/// The object key of an image, after both checks; never outside the
+/// patient's prefix.
+fn image_key(guid: &str, name: &str) -> ApiResult<String> {
+    check_guid(guid)?;
+    check_name(name)?;
+    let key = format!("{}{name}", prefix_of(guid));
+    check_key(&key)
+        .map_err(|_| Problem::bad_request("invalid-name", "the image name cannot be part of an object key"))?;
+    debug_assert_eq!(key.split('/').count(), 3);
+    Ok(key)
+}
+
+fn is_sidecar(name: &str) -> bool {
+    name.ends_with(".json")
+}
+
+/// Percent-encodes one path segment for links.
+fn seg(s: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Problem::internal(format!("a worker task failed: {e}")))?
+}
+
+// ---------------------------------------------------------------- the document
+
+/// This OpenAPI document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    security(()),
+    responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json", body = Object))
+)]
+pub(super) async fn openapi_json(State(state): St) -> Response {
+    let doc = state.openapi.get().cloned().unwrap_or_else(|| "{}".into());
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9"), Some(RangeAsk::From(0, Some(9))));
+        assert_eq!(parse_range("Bytes = 0-9"), Some(RangeAsk::From(0, Some(9))));
+        assert_eq!(parse_range("bytes=10-"), Some(RangeAsk::From(10, None)));
+        assert_eq!(parse_range("bytes=-5"), Some(RangeAsk::Suffix(5)));
+        // ignored (the whole file is sent): invalid, several, other units
+        for bad in [
+            "bytes=9-1",
+            "bytes=0-1,4-5",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=+1-2",
+            "bytes=1-2-3",
+            "bytes=99999999999999999999999-",
+            "bytes",
+            "",
+        ] {
+            assert_eq!(parse_range(bad), None, "{bad}");
+        }
+        let tag = Some("\"abc\"");
+        assert!(if_range_allows(&HeaderValue::from_static("\"abc\""), tag));
+        assert!(!if_range_allows(&HeaderValue::from_static("\"abd\""), tag));
+        assert!(!if_range_allows(&HeaderValue::from_static("W/\"abc\""), tag));
+        assert!(!if_range_allows(&HeaderValue::from_static("Tue, 01 Dec 2026 10:00:00 GMT"), tag));
+        assert!(!if_range_allows(&HeaderValue::from_static("\"abc\""), None));
+        assert_eq!(range_span(Some((0, Some(9))), 5), (0, 5));
+        assert_eq!(range_span(Some((5, None)), 5), (5, 0));
+        assert_eq!(range_span(None, 7), (0, 7));
+    }
+
+    #[test]
+    fn names_stay_one_segment() {
+        for bad in ["", "..", ".", ".hidden", "a/b", "a\\b", "a\u{0}b", "a\nb", "../x"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["Zahn 16.dcm", "Bißflügel rechts.dcm", "_.dcm", "Zahn 16~b66bc913.dcm", "a..b"] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+        assert!(image_key("..", "x").is_err());
+        assert!(image_key("g/h", "x").is_err());
+        assert_eq!(image_key("g", "x.dcm").unwrap(), "images/g/x.dcm");
+        assert_eq!(seg("a b/ü"), "a%20b%2F%C3%BC");
+    }
+}
