@@ -131,6 +131,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{path}: {key}: {message}")]
     Invalid { path: PathBuf, key: String, message: String },
+    /// Several problems at once, each with its key.
+    #[error("{path}: {} problems:{}", problems.len(), problems.iter().map(|(k, m)| format!("\n  {k}: {m}")).collect::<String>())]
+    Many { path: PathBuf, problems: Vec<(String, String)> },
 }
 
 /// `[pipeline]`: the pipeline's name and shared settings.
@@ -738,19 +741,25 @@ impl Pipeline {
             path: path.to_owned(),
             message: format!("after substituting environment variables: {}", e.message()),
         })?;
+        // from here on every problem is collected, so that one edit fixes
+        // them all (Vector's config compiler does the same)
+        let errs = std::cell::RefCell::new(Vec::<ConfigError>::new());
+        let fail = |e: ConfigError| errs.borrow_mut().push(e);
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let rel = |p: &Path| clean(&base.join(p));
 
         if raw.pipeline.name.trim().is_empty() {
-            return Err(invalid("pipeline.name".into(), "must not be empty".into()));
+            fail(invalid("pipeline.name".into(), "must not be empty".into()));
         }
         if !raw.pipeline.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(invalid(
-                "pipeline.name".into(),
-                "use letters, digits, - and _ (it names the state folder)".into(),
-            ));
+            fail(invalid("pipeline.name".into(), "use letters, digits, - and _ (it names the state folder)".into()));
         }
-        let bound = |r: Result<(), (String, String)>| r.map_err(|(k, m)| invalid(k, m));
+        let bound = |r: Result<(), (String, String)>| -> Result<(), ConfigError> {
+            if let Err((k, m)) = r {
+                fail(invalid(k, m));
+            }
+            Ok(())
+        };
         let (lo, hi) = bounds::QUEUE_DEPTH;
         bound(within("pipeline.queue_depth", raw.pipeline.queue_depth, lo, hi, show_n, " items"))?;
         let (lo, hi) = bounds::RETRY_AFTER;
@@ -777,10 +786,10 @@ impl Pipeline {
                         "",
                     ))?;
                     if m.host.trim().is_empty() {
-                        return Err(invalid(format!("connections.{name}.host"), "must not be empty".into()));
+                        fail(invalid(format!("connections.{name}.host"), "must not be empty".into()));
                     }
                     if m.port.is_some() && m.instance.is_some() {
-                        return Err(invalid(
+                        fail(invalid(
                             format!("connections.{name}"),
                             "give either `port` or `instance`, not both".into(),
                         ));
@@ -822,22 +831,29 @@ impl Pipeline {
         for (role, section) in sections {
             let Some(s) = section else { continue };
             let sec = role.section();
-            let plugin =
-                find_plugin(&s.plugin, &base, &plugin_path).map_err(|m| invalid(format!("{sec}.plugin"), m))?;
-            check_stage_numbers(sec, s.concurrency, s.retries, &s.limits).map_err(|(k, m)| invalid(k, m))?;
+            let plugin = match find_plugin(&s.plugin, &base, &plugin_path) {
+                Ok(p) => p,
+                Err(m) => {
+                    fail(invalid(format!("{sec}.plugin"), m));
+                    continue;
+                }
+            };
+            bound(check_stage_numbers(sec, s.concurrency, s.retries, &s.limits))?;
             if s.cache.is_some() && role != Role::Resolver {
-                return Err(invalid(format!("{sec}.cache"), "only the [resolver] has a cache".into()));
+                fail(invalid(format!("{sec}.cache"), "only the [resolver] has a cache".into()));
             }
             if s.min_age.is_some() && role != Role::Source {
-                return Err(invalid(format!("{sec}.min_age"), "only the [source] has a min_age".into()));
+                fail(invalid(format!("{sec}.min_age"), "only the [source] has a min_age".into()));
             }
             let mut grants = Grants::default();
             for (name, p) in &s.grants.fs {
-                check_name(name).map_err(|m| invalid(format!("{sec}.grants.fs.{name}"), m))?;
+                if let Err(m) = check_name(name) {
+                    fail(invalid(format!("{sec}.grants.fs.{name}"), m));
+                }
                 let p = rel(p);
                 if let Some((other, op)) = fs_names.get(name) {
                     if *op != p {
-                        return Err(invalid(
+                        fail(invalid(
                             format!("{sec}.grants.fs.{name}"),
                             format!(
                                 "the root name `{name}` is granted as {} in [{other}] and as {} here; \
@@ -854,7 +870,7 @@ impl Pipeline {
             for c in &s.grants.sql {
                 if !connections.contains_key(c) {
                     let known: Vec<_> = connections.keys().map(String::as_str).collect();
-                    return Err(invalid(
+                    fail(invalid(
                         format!("{sec}.grants.sql"),
                         format!(
                             "no connection named `{c}`; define [connections.{c}] (defined: {})",
@@ -867,10 +883,7 @@ impl Pipeline {
             for (i, h) in s.grants.http.iter().enumerate() {
                 let key = format!("{sec}.grants.http[{i}]");
                 if h.is_empty() || h.contains('/') || h.contains('*') {
-                    return Err(invalid(
-                        key,
-                        format!("`{h}` is not a host name or host:port (no scheme, path or wildcard)"),
-                    ));
+                    fail(invalid(key, format!("`{h}` is not a host name or host:port (no scheme, path or wildcard)")));
                 }
                 grants.http.push(h.to_ascii_lowercase());
             }
@@ -880,11 +893,11 @@ impl Pipeline {
                 Some(ObjectStoreGrant::S3(g)) => {
                     let key = format!("{sec}.grants.object_store");
                     if g.bucket.trim().is_empty() {
-                        return Err(invalid(format!("{key}.bucket"), "must not be empty".into()));
+                        fail(invalid(format!("{key}.bucket"), "must not be empty".into()));
                     }
                     if g.access_key_id.is_some() != g.secret_access_key.is_some() {
-                        return Err(invalid(
-                            key,
+                        fail(invalid(
+                            key.clone(),
                             "give both access_key_id and secret_access_key, or neither (standard AWS credential chain)"
                                 .into(),
                         ));
@@ -902,10 +915,7 @@ impl Pipeline {
                     let (lo, hi) = bounds::S3_ATTEMPTS;
                     bound(within(&format!("{key}.max_attempts"), g.max_attempts, lo, hi, show_n, " attempts"))?;
                     if !g.prefix.is_empty() && (g.prefix.starts_with('/') || !g.prefix.ends_with('/')) {
-                        return Err(invalid(
-                            format!("{key}.prefix"),
-                            "must not start with / and must end with /".into(),
-                        ));
+                        fail(invalid(format!("{key}.prefix"), "must not start with / and must end with /".into()));
                     }
                     Some(ObjectStoreGrant::S3(g.clone()))
                 }
@@ -928,14 +938,28 @@ impl Pipeline {
             None => default_state_dir(env).join(&raw.pipeline.name),
         };
         if raw.pipeline.retry_max < raw.pipeline.retry_after {
-            return Err(invalid("pipeline.retry_max".into(), "must not be shorter than retry_after".into()));
+            fail(invalid("pipeline.retry_max".into(), "must not be shorter than retry_after".into()));
         }
         if let Some(sv) = &raw.serve {
             let pv = &sv.preview;
             let c = pv.concurrency.unwrap_or(bounds::CONCURRENCY.0);
-            check_stage_numbers("serve.preview", c, 0, &pv.limits).map_err(|(k, m)| invalid(k, m))?;
+            bound(check_stage_numbers("serve.preview", c, 0, &pv.limits))?;
             let (lo, hi) = bounds::PREVIEW_FILE;
             bound(within("serve.preview.max_file", pv.max_file, lo, hi, show_b, ""))?;
+        }
+        let mut errs = errs.into_inner();
+        if errs.len() == 1 {
+            return Err(errs.remove(0));
+        }
+        if !errs.is_empty() {
+            let problems = errs
+                .into_iter()
+                .map(|e| match e {
+                    ConfigError::Invalid { key, message, .. } => (key, message),
+                    other => (String::new(), other.to_string()),
+                })
+                .collect();
+            return Err(ConfigError::Many { path: path.to_owned(), problems });
         }
 
         Ok(Pipeline {
