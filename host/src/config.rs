@@ -1126,10 +1126,7 @@ fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 fn de_opt_duration_or_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()).trim() == "0" {
-        return Ok(Some(Duration::ZERO));
-    }
-    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+    parse_duration_or_zero(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -1158,6 +1155,15 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 /// `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}` must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// Like [`parse_duration`], for settings where `"0s"` means "off".
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -1169,9 +1175,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(|| format!("`{s}` is too long"))?),
         u => return Err(format!("unknown duration unit `{u}` in `{s}` (use ms, s, m or h)")),
     };
-    if d.is_zero() {
-        return Err(format!("`{s}` must be more than zero"));
-    }
     Ok(d)
 }
 
@@ -1197,5 +1200,8 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration_or_zero("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration_or_zero("10s").unwrap(), Duration::from_secs(10));
+        assert!(parse_duration_or_zero("0parsecs").is_err());
     }
 }

@@ -84,9 +84,11 @@ fn real_path(p: &Path) -> PathBuf {
 
 /// Refuses grants that would hand a plugin far more than it needs, and a
 /// store that would write where ferry reads or where nothing is mounted.
-/// The same checks stop `run`, `serve` and `check`.
-fn check_locations(shared: &Shared, pipeline: &Pipeline, stage: &Stage) -> Result<()> {
+/// The same checks stop `run`, `serve` and `check`. Returns the stage's
+/// fs roots as real paths (what its context checks file access against).
+fn check_locations(shared: &Shared, pipeline: &Pipeline, stage: &Stage) -> Result<BTreeMap<String, PathBuf>> {
     let sec = stage.role.section();
+    let mut fs_roots = BTreeMap::new();
     for (name, path) in &stage.grants.fs {
         let real = path
             .canonicalize()
@@ -107,6 +109,7 @@ fn check_locations(shared: &Shared, pipeline: &Pipeline, stage: &Stage) -> Resul
                 shared.state_dir.display()
             );
         }
+        fs_roots.insert(name.clone(), real);
     }
     if let Some(crate::config::ObjectStoreGrant::Fs { path }) = &stage.grants.object_store {
         let real = path.canonicalize().map_err(|e| {
@@ -137,7 +140,7 @@ fn check_locations(shared: &Shared, pipeline: &Pipeline, stage: &Stage) -> Resul
             }
         }
     }
-    Ok(())
+    Ok(fs_roots)
 }
 
 impl Shared {
@@ -158,13 +161,9 @@ impl Shared {
         })
     }
 
-    fn context(&self, pipeline: &Pipeline, stage: &Stage, plugin: &Plugin) -> Result<Arc<StageContext>> {
-        check_locations(self, pipeline, stage)?;
-        let mut fs_roots = BTreeMap::new();
-        for (name, path) in &stage.grants.fs {
-            fs_roots.insert(name.clone(), path.canonicalize()?);
-        }
-        Ok(Arc::new(StageContext {
+    /// `fs_roots`: what [`check_locations`] returned for the stage.
+    fn context(&self, stage: &Stage, plugin: &Plugin, fs_roots: BTreeMap<String, PathBuf>) -> Arc<StageContext> {
+        Arc::new(StageContext {
             role: stage.role,
             plugin_name: plugin.name(),
             grants: stage.grants.clone(),
@@ -173,11 +172,12 @@ impl Shared {
             sql: self.sql.clone(),
             http: self.http.clone(),
             object_store: stage.grants.object_store.as_ref().map(object_store::open),
-        }))
+        })
     }
 
-    fn pool(&self, pipeline: &Pipeline, stage: &Stage, plugin: &Plugin) -> Result<StagePool> {
-        let ctx = self.context(pipeline, stage, plugin)?;
+    /// A pool for `stage`, after [`check_locations`] (which gives `fs_roots`).
+    fn pool(&self, stage: &Stage, plugin: &Plugin, fs_roots: BTreeMap<String, PathBuf>) -> Result<StagePool> {
+        let ctx = self.context(stage, plugin, fs_roots);
         StagePool::new(&self.engine, plugin, ctx, stage.limits.clone(), stage.config_json.clone())
     }
 }
@@ -192,7 +192,8 @@ impl Runtime {
         let mut pools: BTreeMap<Role, Arc<StagePool>> = BTreeMap::new();
         for stage in &pipeline.stages {
             let plugin = plugin::load(&shared.engine, &stage.plugin, options.cache_dir.as_deref())?;
-            let pool = shared.pool(&pipeline, stage, &plugin)?;
+            let fs_roots = check_locations(&shared, &pipeline, stage)?;
+            let pool = shared.pool(stage, &plugin, fs_roots)?;
             pool.warm_up().await.map_err(anyhow::Error::new)?;
             plugins.insert(stage.role, plugin);
             pools.insert(stage.role, Arc::new(pool));
@@ -255,7 +256,7 @@ pub async fn check_stages(pipeline: &Pipeline, options: &Options) -> Result<Vec<
 async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, options: &Options) -> Result<String> {
     let plugin = plugin::load(&shared.engine, &stage.plugin, options.cache_dir.as_deref())?;
     plugin.check_role(stage.role)?;
-    check_locations(shared, pipeline, stage)?;
+    let fs_roots = check_locations(shared, pipeline, stage)?;
     let sec = stage.role.section();
     let g = &stage.grants;
     // a plugin that imports a capability it was not granted will fail on
@@ -300,7 +301,7 @@ async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, option
         })?;
         granted.push(format!("store:{}", store.describe()));
     }
-    let pool = shared.pool(pipeline, stage, &plugin)?;
+    let pool = shared.pool(stage, &plugin, fs_roots)?;
     pool.warm_up().await?;
     let mut tested = String::new();
     if stage.role == Role::Resolver {

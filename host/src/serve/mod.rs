@@ -157,13 +157,7 @@ fn serve_config(pipeline: &Pipeline) -> ServeConfig {
 /// address that will be bound.
 fn validate(pipeline: &Pipeline, cfg: &ServeConfig, listen: &[SocketAddr]) -> Result<Auth, ServeError> {
     let auth = Auth::from_config(&cfg.auth)?;
-    if auth.is_dev_mode() {
-        if let Some(addr) = listen.iter().find(|a| !a.ip().is_loopback()) {
-            return Err(ServeError::Config(format!(
-                "[serve.auth] dev_mode = true turns authentication off; it is only allowed on a loopback address, not {addr}"
-            )));
-        }
-    }
+    dev_mode_on_loopback(&auth, listen)?;
     if pipeline.stage(StageRole::Store).and_then(|s| s.grants.object_store.as_ref()).is_none() {
         return Err(ServeError::Config(
             "[store] has no grants.object_store: ferry serve reads images back from the store stage's destination"
@@ -171,6 +165,16 @@ fn validate(pipeline: &Pipeline, cfg: &ServeConfig, listen: &[SocketAddr]) -> Re
         ));
     }
     Ok(auth)
+}
+
+/// Authentication may be off only where nobody else can connect.
+fn dev_mode_on_loopback(auth: &Auth, listen: &[SocketAddr]) -> Result<(), ServeError> {
+    match listen.iter().find(|a| !a.ip().is_loopback()) {
+        Some(addr) if auth.is_dev_mode() => Err(ServeError::Config(format!(
+            "[serve.auth] dev_mode = true turns authentication off; it is only allowed on a loopback address, not {addr}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `[serve] listen` resolved to socket addresses, without binding.
@@ -244,7 +248,7 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
         .map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: listen.clone(), source })?;
     // the bound address, in case the name resolved differently
-    validate(&runtime.pipeline, &cfg, &[addr])?;
+    dev_mode_on_loopback(&auth, &[addr])?;
 
     let stop = CancellationToken::new();
     let passes = Arc::new(Passes::new(runtime.clone(), metrics.clone(), ledger.clone(), stop.clone()));

@@ -33,7 +33,6 @@
 
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -89,8 +88,7 @@ struct Inner {
     renderer: Arc<StagePool>,
     /// Renders at once: each may use the renderer's whole memory limit.
     permits: Semaphore,
-    rendered: AtomicU64,
-    failed: AtomicU64,
+    /// `ferry_previews_total{outcome}`: rendered, cached, refused, …
     metrics: Arc<Metrics>,
 }
 
@@ -117,8 +115,6 @@ impl Previews {
                 download_dir,
                 renderer,
                 permits: Semaphore::new(concurrency.max(1)),
-                rendered: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
                 metrics,
             }),
         }
@@ -131,21 +127,6 @@ impl Previews {
     /// Where [`render`](Self::render)'s files must be.
     pub fn download_dir(&self) -> &Path {
         &self.inner.download_dir
-    }
-
-    /// How many previews were rendered (cache misses that succeeded).
-    pub fn rendered(&self) -> u64 {
-        self.inner.rendered.load(Ordering::Relaxed)
-    }
-
-    /// How many renders failed (and were remembered).
-    pub fn failed(&self) -> u64 {
-        self.inner.failed.load(Ordering::Relaxed)
-    }
-
-    /// Renderer instances created so far (a trap costs one).
-    pub fn instances_created(&self) -> u64 {
-        self.inner.renderer.instances_created()
     }
 
     /// The cached answer for `(cache_key, max_size)`, if there is one:
@@ -168,19 +149,18 @@ impl Previews {
         (self.inner.cache_dir.join(format!("{stem}.png")), self.inner.cache_dir.join(format!("{stem}.fail")))
     }
 
-    /// The PNG preview of `dicom` (a file in [`download_dir`](Self::download_dir)),
-    /// from the cache if it holds one for `(cache_key, max_size)`.
+    /// The PNG preview of `dicom` (a file in [`download_dir`](Self::download_dir)).
+    /// Callers look in the cache first ([`cached`](Self::cached)): they
+    /// need the file only on a miss.
     ///
     /// `max_size`: the longest side in pixels (`Some(0)` counts as 1);
     /// smaller images are not enlarged. `None`: full size.
     pub async fn render(&self, dicom: &Path, cache_key: &str, max_size: Option<u32>) -> Result<Vec<u8>, PreviewError> {
         let max_size = max_size.map(|s| s.max(1));
-        if let Some(answer) = self.cached(cache_key, max_size).await {
-            return answer;
-        }
         let _permit =
             self.inner.permits.acquire().await.map_err(|_| PreviewError::Unavailable("shutting down".into()))?;
-        // another request may have rendered it while this one waited
+        // another request may have rendered it since the caller looked,
+        // while this one waited for a permit
         if let Some(answer) = self.cached(cache_key, max_size).await {
             return answer;
         }
@@ -193,7 +173,6 @@ impl Previews {
         let (png_path, fail_path) = self.paths(cache_key, max_size);
         match self.inner.renderer.render(&file, max_size).await {
             Ok(picture) if picture.body.starts_with(&PNG_SIGNATURE) => {
-                self.inner.rendered.fetch_add(1, Ordering::Relaxed);
                 self.inner.metrics.preview("rendered");
                 let png = picture.body;
                 let (path, bytes) = (png_path, png.clone());
@@ -226,7 +205,6 @@ impl Previews {
     }
 
     async fn remember(&self, path: PathBuf, e: &PreviewError) {
-        self.inner.failed.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.preview("refused");
         let text = match e {
             PreviewError::TooLarge(m) => format!("too-large\n{m}"),
