@@ -47,80 +47,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The bounds of every number a pipeline file takes, with why.
-///
-/// | key | bounds |
-/// |---|---|
-/// | `pipeline.queue_depth` | 1 – 4096 items between two stages |
-/// | `pipeline.retry_after` | 100ms – 24h |
-/// | `pipeline.retry_max` | retry_after – 720h (30 days) |
-/// | `schedule.every` | 1s – 168h |
-/// | `<stage>.concurrency` | 1 – 64 instances (each may use `limits.memory`) |
-/// | `<stage>.retries` | 0 – 10 |
-/// | `<stage>.limits.memory` | 1MiB – 4GiB (a wasm32 memory cannot grow further) |
-/// | `<stage>.limits.timeout` | up to 1h per call |
-/// | `source.min_age` | 0s – 24h |
-/// | `resolver.cache.ttl`, `not_found_ttl` | up to 720h |
-/// | S3 `multipart_threshold`, `part_size` | 5MiB – 5GiB (S3's part limits) |
-/// | S3 `max_attempts` | 1 – 20 |
-/// | mssql `pool` | 1 – 64; `connect_timeout` up to 5m |
-/// | `serve.preview.concurrency` | 1 – 64 renders at once |
-/// | `serve.preview.max_file` | 1MiB – 4GiB |
-pub mod bounds {
-    use std::time::Duration;
-
-    pub const QUEUE_DEPTH: (usize, usize) = (1, 4096);
-    pub const RETRY_AFTER: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(24 * 3600));
-    pub const RETRY_MAX: Duration = Duration::from_secs(720 * 3600);
-    pub const EVERY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(168 * 3600));
-    pub const CONCURRENCY: (usize, usize) = (1, 64);
-    pub const RETRIES: u32 = 10;
-    pub const MEMORY: (u64, u64) = (1 << 20, 4 << 30);
-    pub const TIMEOUT: Duration = Duration::from_secs(3600);
-    pub const MIN_AGE: Duration = Duration::from_secs(24 * 3600);
-    pub const CACHE_TTL: Duration = Duration::from_secs(720 * 3600);
-    pub const S3_PART: (u64, u64) = (5 << 20, 5 << 30);
-    pub const S3_ATTEMPTS: (u32, u32) = (1, 20);
-    pub const POOL: (usize, usize) = (1, 64);
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
-    pub const PREVIEW_FILE: (u64, u64) = (1 << 20, 4 << 30);
-}
-
-/// `Err((key, message))` unless `lo <= v <= hi`; `show` formats values.
-fn within<T: PartialOrd + Copy>(
-    key: &str,
-    v: T,
-    lo: T,
-    hi: T,
-    show: impl Fn(T) -> String,
-    what: &str,
-) -> Result<(), (String, String)> {
-    if v < lo {
-        Err((key.to_owned(), format!("{} is under the lower bound of {}{what}", show(v), show(lo))))
-    } else if v > hi {
-        Err((key.to_owned(), format!("{} is over the upper bound of {}{what}", show(v), show(hi))))
-    } else {
-        Ok(())
-    }
-}
-
-fn show_n<T: std::fmt::Display>(v: T) -> String {
-    v.to_string()
-}
-
-fn show_d(d: Duration) -> String {
-    crate::util::humantime(d)
-}
-
-fn show_b(b: u64) -> String {
-    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
-        format!("{}GiB", b >> 30)
-    } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
-        format!("{}MiB", b >> 20)
-    } else {
-        format!("{b} bytes")
-    }
-}
+pub use crate::caps::object_store::config::{ObjectStoreGrant, S3Grant};
+pub use crate::caps::sql::config::{ConnectionConfig, Encrypt, MssqlConfig};
+pub use crate::serve::config::{AuthConfig, PreviewConfig, ServeConfig};
+pub use crate::units::{bounds, parse_bytes, parse_duration, parse_duration_or_zero, Limits, Secret};
+use crate::units::{check_stage_numbers, de_duration, de_opt_duration_or_zero, show_d, show_n, within};
 
 /// Errors reading a pipeline file. Each names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -185,134 +116,6 @@ pub struct Schedule {
     pub every: Duration,
 }
 
-/// `[serve]`: the HTTP service of `ferry serve` (API, web page, metrics).
-///
-/// ```toml
-/// [serve]
-/// listen = "127.0.0.1:8080"
-/// presign = false              # S3 only: redirect downloads to short-lived presigned URLs
-/// [serve.auth]
-/// hs256_secret = "${FERRY_JWT_SECRET}"      # or public_key = "jwt.pem" (RS256/ES256), or jwks = "jwks.json"
-/// audience = "ferry"
-/// issuer = "https://pms.example.com"
-/// clinic_id = "clinic-7"       # tokens with another `clinic` claim are refused
-/// ```
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeConfig {
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    #[serde(default)]
-    pub presign: bool,
-    #[serde(default)]
-    pub auth: AuthConfig,
-    /// Where rendered previews are cached. Default: `state_dir/previews`.
-    #[serde(default)]
-    pub preview_cache: Option<PathBuf>,
-    #[serde(default)]
-    pub preview: PreviewConfig,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:8080".into()
-}
-
-/// `[serve.preview]`: the renderer stage that turns stored images into
-/// previews, in the sandbox like every other stage, so that a hostile file
-/// can only ever stop a disposable instance.
-///
-/// ```toml
-/// [serve.preview]
-/// plugin = "dicom-preview"      # the stock renderer (a name on the plugin path, or a .wasm)
-/// concurrency = 2               # renders at once (default: the number of cores, at most 8)
-/// limits = { memory = "256MiB", timeout = "30s" }   # per render
-/// max_file = "256MiB"           # larger stored objects are not previewed (413)
-/// config = { }                  # handed to the renderer's configure()
-/// ```
-///
-/// The memory a burst of previews can take is at most `concurrency` ×
-/// `limits.memory` (plus the file being downloaded to disk).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PreviewConfig {
-    #[serde(default = "default_renderer")]
-    pub plugin: String,
-    #[serde(default)]
-    pub concurrency: Option<usize>,
-    #[serde(default = "default_render_limits")]
-    pub limits: Limits,
-    #[serde(default = "default_preview_max", deserialize_with = "de_bytes")]
-    pub max_file: u64,
-    #[serde(default)]
-    pub config: toml::Table,
-}
-
-impl Default for PreviewConfig {
-    fn default() -> Self {
-        PreviewConfig {
-            plugin: default_renderer(),
-            concurrency: None,
-            limits: default_render_limits(),
-            max_file: default_preview_max(),
-            config: toml::Table::new(),
-        }
-    }
-}
-
-impl PreviewConfig {
-    /// Renders at once: as configured, else the number of cores (2–8).
-    pub fn concurrency(&self) -> usize {
-        self.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8))
-    }
-}
-
-fn default_renderer() -> String {
-    "dicom-preview".into()
-}
-fn default_render_limits() -> Limits {
-    Limits { memory: 256 << 20, timeout: Duration::from_secs(30) }
-}
-fn default_preview_max() -> u64 {
-    256 << 20
-}
-
-/// How API callers prove who they are (JWT bearer tokens).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    #[serde(default)]
-    pub hs256_secret: Option<Secret>,
-    /// PEM public key (RS256 or ES256), relative to the pipeline file.
-    #[serde(default)]
-    pub public_key: Option<PathBuf>,
-    /// A JWKS document on disk, relative to the pipeline file.
-    #[serde(default)]
-    pub jwks: Option<PathBuf>,
-    #[serde(default)]
-    pub audience: Option<String>,
-    #[serde(default)]
-    pub issuer: Option<String>,
-    /// Claim holding the role(s): `viewer`, `operator`, `admin`.
-    #[serde(default = "default_roles_claim")]
-    pub roles_claim: String,
-    /// Claim naming the clinic a token is limited to.
-    #[serde(default = "default_clinic_claim")]
-    pub clinic_claim: String,
-    /// This pipeline's clinic (checked against the clinic claim).
-    #[serde(default)]
-    pub clinic_id: Option<String>,
-    /// No authentication at all: for a demo on 127.0.0.1 only.
-    #[serde(default)]
-    pub dev_mode: bool,
-}
-
-fn default_roles_claim() -> String {
-    "roles".into()
-}
-fn default_clinic_claim() -> String {
-    "clinic".into()
-}
-
 /// `[resolver] cache`: how long answers are reused.
 ///
 /// ```toml
@@ -339,17 +142,6 @@ fn default_ttl() -> Duration {
 }
 fn default_not_found_ttl() -> Duration {
     Duration::from_secs(3600)
-}
-
-/// A string that never shows in logs or `Debug` output.
-#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
 }
 
 fn default_queue_depth() -> usize {
@@ -421,170 +213,6 @@ pub struct Grants {
     pub http: Vec<String>,
     #[serde(default)]
     pub object_store: Option<ObjectStoreGrant>,
-}
-
-/// Where a store stage's objects go.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", deny_unknown_fields)]
-pub enum ObjectStoreGrant {
-    /// A local folder: `{ kind = "fs", path = "/srv/ferry/store" }`.
-    #[serde(rename = "fs")]
-    Fs { path: PathBuf },
-    /// An S3 bucket (or an S3-compatible server):
-    ///
-    /// ```toml
-    /// grants.object_store = { kind = "s3", bucket = "clinic-images", region = "eu-central-1" }
-    /// # S3-compatible servers: endpoint = "http://127.0.0.1:9000", path_style = true
-    /// # credentials: the standard AWS chain (env, profile, instance role), or
-    /// # access_key_id = "${S3_KEY}", secret_access_key = "${S3_SECRET}"
-    /// ```
-    #[serde(rename = "s3")]
-    S3(S3Grant),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Grant {
-    pub bucket: String,
-    /// Prepended to every key the plugin writes (e.g. `clinic-17/`).
-    #[serde(default)]
-    pub prefix: String,
-    #[serde(default)]
-    pub region: Option<String>,
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    #[serde(default)]
-    pub path_style: bool,
-    #[serde(default)]
-    pub access_key_id: Option<Secret>,
-    #[serde(default)]
-    pub secret_access_key: Option<Secret>,
-    /// Files larger than this go up in parts (constant memory).
-    #[serde(default = "default_multipart", deserialize_with = "de_bytes")]
-    pub multipart_threshold: u64,
-    #[serde(default = "default_multipart", deserialize_with = "de_bytes")]
-    pub part_size: u64,
-    /// Attempts per S3 request (the SDK retries 5xx, throttling, timeouts
-    /// with backoff); what still fails parks the item for a later run.
-    #[serde(default = "default_s3_attempts")]
-    pub max_attempts: u32,
-}
-
-fn default_s3_attempts() -> u32 {
-    5
-}
-
-fn default_multipart() -> u64 {
-    16 << 20
-}
-
-/// Per-call limits a plugin instance runs under.
-///
-/// ```toml
-/// limits = { memory = "256MiB", timeout = "60s" }
-/// ```
-/// `memory` caps the instance's linear memory; `timeout` is the deadline of
-/// one call (one page of a scan, one item, one batch), host I/O included.
-/// A call over either limit is stopped, its instance discarded, and the
-/// item fails with an error saying which limit it hit.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    #[serde(default = "default_memory", deserialize_with = "de_bytes")]
-    pub memory: u64,
-    #[serde(default = "default_timeout", deserialize_with = "de_duration")]
-    pub timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { memory: default_memory(), timeout: default_timeout() }
-    }
-}
-
-fn default_memory() -> u64 {
-    256 << 20
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// A named database connection, granted to stages by name.
-///
-/// ```toml
-/// [connections.sidexis]
-/// kind = "sqlite"
-/// path = "sidexis.db"     # opened read-only
-/// ```
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", deny_unknown_fields)]
-pub enum ConnectionConfig {
-    #[serde(rename = "sqlite")]
-    Sqlite { path: PathBuf },
-    /// Microsoft SQL Server (Sidexis 4 keeps its database there). Use a
-    /// login that can only read:
-    ///
-    /// ```toml
-    /// [connections.sidexis]
-    /// kind = "mssql"
-    /// host = "sidexis-server"        # or host = "10.0.0.5", port = 1433
-    /// instance = "SIDEXIS_SQL"       # named instance (asks SQL Browser, UDP 1434)
-    /// database = "PDATA"
-    /// user = "ferry_reader"
-    /// password = "${SIDEXIS_SQL_PASSWORD}"
-    /// encrypt = "required"           # "required" | "off" | "not_supported"
-    /// trust_server_certificate = true   # self-signed certificates (typical on-prem)
-    /// ```
-    #[serde(rename = "mssql")]
-    Mssql(MssqlConfig),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MssqlConfig {
-    pub host: String,
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub instance: Option<String>,
-    #[serde(default = "default_database")]
-    pub database: String,
-    pub user: String,
-    pub password: Secret,
-    #[serde(default = "default_encrypt")]
-    pub encrypt: Encrypt,
-    #[serde(default)]
-    pub trust_server_certificate: bool,
-    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
-    pub connect_timeout: Duration,
-    /// Connections kept open for reuse.
-    #[serde(default = "default_pool")]
-    pub pool: usize,
-}
-
-fn default_database() -> String {
-    "PDATA".into()
-}
-fn default_encrypt() -> Encrypt {
-    Encrypt::Required
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(15)
-}
-fn default_pool() -> usize {
-    4
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Encrypt {
-    /// TLS for everything (the default; needs a server certificate the
-    /// machine trusts, or `trust_server_certificate = true`).
-    Required,
-    /// TLS for the login only.
-    Off,
-    /// No TLS at all (test servers).
-    NotSupported,
 }
 
 /// The whole pipeline file as written.
@@ -772,31 +400,8 @@ impl Pipeline {
 
         let mut connections = BTreeMap::new();
         for (name, c) in raw.connections {
-            let c = match c {
-                ConnectionConfig::Sqlite { path } => ConnectionConfig::Sqlite { path: rel(&path) },
-                ConnectionConfig::Mssql(m) => {
-                    let (lo, hi) = bounds::POOL;
-                    bound(within(&format!("connections.{name}.pool"), m.pool, lo, hi, show_n, " connections"))?;
-                    bound(within(
-                        &format!("connections.{name}.connect_timeout"),
-                        m.connect_timeout,
-                        Duration::ZERO,
-                        bounds::CONNECT_TIMEOUT,
-                        show_d,
-                        "",
-                    ))?;
-                    if m.host.trim().is_empty() {
-                        fail(invalid(format!("connections.{name}.host"), "must not be empty".into()));
-                    }
-                    if m.port.is_some() && m.instance.is_some() {
-                        fail(invalid(
-                            format!("connections.{name}"),
-                            "give either `port` or `instance`, not both".into(),
-                        ));
-                    }
-                    ConnectionConfig::Mssql(m)
-                }
-            };
+            let (c, problems) = c.compile(&name, &rel);
+            problems.into_iter().for_each(|(k, m)| fail(invalid(k, m)));
             connections.insert(name, c);
         }
 
@@ -887,39 +492,11 @@ impl Pipeline {
                 }
                 grants.http.push(h.to_ascii_lowercase());
             }
-            grants.object_store = match &s.grants.object_store {
-                None => None,
-                Some(ObjectStoreGrant::Fs { path }) => Some(ObjectStoreGrant::Fs { path: rel(path) }),
-                Some(ObjectStoreGrant::S3(g)) => {
-                    let key = format!("{sec}.grants.object_store");
-                    if g.bucket.trim().is_empty() {
-                        fail(invalid(format!("{key}.bucket"), "must not be empty".into()));
-                    }
-                    if g.access_key_id.is_some() != g.secret_access_key.is_some() {
-                        fail(invalid(
-                            key.clone(),
-                            "give both access_key_id and secret_access_key, or neither (standard AWS credential chain)"
-                                .into(),
-                        ));
-                    }
-                    let (lo, hi) = bounds::S3_PART;
-                    bound(within(
-                        &format!("{key}.part_size"),
-                        g.part_size,
-                        lo,
-                        hi,
-                        show_b,
-                        " (S3's part size limits)",
-                    ))?;
-                    bound(within(&format!("{key}.multipart_threshold"), g.multipart_threshold, lo, hi, show_b, ""))?;
-                    let (lo, hi) = bounds::S3_ATTEMPTS;
-                    bound(within(&format!("{key}.max_attempts"), g.max_attempts, lo, hi, show_n, " attempts"))?;
-                    if !g.prefix.is_empty() && (g.prefix.starts_with('/') || !g.prefix.ends_with('/')) {
-                        fail(invalid(format!("{key}.prefix"), "must not start with / and must end with /".into()));
-                    }
-                    Some(ObjectStoreGrant::S3(g.clone()))
-                }
-            };
+            grants.object_store = s.grants.object_store.as_ref().map(|g| {
+                let (g, problems) = g.compile(sec, &rel);
+                problems.into_iter().for_each(|(k, m)| fail(invalid(k, m)));
+                g
+            });
             let config_json =
                 serde_json::to_string(&toml::Value::Table(s.config.clone())).expect("TOML values are valid JSON");
             stages.push(Stage {
@@ -940,13 +517,11 @@ impl Pipeline {
         if raw.pipeline.retry_max < raw.pipeline.retry_after {
             fail(invalid("pipeline.retry_max".into(), "must not be shorter than retry_after".into()));
         }
-        if let Some(sv) = &raw.serve {
-            let pv = &sv.preview;
-            let c = pv.concurrency.unwrap_or(bounds::CONCURRENCY.0);
-            bound(check_stage_numbers("serve.preview", c, 0, &pv.limits))?;
-            let (lo, hi) = bounds::PREVIEW_FILE;
-            bound(within("serve.preview.max_file", pv.max_file, lo, hi, show_b, ""))?;
-        }
+        let serve = raw.serve.map(|sv| {
+            let (sv, problems) = sv.compile(&rel);
+            problems.into_iter().for_each(|(k, m)| fail(invalid(k, m)));
+            sv
+        });
         let mut errs = errs.into_inner();
         if errs.len() == 1 {
             return Err(errs.remove(0));
@@ -976,12 +551,7 @@ impl Pipeline {
             min_age,
             plugin_path,
             base_dir: base.clone(),
-            serve: raw.serve.map(|mut sv| {
-                sv.auth.public_key = sv.auth.public_key.as_deref().map(rel);
-                sv.auth.jwks = sv.auth.jwks.as_deref().map(rel);
-                sv.preview_cache = sv.preview_cache.as_deref().map(rel);
-                sv
-            }),
+            serve,
         })
     }
 
@@ -989,16 +559,6 @@ impl Pipeline {
     pub fn ledger_path(&self) -> PathBuf {
         self.state_dir.join("ledger.db")
     }
-}
-
-/// The numbers every stage section (and `[serve.preview]`) has.
-fn check_stage_numbers(sec: &str, concurrency: usize, retries: u32, limits: &Limits) -> Result<(), (String, String)> {
-    let (lo, hi) = bounds::CONCURRENCY;
-    within(&format!("{sec}.concurrency"), concurrency, lo, hi, show_n, " instances (each may use limits.memory)")?;
-    within(&format!("{sec}.retries"), retries, 0, bounds::RETRIES, show_n, " extra attempts")?;
-    let (lo, hi) = bounds::MEMORY;
-    within(&format!("{sec}.limits.memory"), limits.memory, lo, hi, show_b, "")?;
-    within(&format!("{sec}.limits.timeout"), limits.timeout, Duration::ZERO, bounds::TIMEOUT, show_d, " per call")
 }
 
 /// `$FERRY_STATE_DIR`, `$XDG_STATE_HOME/ferry`, `~/.local/state/ferry`.
@@ -1119,65 +679,6 @@ fn interpolate_value(
     Ok(())
 }
 
-fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_bytes(&s).map_err(serde::de::Error::custom)
-}
-
-fn de_opt_duration_or_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration_or_zero(&s).map(Some).map_err(serde::de::Error::custom)
-}
-
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-/// `"64MiB"`, `"1GiB"`, `"512KiB"`, `"1000000"` (bytes).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like \"256MiB\""))?;
-    let mul: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        u => return Err(format!("unknown size unit `{u}` in `{s}` (use KiB, MiB or GiB)")),
-    };
-    n.checked_mul(mul).ok_or_else(|| format!("`{s}` is too large"))
-}
-
-/// `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = parse_duration_or_zero(s)?;
-    if d.is_zero() {
-        return Err(format!("`{s}` must be more than zero"));
-    }
-    Ok(d)
-}
-
-/// Like [`parse_duration`], for settings where `"0s"` means "off".
-pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like \"30s\""))?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(|| format!("`{s}` is too long"))?),
-        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(|| format!("`{s}` is too long"))?),
-        u => return Err(format!("unknown duration unit `{u}` in `{s}` (use ms, s, m or h)")),
-    };
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1190,18 +691,5 @@ mod tests {
         assert_eq!(interpolate("cost $5", &env).unwrap(), "cost $5");
         assert_eq!(interpolate("${NOPE}", &env).unwrap_err(), "environment variable NOPE is not set");
         assert!(interpolate("${PW", &env).is_err());
-    }
-
-    #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
-        assert_eq!(parse_bytes("1000").unwrap(), 1000);
-        assert!(parse_bytes("64 parsecs").is_err());
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert!(parse_duration("0s").is_err());
-        assert_eq!(parse_duration_or_zero("0s").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration_or_zero("10s").unwrap(), Duration::from_secs(10));
-        assert!(parse_duration_or_zero("0parsecs").is_err());
     }
 }

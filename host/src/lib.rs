@@ -32,4 +32,5 @@ pub mod runner;
 pub mod runtime;
 pub mod serve;
 pub mod stage;
+pub mod units;
 pub mod util;

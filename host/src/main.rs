@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry::ledger::{Ledger, SqliteLedger};
+use ferry::ledger::prelude::*;
+use ferry::ledger::SqliteLedger;
 use ferry::runner::{Outcome, Summary};
 use ferry::runtime::{self, Options, Runtime};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -59,3 +59,33 @@ pub struct Report {
     pub patient_guid: Option<String>,
     pub location: Option<String>,
 }
+
+/// What the service needs to know about a stored image without opening it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageFacts {
+    pub name: String,
+    /// DICOM person name as stored (`Last^First^Middle`), if any.
+    pub patient_name: Option<String>,
+    pub modality: Option<String>,
+    pub study_date: Option<String>,
+    pub rows: Option<i64>,
+    pub columns: Option<i64>,
+}
+
+/// The event the runner publishes when the store acknowledged an item
+/// (stored or unchanged): who listens (the image index today, a shared
+/// index or a webhook tomorrow) is the caller's business, not the runner's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredItem {
+    pub item_id: String,
+    pub patient_guid: String,
+    /// Where the store put it (its key).
+    pub location: String,
+    pub facts: ImageFacts,
+}
+
+/// Something told about every stored item. Called on the runner's tasks:
+/// keep it short, and never fail the item (log instead).
+pub trait StoredItemListener: Send + Sync {
+    fn stored(&self, event: &StoredItem);
+}

@@ -17,7 +17,7 @@ use wasmtime::Engine;
 
 use crate::caps::{http, object_store, sql, StageContext};
 use crate::config::{Pipeline, Role, Stage};
-use crate::ledger::{Backoff, SqliteLedger};
+use crate::ledger::{Backoff, Indexer, SqliteLedger};
 use crate::plugin::{self, Plugin};
 use crate::runner::{self, Settings, Stages, Summary};
 use crate::stage::StagePool;
@@ -198,14 +198,17 @@ impl Runtime {
             plugins.insert(stage.role, plugin);
             pools.insert(stage.role, Arc::new(pool));
         }
-        let ledger = SqliteLedger::open(&pipeline.ledger_path())
-            .with_context(|| "opening the ledger (set [pipeline] state_dir to move it)".to_string())?;
+        let ledger = Arc::new(
+            SqliteLedger::open(&pipeline.ledger_path())
+                .with_context(|| "opening the ledger (set [pipeline] state_dir to move it)".to_string())?,
+        );
         let stages = Stages {
             source: pools.remove(&Role::Source).expect("source is required"),
             extractor: pools.remove(&Role::Extractor),
             resolver: pools.remove(&Role::Resolver).expect("resolver is required"),
             store: pools.remove(&Role::Store).expect("store is required"),
-            ledger: Some(Arc::new(ledger)),
+            on_stored: vec![Arc::new(Indexer(ledger.clone()))],
+            ledger,
             fs_roots: shared.all_fs_roots.clone(),
         };
         Ok(Runtime { engine: shared.engine, pipeline, stages, plugins })
@@ -284,10 +287,7 @@ async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, option
     }
     for c in &g.sql {
         shared.sql.probe(c).await.map_err(|e| {
-            anyhow::anyhow!(
-                "grants.sql: connection `{c}` does not work: {} (see [connections.{c}])",
-                host_error_text(&e)
-            )
+            anyhow::anyhow!("grants.sql: connection `{c}` does not work: {} (see [connections.{c}])", e.message())
         })?;
         granted.push(format!("sql:{c}"));
     }
@@ -297,7 +297,7 @@ async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, option
     if let Some(os) = &g.object_store {
         let store = object_store::open(os);
         store.probe().await.map_err(|e| {
-            anyhow::anyhow!("grants.object_store: {} is not writable: {}", store.describe(), host_error_text(&e))
+            anyhow::anyhow!("grants.object_store: {} is not writable: {}", store.describe(), e.message())
         })?;
         granted.push(format!("store:{}", store.describe()));
     }
@@ -351,13 +351,6 @@ pub fn renderer(
     let config_json =
         serde_json::to_string(&toml::Value::Table(cfg.config.clone())).expect("TOML values are valid JSON");
     StagePool::new(engine, &plugin, ctx, cfg.limits.clone(), config_json)
-}
-
-fn host_error_text(e: &crate::bindings::types::HostError) -> String {
-    use crate::bindings::types::HostError::*;
-    match e {
-        Denied(m) | NotFound(m) | Invalid(m) | Unavailable(m) | Failed(m) => m.clone(),
-    }
 }
 
 /// Loads a pipeline file (for binaries): config errors as they are.

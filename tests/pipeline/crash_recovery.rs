@@ -1,7 +1,7 @@
 //! `kill -9` in the middle of a run, then a re-run: every image is in the
 //! bucket exactly once, none missing, and the ledger agrees.
 
-use ferry::ledger::Ledger as _;
+use ferry::ledger::prelude::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

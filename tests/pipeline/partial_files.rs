@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ferry::ledger::Ledger as _;
+use ferry::ledger::prelude::*;
 use ferry::runner::Outcome;
 use ferry_tests::{demo_guid, Fault, ImageKind, ImageSpec, PatientSpec, ResolverServer, S3Server, SiteBuilder};
 

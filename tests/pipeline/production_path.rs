@@ -2,7 +2,7 @@
 //! the TDS test server and the real tiberius client) → the PMS resolver API
 //! over HTTP → a real S3 server, checked through the S3 API.
 
-use ferry::ledger::Ledger as _;
+use ferry::ledger::prelude::*;
 use ferry::runner::Outcome;
 use ferry_tests::{demo_site, Fate, ResolverServer, S3Server, DEMO_EXPECTED};
 

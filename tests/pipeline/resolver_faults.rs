@@ -2,7 +2,7 @@
 //! a later cycle stores them; 429 waits for Retry-After; a bad API key is a
 //! clear, permanent error; malformed answers and slow servers are parked.
 
-use ferry::ledger::Ledger as _;
+use ferry::ledger::prelude::*;
 use std::time::Duration;
 
 use ferry::runner::Outcome;

@@ -2,7 +2,7 @@
 //! that is not in the bucket, and the next run completes the job with
 //! every image exactly once.
 
-use ferry::ledger::Ledger as _;
+use ferry::ledger::prelude::*;
 use std::sync::Arc;
 
 use ferry::runner::{Outcome, Summary};

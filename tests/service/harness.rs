@@ -10,7 +10,7 @@
 //! svc.stop().await;
 //! ```
 
-use ferry::ledger::Ledger as _;
+use ferry::ledger::prelude::*;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! `/healthz`, `/readyz` and `/metrics`; stopping.
 
-use ferry::ledger::Ledger as _;
+use ferry::ledger::prelude::*;
 use ferry::serve::auth::Role;
 
 use crate::harness::{Service, DEMO};

@@ -71,16 +71,7 @@ fn check_relative(root_name: &str, rel: &str) -> Result<(), HostError> {
 }
 
 pub fn io_error(what: &str, e: std::io::Error) -> HostError {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => HostError::NotFound(format!("{what} does not exist")),
-        std::io::ErrorKind::PermissionDenied => {
-            HostError::Failed(format!("{what}: permission denied by the operating system"))
-        }
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => {
-            HostError::Unavailable(format!("{what}: {e}"))
-        }
-        _ => HostError::Failed(format!("{what}: {e}")),
-    }
+    super::CapError::io(what, e).into()
 }
 
 fn entry(name: String, md: &std::fs::Metadata) -> Entry {

@@ -6,6 +6,7 @@
 //! on tokio and is bounded by the remaining call deadline, so an outbound
 //! call never outlives the plugin call that made it.
 
+mod error;
 pub mod fs;
 pub mod http;
 pub mod log;
@@ -22,6 +23,7 @@ use wasmtime::StoreLimits;
 
 use crate::bindings::types::{FileRef, HostError};
 use crate::config::{Grants, Role};
+pub use error::CapError;
 
 /// What every instance of one stage shares: its grants, resolved.
 pub struct StageContext {

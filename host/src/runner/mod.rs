@@ -29,7 +29,8 @@ use crate::bindings::source_world::exports::ferry::pipeline::source::NoticeOutco
 use crate::bindings::store_world::exports::ferry::pipeline::store::StoreOutcome;
 use crate::bindings::types::{Item, Metadata, PatientKey};
 use crate::config::CacheConfig;
-use crate::ledger::{Backoff, CachedAnswer, Ledger};
+use crate::ledger::{Backoff, CachedAnswer, Items, Resolutions, Runs, SyncLog};
+use crate::outcome::{ImageFacts, StoredItem, StoredItemListener};
 use crate::stage::StagePool;
 
 mod decide;
@@ -49,10 +50,18 @@ pub struct Stages {
     pub resolver: Arc<StagePool>,
     pub store: Arc<StagePool>,
     /// Where outcomes, the sync log and the resolution cache live.
-    pub ledger: Option<Arc<dyn Ledger>>,
+    pub ledger: Arc<dyn RunLedger>,
+    /// Told about every item the store acknowledged (the image index).
+    pub on_stored: Vec<Arc<dyn StoredItemListener>>,
     /// Every fs root of the pipeline (to fingerprint item files).
     pub fs_roots: BTreeMap<String, PathBuf>,
 }
+
+/// The parts of the ledger a pass uses: outcomes, runs, the sync log and
+/// the resolution cache (not the image index: that listens to
+/// [`StoredItem`] events).
+pub trait RunLedger: Items + Runs + SyncLog + Resolutions {}
+impl<T: Items + Runs + SyncLog + Resolutions + ?Sized> RunLedger for T {}
 
 /// An item on its way through the stages.
 pub struct Work {
@@ -121,7 +130,7 @@ pub struct Settings {
 }
 
 /// The facts the service shows for an image, from its metadata.
-fn image_facts(item: &Item, md: &Metadata) -> crate::ledger::ImageFacts {
+fn image_facts(item: &Item, md: &Metadata) -> ImageFacts {
     use crate::bindings::types::Value;
     let text = |k: &str| {
         md.iter().rev().find(|(key, _)| key == k).and_then(|(_, v)| match v {
@@ -135,7 +144,7 @@ fn image_facts(item: &Item, md: &Metadata) -> crate::ledger::ImageFacts {
             _ => None,
         })
     };
-    crate::ledger::ImageFacts {
+    ImageFacts {
         name: item.display_name.clone(),
         patient_name: text("patient.name"),
         modality: text("modality"),
@@ -155,8 +164,7 @@ enum Verdict {
     Parked(Report),
 }
 
-fn verdict(ledger: Option<&dyn Ledger>, w: &Work) -> Verdict {
-    let Some(ledger) = ledger else { return Verdict::Process };
+fn verdict(ledger: &dyn RunLedger, w: &Work) -> Verdict {
     let rec = match ledger.item(&w.item.id) {
         Ok(Some(r)) => r,
         Ok(None) => return Verdict::Process,
@@ -217,7 +225,7 @@ fn resolution_of(a: CachedAnswer) -> Resolution {
 /// than before is logged: the PMS changed its mind.
 async fn resolve_keys(
     resolver: &StagePool,
-    ledger: Option<&dyn Ledger>,
+    ledger: &dyn RunLedger,
     settings: &Settings,
     summary: &Summary,
     cancel: &CancellationToken,
@@ -226,8 +234,8 @@ async fn resolve_keys(
     let mut answers = HashMap::new();
     let mut ask = Vec::new();
     for k in keys {
-        match ledger.map(|l| l.cached(&k.scheme, &k.value)) {
-            Some(Ok(Some(a))) => {
+        match ledger.cached(&k.scheme, &k.value) {
+            Ok(Some(a)) => {
                 summary.cache_hits.fetch_add(1, Ordering::Relaxed);
                 answers.insert((k.scheme, k.value), resolution_of(a));
             }
@@ -250,7 +258,7 @@ async fn resolve_keys(
         ));
     }
     for (k, r) in ask.into_iter().zip(got) {
-        if let (Some(ledger), Some(a)) = (ledger, answer_of(&r)) {
+        if let Some(a) = answer_of(&r) {
             let ttl = match a {
                 CachedAnswer::Resolved(_) => settings.cache.ttl,
                 _ => settings.cache.not_found_ttl,
@@ -285,20 +293,18 @@ async fn resolve_keys(
 /// Runs one pass over the source. Returns when every item has an outcome,
 /// or, after `cancel`, when the items already scanned have drained.
 pub async fn run_once(stages: &Stages, settings: &Settings, cancel: CancellationToken, summary: Arc<Summary>) {
-    if let Some(ledger) = &stages.ledger {
-        match ledger.begin_run() {
-            Ok(run_id) => {
-                let _ = summary.journal.set(Journal {
-                    ledger: ledger.clone(),
-                    run_id,
-                    backoff: settings.backoff,
-                    quarantine_backoff: settings.quarantine_backoff,
-                });
-            }
-            Err(e) => {
-                summary.error(format!("cannot start a run in the ledger: {e}"));
-                return;
-            }
+    match stages.ledger.begin_run() {
+        Ok(run_id) => {
+            let _ = summary.journal.set(Journal {
+                ledger: stages.ledger.clone(),
+                run_id,
+                backoff: settings.backoff,
+                quarantine_backoff: settings.quarantine_backoff,
+            });
+        }
+        Err(e) => {
+            summary.error(format!("cannot start a run in the ledger: {e}"));
+            return;
         }
     }
     run_stages(stages, settings, cancel, summary.clone()).await;
@@ -354,7 +360,7 @@ where
 #[allow(clippy::too_many_arguments)]
 async fn store_one(
     store: &StagePool,
-    ledger: Option<&dyn Ledger>,
+    listeners: &[Arc<dyn StoredItemListener>],
     roots: &BTreeMap<String, PathBuf>,
     summary: &Summary,
     cancel: &CancellationToken,
@@ -387,10 +393,15 @@ async fn store_one(
     }
     let report = match result {
         Ok(stored) => {
-            if let Some(ledger) = ledger {
-                let facts = image_facts(&w.item, &md);
-                if let Err(e) = ledger.index_image(&w.item.id, &guid, &stored.location, &facts) {
-                    tracing::warn!("cannot index {}: {e}", w.item.id);
+            if !listeners.is_empty() {
+                let event = StoredItem {
+                    item_id: w.item.id.clone(),
+                    patient_guid: guid.clone(),
+                    location: stored.location.clone(),
+                    facts: image_facts(&w.item, &md),
+                };
+                for l in listeners {
+                    l.stored(&event);
                 }
             }
             if stored.outcome == StoreOutcome::Stored {
@@ -479,7 +490,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                     }
                     let fp = fingerprint(&roots, &item.file);
                     let work = Work { item, fingerprint: fp };
-                    let verdict = if force { Verdict::Process } else { verdict(ledger.as_deref(), &work) };
+                    let verdict = if force { Verdict::Process } else { verdict(&*ledger, &work) };
                     match verdict {
                         Verdict::Done(r) | Verdict::Parked(r) => {
                             summary.scanned.fetch_add(1, Ordering::Relaxed);
@@ -591,7 +602,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         }
                     }
                 }
-                let answers = resolve_keys(&resolver, ledger.as_deref(), &settings, &summary, &cancel, keys).await;
+                let answers = resolve_keys(&resolver, &*ledger, &settings, &summary, &cancel, keys).await;
                 let answers = match answers {
                     Ok(a) => a,
                     Err(msg) => {
@@ -622,14 +633,14 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
         let summary2 = summary.clone();
         let cancel = cancel.clone();
         let retries = settings.store_retries;
-        let ledger = stages.ledger.clone();
+        let listeners: Arc<[Arc<dyn StoredItemListener>]> = stages.on_stored.clone().into();
         let roots = stages.fs_roots.clone();
         let work = move |mut batch: Vec<(Work, Metadata, String)>| {
-            let (store, summary, cancel, ledger, roots) =
-                (store.clone(), summary2.clone(), cancel.clone(), ledger.clone(), roots.clone());
+            let (store, summary, cancel, listeners, roots) =
+                (store.clone(), summary2.clone(), cancel.clone(), listeners.clone(), roots.clone());
             async move {
                 let Some((w, md, guid)) = batch.pop() else { return };
-                store_one(&store, ledger.as_deref(), &roots, &summary, &cancel, retries, w, md, guid).await
+                store_one(&store, &listeners, &roots, &summary, &cancel, retries, w, md, guid).await
             }
         };
         tasks.spawn(dispatch(store_rx, settings.store_concurrency, 1, summary.clone(), work));

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Work;
-use crate::ledger::{Backoff, Ledger};
+use crate::ledger::Backoff;
 use crate::outcome::{Outcome, Report};
 
 /// Live counters of a run, readable while it goes on (progress bar).
@@ -35,7 +35,7 @@ pub struct Summary {
 
 /// Where outcomes are written down besides the summary.
 pub(super) struct Journal {
-    pub(super) ledger: Arc<dyn Ledger>,
+    pub(super) ledger: Arc<dyn super::RunLedger>,
     pub(super) run_id: i64,
     pub(super) backoff: Backoff,
     pub(super) quarantine_backoff: Backoff,

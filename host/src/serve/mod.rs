@@ -25,6 +25,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod config;
 pub mod metrics;
 pub mod passes;
 pub mod preview;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::AuthError;
-use crate::bindings::types::HostError;
+use crate::caps::CapError;
 use crate::ledger::LedgerError;
 
 /// `application/problem+json`.
@@ -69,8 +69,8 @@ impl Problem {
 
     /// The store failed: 503 when it may work again soon, else 502
     /// (ferry works; what is behind it does not).
-    pub fn store(e: HostError) -> Problem {
-        use HostError::*;
+    pub fn store(e: CapError) -> Problem {
+        use CapError::*;
         match e {
             Unavailable(m) => Problem::unavailable(format!("the image store is not reachable: {m}")),
             NotFound(m) => Problem::not_found(m),

@@ -5,10 +5,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{check_key, file_stream, range_span, ByteRange, ByteStream, Metadata, ObjectStore};
-use crate::bindings::object_store::{Listing, ObjectInfo};
-use crate::bindings::types::HostError;
-use crate::caps::fs::io_error;
+use super::{check_key, file_stream, range_span, ByteRange, ByteStream, Listing, Metadata, ObjectInfo, ObjectStore};
+use crate::caps::CapError;
 
 /// A local folder. Object bytes live at `root/key`; what S3 would keep as
 /// object attributes (checksum, user metadata) lives in
@@ -28,10 +26,10 @@ struct FsMeta {
 }
 
 impl FsStore {
-    fn object_path(&self, key: &str) -> Result<PathBuf, HostError> {
+    fn object_path(&self, key: &str) -> Result<PathBuf, CapError> {
         check_key(key)?;
         if key == ".ferry" || key.starts_with(".ferry/") {
-            return Err(HostError::Invalid(format!("object key `{key}` is reserved")));
+            return Err(CapError::Invalid(format!("object key `{key}` is reserved")));
         }
         Ok(self.root.join(key))
     }
@@ -48,50 +46,50 @@ impl FsStore {
 
     /// Copies `source` to a temporary file in the store, hashing on the
     /// way: (temp path, size, hex SHA-256).
-    async fn copy_to_tmp(&self, key: &str, source: &Path) -> Result<(PathBuf, u64, String), HostError> {
+    async fn copy_to_tmp(&self, key: &str, source: &Path) -> Result<(PathBuf, u64, String), CapError> {
         let what = source.display().to_string();
         let tmp = self.tmp_path();
         create_parent(&tmp).await?;
-        let mut src = tokio::fs::File::open(source).await.map_err(|e| io_error(&what, e))?;
-        let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| io_error(key, e))?;
+        let mut src = tokio::fs::File::open(source).await.map_err(|e| CapError::io(&what, e))?;
+        let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| CapError::io(key, e))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut size = 0u64;
         loop {
-            let n = src.read(&mut buf).await.map_err(|e| io_error(&what, e))?;
+            let n = src.read(&mut buf).await.map_err(|e| CapError::io(&what, e))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).await.map_err(|e| io_error(key, e))?;
+            out.write_all(&buf[..n]).await.map_err(|e| CapError::io(key, e))?;
             size += n as u64;
         }
-        out.sync_all().await.map_err(|e| io_error(key, e))?;
+        out.sync_all().await.map_err(|e| CapError::io(key, e))?;
         Ok((tmp, size, hex::encode(hasher.finalize())))
     }
 
-    async fn write_meta(&self, key: &str, meta: &FsMeta) -> Result<(), HostError> {
+    async fn write_meta(&self, key: &str, meta: &FsMeta) -> Result<(), CapError> {
         let path = self.meta_path(key);
         let json = serde_json::to_vec_pretty(meta).expect("serialisable");
         self.atomic_write(&path, &json).await
     }
 
-    async fn atomic_write(&self, dest: &Path, bytes: &[u8]) -> Result<(), HostError> {
+    async fn atomic_write(&self, dest: &Path, bytes: &[u8]) -> Result<(), CapError> {
         let tmp = self.tmp_path();
         let what = dest.display().to_string();
         create_parent(&tmp).await?;
         create_parent(dest).await?;
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| io_error(&what, e))?;
-        f.write_all(bytes).await.map_err(|e| io_error(&what, e))?;
-        f.sync_all().await.map_err(|e| io_error(&what, e))?;
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| CapError::io(&what, e))?;
+        f.write_all(bytes).await.map_err(|e| CapError::io(&what, e))?;
+        f.sync_all().await.map_err(|e| CapError::io(&what, e))?;
         drop(f);
-        tokio::fs::rename(&tmp, dest).await.map_err(|e| io_error(&what, e))
+        tokio::fs::rename(&tmp, dest).await.map_err(|e| CapError::io(&what, e))
     }
 }
 
-async fn create_parent(p: &Path) -> Result<(), HostError> {
+async fn create_parent(p: &Path) -> Result<(), CapError> {
     if let Some(parent) = p.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| io_error(&parent.display().to_string(), e))?;
+        tokio::fs::create_dir_all(parent).await.map_err(|e| CapError::io(&parent.display().to_string(), e))?;
     }
     Ok(())
 }
@@ -102,13 +100,13 @@ impl ObjectStore for FsStore {
         format!("fs:{}", self.root.display())
     }
 
-    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, HostError> {
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CapError> {
         let path = self.object_path(key)?;
         let md = match tokio::fs::metadata(&path).await {
             Ok(md) if md.is_file() => md,
             Ok(_) => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error(key, e)),
+            Err(e) => return Err(CapError::io(key, e)),
         };
         let meta: Option<FsMeta> = tokio::fs::read(self.meta_path(key))
             .await
@@ -122,8 +120,8 @@ impl ObjectStore for FsStore {
             None => {
                 let (sha256, size) = tokio::task::spawn_blocking(move || crate::util::sha256_file(&path))
                     .await
-                    .map_err(|e| HostError::Failed(format!("host task failed: {e}")))?
-                    .map_err(|e| io_error(key, e))?;
+                    .map_err(|e| CapError::Failed(format!("host task failed: {e}")))?
+                    .map_err(|e| CapError::io(key, e))?;
                 ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata: vec![] }
             }
         }))
@@ -135,13 +133,13 @@ impl ObjectStore for FsStore {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
-    ) -> Result<ObjectInfo, HostError> {
+    ) -> Result<ObjectInfo, CapError> {
         let dest = self.object_path(key)?;
         let (tmp, size, sha256) = self.copy_to_tmp(key, source).await?;
         create_parent(&dest).await?;
         // bytes first, then their record: a crash in between leaves a
         // record that does not match, which `head` notices
-        tokio::fs::rename(&tmp, &dest).await.map_err(|e| io_error(key, e))?;
+        tokio::fs::rename(&tmp, &dest).await.map_err(|e| CapError::io(key, e))?;
         let meta =
             FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
         self.write_meta(key, &meta).await?;
@@ -154,7 +152,7 @@ impl ObjectStore for FsStore {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
-    ) -> Result<Option<ObjectInfo>, HostError> {
+    ) -> Result<Option<ObjectInfo>, CapError> {
         let dest = self.object_path(key)?;
         let (tmp, size, sha256) = self.copy_to_tmp(key, source).await?;
         create_parent(&dest).await?;
@@ -164,7 +162,7 @@ impl ObjectStore for FsStore {
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
-            Err(e) => return Err(io_error(key, e)),
+            Err(e) => return Err(CapError::io(key, e)),
         }
         let meta =
             FsMeta { size, sha256: sha256.clone(), content_type: content_type.to_owned(), metadata: metadata.clone() };
@@ -178,7 +176,7 @@ impl ObjectStore for FsStore {
         body: Vec<u8>,
         content_type: &str,
         metadata: Metadata,
-    ) -> Result<ObjectInfo, HostError> {
+    ) -> Result<ObjectInfo, CapError> {
         let dest = self.object_path(key)?;
         let sha256 = hex::encode(Sha256::digest(&body));
         let size = body.len() as u64;
@@ -189,7 +187,7 @@ impl ObjectStore for FsStore {
         Ok(ObjectInfo { key: key.to_owned(), size, sha256: Some(sha256), metadata })
     }
 
-    async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, HostError> {
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, CapError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         let mut keys = tokio::task::spawn_blocking(move || {
@@ -199,7 +197,7 @@ impl ObjectStore for FsStore {
                 let rd = match std::fs::read_dir(&dir) {
                     Ok(rd) => rd,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_error(&dir.display().to_string(), e)),
+                    Err(e) => return Err(CapError::io(&dir.display().to_string(), e)),
                 };
                 for e in rd.flatten() {
                     let p = e.path();
@@ -225,7 +223,7 @@ impl ObjectStore for FsStore {
             Ok(keys)
         })
         .await
-        .unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))?;
+        .unwrap_or_else(|e| Err(CapError::Failed(format!("host task failed: {e}"))))?;
         keys.sort();
         if let Some(c) = &cursor {
             keys.retain(|k| k > c);
@@ -247,14 +245,14 @@ impl ObjectStore for FsStore {
         &self,
         key: &str,
         range: Option<ByteRange>,
-    ) -> Result<Option<(ObjectInfo, u64, ByteStream)>, HostError> {
+    ) -> Result<Option<(ObjectInfo, u64, ByteStream)>, CapError> {
         let path = self.object_path(key)?;
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error(key, e)),
+            Err(e) => return Err(CapError::io(key, e)),
         };
-        let md = file.metadata().await.map_err(|e| io_error(key, e))?;
+        let md = file.metadata().await.map_err(|e| CapError::io(key, e))?;
         if !md.is_file() {
             return Ok(None);
         }
@@ -264,28 +262,28 @@ impl ObjectStore for FsStore {
         let (offset, len) = range_span(range, total);
         if len > 0 && offset > 0 {
             use tokio::io::AsyncSeekExt;
-            file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| io_error(key, e))?;
+            file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| CapError::io(key, e))?;
         }
         Ok(Some((info, total, file_stream(file, len))))
     }
 
-    async fn presign_get(&self, _key: &str, _ttl: std::time::Duration) -> Result<Option<String>, HostError> {
+    async fn presign_get(&self, _key: &str, _ttl: std::time::Duration) -> Result<Option<String>, CapError> {
         Ok(None)
     }
 
     /// Proves the root exists and is writable without leaving anything
     /// behind (`ferry check` must not create folders): an anonymous
     /// temporary file (O_TMPFILE where the OS has it).
-    async fn probe(&self) -> Result<(), HostError> {
+    async fn probe(&self) -> Result<(), CapError> {
         let root = self.root.clone();
         let what = root.display().to_string();
         tokio::task::spawn_blocking(move || {
             if !root.is_dir() {
-                return Err(HostError::NotFound(format!("the store folder {} does not exist", root.display())));
+                return Err(CapError::NotFound(format!("the store folder {} does not exist", root.display())));
             }
-            tempfile::tempfile_in(&root).map(drop).map_err(|e| io_error(&what, e))
+            tempfile::tempfile_in(&root).map(drop).map_err(|e| CapError::io(&what, e))
         })
         .await
-        .map_err(|e| HostError::Failed(format!("host task failed: {e}")))?
+        .map_err(|e| CapError::Failed(format!("host task failed: {e}")))?
     }
 }

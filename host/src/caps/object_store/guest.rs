@@ -21,8 +21,8 @@ impl StageState {
 impl Host for StageState {
     async fn head(&mut self, key: String) -> Result<Option<ObjectInfo>, HostError> {
         let store = self.store()?;
-        check_key(&key)?;
-        self.bounded("an object-store head", async move { store.head(&key).await }).await
+        check_key(&key).map_err(HostError::from)?;
+        self.bounded("an object-store head", async move { Ok(store.head(&key).await?.map(wit_info)) }).await
     }
 
     async fn put_file(
@@ -33,13 +33,12 @@ impl Host for StageState {
         metadata: Metadata,
     ) -> Result<ObjectInfo, HostError> {
         let store = self.store()?;
-        check_key(&key)?;
-        check_metadata(&metadata)?;
+        check_key(&key).map_err(HostError::from)?;
+        check_metadata(&metadata).map_err(HostError::from)?;
         let path = resolve(self, &source)?;
-        self.bounded(
-            "an object-store upload",
-            async move { store.put_file(&key, &path, &content_type, metadata).await },
-        )
+        self.bounded("an object-store upload", async move {
+            Ok(wit_info(store.put_file(&key, &path, &content_type, metadata).await?))
+        })
         .await
     }
 
@@ -51,13 +50,12 @@ impl Host for StageState {
         metadata: Metadata,
     ) -> Result<Option<ObjectInfo>, HostError> {
         let store = self.store()?;
-        check_key(&key)?;
-        check_metadata(&metadata)?;
+        check_key(&key).map_err(HostError::from)?;
+        check_metadata(&metadata).map_err(HostError::from)?;
         let path = resolve(self, &source)?;
-        self.bounded(
-            "an object-store upload",
-            async move { store.put_file_new(&key, &path, &content_type, metadata).await },
-        )
+        self.bounded("an object-store upload", async move {
+            Ok(store.put_file_new(&key, &path, &content_type, metadata).await?.map(wit_info))
+        })
         .await
     }
 
@@ -69,23 +67,30 @@ impl Host for StageState {
         metadata: Metadata,
     ) -> Result<ObjectInfo, HostError> {
         let store = self.store()?;
-        check_key(&key)?;
-        check_metadata(&metadata)?;
+        check_key(&key).map_err(HostError::from)?;
+        check_metadata(&metadata).map_err(HostError::from)?;
         if body.len() > MAX_PUT_BYTES {
             return Err(HostError::Invalid(format!(
                 "put-bytes body is {} bytes; the limit is {MAX_PUT_BYTES} (use put-file for files)",
                 body.len()
             )));
         }
-        self.bounded(
-            "an object-store upload",
-            async move { store.put_bytes(&key, body, &content_type, metadata).await },
-        )
+        self.bounded("an object-store upload", async move {
+            Ok(wit_info(store.put_bytes(&key, body, &content_type, metadata).await?))
+        })
         .await
     }
 
     async fn list_objects(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> Result<Listing, HostError> {
         let store = self.store()?;
-        self.bounded("an object-store listing", async move { store.list(&prefix, cursor, limit).await }).await
+        self.bounded("an object-store listing", async move {
+            let l = store.list(&prefix, cursor, limit).await?;
+            Ok(Listing { objects: l.objects.into_iter().map(wit_info).collect(), next_cursor: l.next_cursor })
+        })
+        .await
     }
+}
+
+fn wit_info(i: super::ObjectInfo) -> ObjectInfo {
+    ObjectInfo { key: i.key, size: i.size, sha256: i.sha256, metadata: i.metadata }
 }

@@ -7,6 +7,7 @@
 //! servers); [`guest`] is the WIT glue that checks what a plugin asks and
 //! hands it to the stage's backend.
 
+pub mod config;
 pub mod fs;
 mod guest;
 pub mod s3;
@@ -18,8 +19,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
-use crate::bindings::object_store::{Listing, ObjectInfo};
-use crate::bindings::types::HostError;
+use crate::caps::CapError;
 use crate::config::ObjectStoreGrant;
 
 /// Largest `put-bytes` body.
@@ -29,19 +29,38 @@ pub const MAX_KEY: usize = 1024;
 
 pub type Metadata = Vec<(String, String)>;
 
+/// Facts about a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// Hex SHA-256 of the content, when the store knows it.
+    pub sha256: Option<String>,
+    /// User metadata stored with the object.
+    pub metadata: Metadata,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub objects: Vec<ObjectInfo>,
+    /// Pass back to get the next page; `None` when done.
+    pub next_cursor: Option<String>,
+}
+
 /// A place objects are written to and read back from.
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync {
     /// For messages: `fs:/srv/store`, `s3://bucket/prefix`.
     fn describe(&self) -> String;
-    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, HostError>;
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CapError>;
     async fn put_file(
         &self,
         key: &str,
         source: &Path,
         content_type: &str,
         metadata: Metadata,
-    ) -> Result<ObjectInfo, HostError>;
+    ) -> Result<ObjectInfo, CapError>;
     /// Writes only if `key` is free; `None` if an object is there.
     /// Must be atomic with respect to concurrent calls for the same key.
     async fn put_file_new(
@@ -50,32 +69,29 @@ pub trait ObjectStore: Send + Sync {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
-    ) -> Result<Option<ObjectInfo>, HostError>;
+    ) -> Result<Option<ObjectInfo>, CapError>;
     async fn put_bytes(
         &self,
         key: &str,
         body: Vec<u8>,
         content_type: &str,
         metadata: Metadata,
-    ) -> Result<ObjectInfo, HostError>;
-    async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, HostError>;
+    ) -> Result<ObjectInfo, CapError>;
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, CapError>;
     /// Checks the store is usable (for `ferry check`).
-    async fn probe(&self) -> Result<(), HostError>;
+    async fn probe(&self) -> Result<(), CapError>;
     /// Reads an object back (for `ferry serve`), streamed: `None` if there
     /// is none; else its info, its total size and the bytes of `range`
     /// (`(first, Some(last))` inclusive, `(first, None)` to the end; a
     /// `last` past the end is clamped). A range starting at or past the
     /// end yields an empty stream: the caller compares with the total size
     /// and answers 416.
-    async fn get(
-        &self,
-        key: &str,
-        range: Option<ByteRange>,
-    ) -> Result<Option<(ObjectInfo, u64, ByteStream)>, HostError>;
+    async fn get(&self, key: &str, range: Option<ByteRange>)
+        -> Result<Option<(ObjectInfo, u64, ByteStream)>, CapError>;
     /// A short-lived URL that downloads the object without ferry in the
     /// way, where the backend has such a thing (S3: a presigned GET);
     /// `None` otherwise. It does not check that the object exists.
-    async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> Result<Option<String>, HostError>;
+    async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> Result<Option<String>, CapError>;
 }
 
 /// `(first, last)` byte offsets, `last` inclusive; `None` means to the end.
@@ -121,8 +137,8 @@ pub fn open(grant: &ObjectStoreGrant) -> Arc<dyn ObjectStore> {
 }
 
 /// Checks a key is a clean relative `/`-separated path.
-pub fn check_key(key: &str) -> Result<(), HostError> {
-    let bad = |why: &str| Err(HostError::Invalid(format!("object key `{key}` {why}")));
+pub fn check_key(key: &str) -> Result<(), CapError> {
+    let bad = |why: &str| Err(CapError::Invalid(format!("object key `{key}` {why}")));
     if key.is_empty() {
         return bad("is empty");
     }
@@ -140,13 +156,13 @@ pub fn check_key(key: &str) -> Result<(), HostError> {
     Ok(())
 }
 
-pub(crate) fn check_metadata(md: &Metadata) -> Result<(), HostError> {
+pub(crate) fn check_metadata(md: &Metadata) -> Result<(), CapError> {
     for (k, v) in md {
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(HostError::Invalid(format!("metadata key `{k}` must be lowercase ascii letters, digits or -")));
+            return Err(CapError::Invalid(format!("metadata key `{k}` must be lowercase ascii letters, digits or -")));
         }
         if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(HostError::Invalid(format!(
+            return Err(CapError::Invalid(format!(
                 "metadata value of `{k}` must be printable ascii (percent-encode it)"
             )));
         }

@@ -26,10 +26,9 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::{check_key, ByteRange, ByteStream as ObjectBytes, Metadata, ObjectStore};
-use crate::bindings::object_store::{Listing, ObjectInfo};
-use crate::bindings::types::HostError;
-use crate::caps::fs::io_error;
+use super::{check_key, ByteRange, ByteStream as ObjectBytes, Listing, Metadata, ObjectInfo, ObjectStore};
+use crate::caps::CapError;
+
 use crate::config::S3Grant;
 
 /// Marks the error of a conditional put that found the key taken.
@@ -117,10 +116,10 @@ impl S3Store {
         meta: HashMap<String, String>,
         sha: &[u8],
         create_only: bool,
-    ) -> Result<Option<String>, HostError> {
+    ) -> Result<Option<String>, CapError> {
         let body = ByteStream::from_path(source)
             .await
-            .map_err(|e| HostError::Failed(format!("reading {}: {e}", source.display())))?;
+            .map_err(|e| CapError::Failed(format!("reading {}: {e}", source.display())))?;
         let out = self
             .client()
             .await
@@ -152,7 +151,7 @@ impl S3Store {
         content_type: &str,
         meta: HashMap<String, String>,
         sha: &[u8],
-    ) -> Result<(), HostError> {
+    ) -> Result<(), CapError> {
         let client = self.client().await;
         let bucket = &self.grant.bucket;
         let full = self.full_key(key);
@@ -183,7 +182,7 @@ impl S3Store {
                     .length(Length::Exact(len))
                     .build()
                     .await
-                    .map_err(|e| HostError::Failed(format!("reading {}: {e}", source.display())))?;
+                    .map_err(|e| CapError::Failed(format!("reading {}: {e}", source.display())))?;
                 let sha_b64 = base64::engine::general_purpose::STANDARD.encode(part_sha);
                 let out = client
                     .upload_part()
@@ -235,14 +234,14 @@ impl S3Store {
         content_type: &str,
         metadata: Metadata,
         create_only: bool,
-    ) -> Result<ObjectInfo, HostError> {
+    ) -> Result<ObjectInfo, CapError> {
         check_key(&self.full_key(key))?;
         let src = source.to_owned();
         let what = source.display().to_string();
         let (sha_hex, size) = tokio::task::spawn_blocking(move || crate::util::sha256_file(&src))
             .await
-            .map_err(|e| HostError::Failed(format!("host task failed: {e}")))?
-            .map_err(|e| io_error(&what, e))?;
+            .map_err(|e| CapError::Failed(format!("host task failed: {e}")))?
+            .map_err(|e| CapError::io(&what, e))?;
         let sha = hex::decode(&sha_hex).expect("hex we made");
         let meta = Self::user_metadata(&metadata, &sha_hex);
         if size <= self.grant.multipart_threshold {
@@ -281,12 +280,12 @@ impl S3Store {
         // trust, then verify: the object is there with the size we sent
         match self.head(key).await? {
             Some(info) if info.size == size && info.sha256.as_deref() == Some(sha_hex.as_str()) => Ok(info),
-            Some(info) => Err(HostError::Unavailable(format!(
+            Some(info) => Err(CapError::Unavailable(format!(
                 "s3://{}/{key}: after upload the object has {} bytes (sent {size}) / checksum {:?}",
                 self.grant.bucket, info.size, info.sha256
             ))),
             None => {
-                Err(HostError::Unavailable(format!("s3://{}/{key}: not found right after upload", self.grant.bucket)))
+                Err(CapError::Unavailable(format!("s3://{}/{key}: not found right after upload", self.grant.bucket)))
             }
         }
     }
@@ -304,8 +303,8 @@ impl S3Store {
     }
 }
 
-fn changed_during_upload(bucket: &str, key: &str) -> HostError {
-    HostError::Unavailable(format!(
+fn changed_during_upload(bucket: &str, key: &str) -> CapError {
+    CapError::Unavailable(format!(
         "s3://{bucket}/{key}: the file changed while it was uploaded (its bytes no longer match the checksum taken before); \
          upload aborted, tried again later"
     ))
@@ -313,18 +312,18 @@ fn changed_during_upload(bucket: &str, key: &str) -> HostError {
 
 /// SHA-256 of `len` bytes at `offset`, read in blocks; the same bytes also
 /// go into `whole` (returned), the running hash of the entire file.
-async fn hash_range(path: &Path, offset: u64, len: u64, mut whole: Sha256) -> Result<([u8; 32], Sha256), HostError> {
+async fn hash_range(path: &Path, offset: u64, len: u64, mut whole: Sha256) -> Result<([u8; 32], Sha256), CapError> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
         let what = path.display().to_string();
-        let mut f = std::fs::File::open(&path).map_err(|e| io_error(&what, e))?;
-        f.seek(SeekFrom::Start(offset)).map_err(|e| io_error(&what, e))?;
+        let mut f = std::fs::File::open(&path).map_err(|e| CapError::io(&what, e))?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| CapError::io(&what, e))?;
         let mut f = f.take(len);
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = f.read(&mut buf).map_err(|e| io_error(&what, e))?;
+            let n = f.read(&mut buf).map_err(|e| CapError::io(&what, e))?;
             if n == 0 {
                 break;
             }
@@ -334,11 +333,11 @@ async fn hash_range(path: &Path, offset: u64, len: u64, mut whole: Sha256) -> Re
         Ok((h.finalize().into(), whole))
     })
     .await
-    .unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))
+    .unwrap_or_else(|e| Err(CapError::Failed(format!("host task failed: {e}"))))
 }
 
 /// Maps an SDK error to what a plugin can act on.
-fn s3_error<E>(bucket: &str, key: &str, e: SdkError<E, HttpResponse>) -> HostError
+fn s3_error<E>(bucket: &str, key: &str, e: SdkError<E, HttpResponse>) -> CapError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -360,17 +359,17 @@ where
     let what = format!("s3://{bucket}/{key}");
     match (&e, status) {
         (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_), _) => {
-            HostError::Unavailable(format!("{what}: cannot reach the S3 endpoint: {}", crate::util::root_cause(&e)))
+            CapError::Unavailable(format!("{what}: cannot reach the S3 endpoint: {}", crate::util::root_cause(&e)))
         }
-        (_, Some(s)) if s >= 500 || s == 429 => HostError::Unavailable(format!("{what}: S3 answered {s} {code}: {msg}")),
-        _ if code == "SlowDown" || code == "RequestTimeout" => HostError::Unavailable(format!("{what}: {code}: {msg}")),
-        (_, Some(403)) => HostError::Failed(format!(
+        (_, Some(s)) if s >= 500 || s == 429 => CapError::Unavailable(format!("{what}: S3 answered {s} {code}: {msg}")),
+        _ if code == "SlowDown" || code == "RequestTimeout" => CapError::Unavailable(format!("{what}: {code}: {msg}")),
+        (_, Some(403)) => CapError::Failed(format!(
             "{what}: access denied ({code}): check the credentials and that the bucket policy allows s3:GetObject, s3:PutObject and s3:ListBucket"
         )),
-        _ if code == "NoSuchBucket" => HostError::NotFound(format!("bucket `{bucket}` does not exist")),
-        (_, Some(412)) => HostError::Failed(format!("{what}: {PRECONDITION}: the key exists already")),
-        (_, Some(s)) => HostError::Failed(format!("{what}: S3 answered {s} {code}: {msg}")),
-        _ => HostError::Unavailable(format!("{what}: {}", crate::util::root_cause(&e))),
+        _ if code == "NoSuchBucket" => CapError::NotFound(format!("bucket `{bucket}` does not exist")),
+        (_, Some(412)) => CapError::Failed(format!("{what}: {PRECONDITION}: the key exists already")),
+        (_, Some(s)) => CapError::Failed(format!("{what}: S3 answered {s} {code}: {msg}")),
+        _ => CapError::Unavailable(format!("{what}: {}", crate::util::root_cause(&e))),
     }
 }
 
@@ -383,7 +382,7 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, HostError> {
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CapError> {
         check_key(key)?;
         let r = self.client().await.head_object().bucket(&self.grant.bucket).key(self.full_key(key)).send().await;
         match r {
@@ -399,7 +398,7 @@ impl ObjectStore for S3Store {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
-    ) -> Result<ObjectInfo, HostError> {
+    ) -> Result<ObjectInfo, CapError> {
         self.put_file_inner(key, source, content_type, metadata, false).await
     }
     async fn put_file_new(
@@ -408,7 +407,7 @@ impl ObjectStore for S3Store {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
-    ) -> Result<Option<ObjectInfo>, HostError> {
+    ) -> Result<Option<ObjectInfo>, CapError> {
         // one writer per key in this process; on top of that the server
         // refuses to overwrite (single part), or a HEAD under the claim
         // checks first (multipart).
@@ -417,12 +416,13 @@ impl ObjectStore for S3Store {
             let _guard = lock.lock().await;
             // single-part puts carry `If-None-Match: *`: the server refuses
             // an existing key itself; multipart uploads look first
-            let size = tokio::fs::metadata(source).await.map_err(|e| io_error(&source.display().to_string(), e))?.len();
+            let size =
+                tokio::fs::metadata(source).await.map_err(|e| CapError::io(&source.display().to_string(), e))?.len();
             if size > self.grant.multipart_threshold && self.head(key).await?.is_some() {
                 return Ok(None);
             }
             match self.put_file_inner(key, source, content_type, metadata, true).await {
-                Err(HostError::Failed(m)) if m.contains(PRECONDITION) => Ok(None),
+                Err(CapError::Failed(m)) if m.contains(PRECONDITION) => Ok(None),
                 r => r.map(Some),
             }
         }
@@ -437,7 +437,7 @@ impl ObjectStore for S3Store {
         body: Vec<u8>,
         content_type: &str,
         metadata: Metadata,
-    ) -> Result<ObjectInfo, HostError> {
+    ) -> Result<ObjectInfo, CapError> {
         check_key(&self.full_key(key))?;
         let sha = Sha256::digest(&body);
         let sha_hex = hex::encode(sha);
@@ -460,7 +460,7 @@ impl ObjectStore for S3Store {
         Ok(info)
     }
 
-    async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, HostError> {
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: u32) -> Result<Listing, CapError> {
         let out = self
             .client()
             .await
@@ -490,7 +490,7 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         range: Option<ByteRange>,
-    ) -> Result<Option<(ObjectInfo, u64, ObjectBytes)>, HostError> {
+    ) -> Result<Option<(ObjectInfo, u64, ObjectBytes)>, CapError> {
         check_key(key)?;
         let header = range.map(|(first, last)| match last {
             Some(last) => format!("bytes={first}-{last}"),
@@ -534,10 +534,10 @@ impl ObjectStore for S3Store {
         Ok(Some((info, total, Box::pin(body))))
     }
 
-    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>, HostError> {
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>, CapError> {
         check_key(key)?;
         let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)
-            .map_err(|e| HostError::Invalid(format!("presigned URL lifetime {ttl:?}: {e}")))?;
+            .map_err(|e| CapError::Invalid(format!("presigned URL lifetime {ttl:?}: {e}")))?;
         let req = self
             .client()
             .await
@@ -550,7 +550,7 @@ impl ObjectStore for S3Store {
         Ok(Some(req.uri().to_string()))
     }
 
-    async fn probe(&self) -> Result<(), HostError> {
+    async fn probe(&self) -> Result<(), CapError> {
         let bucket = &self.grant.bucket;
         self.client().await.head_bucket().bucket(bucket).send().await.map_err(|e| s3_error(bucket, "", e))?;
         self.list("", None, 1).await.map(|_| ())
@@ -592,7 +592,7 @@ mod tests {
             .put_multipart("a/b.dcm", &file, bytes.len() as u64, "application/dicom", meta, &wrong)
             .await
             .unwrap_err();
-        assert!(matches!(&err, HostError::Unavailable(m) if m.contains("changed while it was uploaded")), "{err:?}");
+        assert!(matches!(&err, CapError::Unavailable(m) if m.contains("changed while it was uploaded")), "{err:?}");
         assert!(s3.list("parts", "").await.is_empty(), "an object appeared");
         // s3s-fs keeps the parts of an open upload as files; abort removes them
         let left: Vec<_> = walk(s3.root()).into_iter().filter(|p| !p.ends_with("parts")).collect();

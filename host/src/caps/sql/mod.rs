@@ -3,72 +3,63 @@
 //! Backends share one contract: placeholders `@P1..@Pn`, typed values in
 //! and out, one read statement per call. SQLite is embedded (the demo and
 //! clinics with an export, [`sqlite`]); SQL Server (tiberius, [`mssql`])
-//! plugs in as another `Backend` variant. Read-only is enforced by the database, not by
+//! plugs in as another [`SqlBackend`]. Read-only is enforced by the database, not by
 //! pattern-matching SQL text: SQLite connections are opened read-only and
 //! each prepared statement must report itself read-only.
 
+pub mod config;
 pub mod mssql;
 mod sqlite;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::StageState;
 use crate::bindings::sql::{Host, Rows, SqlValue};
 use crate::bindings::types::HostError;
+use crate::caps::CapError;
 use crate::config::ConnectionConfig;
-use sqlite::{sqlite_query, SqlitePool};
+use sqlite::SqlitePool;
 
 /// Most rows one query may return; a plugin should page beyond that.
 pub const MAX_ROWS: usize = 100_000;
 
-/// All connections of a pipeline, by name. Opened lazily.
-pub struct Connections {
-    map: BTreeMap<String, Backend>,
+/// One kind of database: a pool of connections that answers one read
+/// query at a time. A new kind (PostgreSQL, ODBC) is a file implementing
+/// this and a variant of [`ConnectionConfig`].
+#[async_trait::async_trait]
+pub trait SqlBackend: Send + Sync {
+    /// Runs one read statement with `@P1..@Pn` parameters; at most
+    /// [`MAX_ROWS`] rows, counted as they arrive.
+    async fn query(&self, statement: String, params: Vec<SqlValue>) -> Result<Rows, CapError>;
 }
 
-enum Backend {
-    Sqlite(Arc<sqlite::SqlitePool>),
-    Mssql(Arc<mssql::MssqlPool>),
+/// Opens the backend a connection's config names (lazily: nothing
+/// connects before the first query).
+fn backend(name: &str, config: &ConnectionConfig) -> Arc<dyn SqlBackend> {
+    match config {
+        ConnectionConfig::Sqlite { path } => SqlitePool::backend(path.clone()),
+        ConnectionConfig::Mssql(m) => Arc::new(mssql::MssqlPool::new(name, m.clone())),
+    }
+}
+
+/// All connections of a pipeline, by name. Opened lazily.
+pub struct Connections {
+    map: BTreeMap<String, Arc<dyn SqlBackend>>,
 }
 
 impl Connections {
     pub fn new(configs: &BTreeMap<String, ConnectionConfig>) -> Self {
-        let map = configs
-            .iter()
-            .map(|(name, c)| {
-                let b = match c {
-                    ConnectionConfig::Sqlite { path } => {
-                        Backend::Sqlite(Arc::new(SqlitePool { path: path.clone(), idle: Mutex::new(Vec::new()) }))
-                    }
-                    ConnectionConfig::Mssql(m) => Backend::Mssql(Arc::new(mssql::MssqlPool::new(name, m.clone()))),
-                };
-                (name.clone(), b)
-            })
-            .collect();
-        Connections { map }
+        Connections { map: configs.iter().map(|(name, c)| (name.clone(), backend(name, c))).collect() }
     }
 
-    /// Runs one query. Blocking work happens off the async threads.
-    pub async fn query(&self, name: &str, statement: String, params: Vec<SqlValue>) -> Result<Rows, HostError> {
-        let backend = self.map.get(name).ok_or_else(|| HostError::NotFound(format!("no connection named `{name}`")))?;
-        match backend {
-            Backend::Sqlite(pool) => {
-                let pool = pool.clone();
-                tokio::task::spawn_blocking(move || {
-                    let conn = pool.take()?;
-                    let result = sqlite_query(&conn, &statement, &params);
-                    pool.give_back(conn);
-                    result
-                })
-                .await
-                .unwrap_or_else(|e| Err(HostError::Failed(format!("host task failed: {e}"))))
-            }
-            Backend::Mssql(pool) => pool.query(&statement, &params).await,
-        }
+    /// Runs one query on the connection called `name`.
+    pub async fn query(&self, name: &str, statement: String, params: Vec<SqlValue>) -> Result<Rows, CapError> {
+        let backend = self.map.get(name).ok_or_else(|| CapError::NotFound(format!("no connection named `{name}`")))?;
+        backend.query(statement, params).await
     }
 
     /// Checks that a connection works (for `ferry check`).
-    pub async fn probe(&self, name: &str) -> Result<(), HostError> {
+    pub async fn probe(&self, name: &str) -> Result<(), CapError> {
         self.query(name, "SELECT 1".into(), vec![]).await.map(|_| ())
     }
 }
@@ -82,7 +73,7 @@ impl Host for StageState {
             ));
         }
         let sql = self.ctx.sql.clone();
-        self.bounded("an SQL query", sql.query(&connection, statement, params)).await
+        self.bounded("an SQL query", async move { Ok(sql.query(&connection, statement, params).await?) }).await
     }
 }
 
@@ -125,7 +116,7 @@ mod tests {
     #[tokio::test]
     async fn only_single_read_statements() {
         let (_d, c) = db();
-        let err = |r: Result<Rows, HostError>| format!("{:?}", r.unwrap_err());
+        let err = |r: Result<Rows, CapError>| format!("{:?}", r.unwrap_err());
         let e = err(c.query("s", "DELETE FROM patient".into(), vec![]).await);
         assert!(e.contains("only read statements"), "{e}");
         let e = err(c.query("s", "SELECT 1; DROP TABLE patient".into(), vec![]).await);

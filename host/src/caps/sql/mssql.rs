@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use crate::bindings::sql::{Column, Rows, SqlValue};
-use crate::bindings::types::HostError;
+use crate::caps::CapError;
 use crate::config::{Encrypt, MssqlConfig};
 
 type Conn = Client<Compat<TcpStream>>;
@@ -31,22 +31,22 @@ pub struct MssqlPool {
 }
 
 /// Refuses anything but one read-only query.
-pub fn check_read_only(statement: &str) -> Result<(), HostError> {
+pub fn check_read_only(statement: &str) -> Result<(), CapError> {
     let parsed = Parser::parse_sql(&MsSqlDialect {}, statement)
-        .map_err(|e| HostError::Invalid(format!("cannot parse the statement: {e}")))?;
+        .map_err(|e| CapError::Invalid(format!("cannot parse the statement: {e}")))?;
     match parsed.as_slice() {
         [sqlparser::ast::Statement::Query(q)] => {
             // SELECT ... INTO creates a table
             if let sqlparser::ast::SetExpr::Select(s) = q.body.as_ref() {
                 if s.into.is_some() {
-                    return Err(HostError::Denied("SELECT ... INTO writes; only read statements are allowed".into()));
+                    return Err(CapError::Denied("SELECT ... INTO writes; only read statements are allowed".into()));
                 }
             }
             Ok(())
         }
-        [] => Err(HostError::Invalid("empty statement".into())),
-        [_] => Err(HostError::Denied("only read statements (SELECT) are allowed on sql connections".into())),
-        _ => Err(HostError::Invalid("only one statement per query is allowed".into())),
+        [] => Err(CapError::Invalid("empty statement".into())),
+        [_] => Err(CapError::Denied("only read statements (SELECT) are allowed on sql connections".into())),
+        _ => Err(CapError::Invalid("only one statement per query is allowed".into())),
     }
 }
 
@@ -64,7 +64,7 @@ impl MssqlPool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, HostError> {
+    async fn connect(&self) -> Result<Conn, CapError> {
         let c = &self.cfg;
         let mut config = tiberius::Config::new();
         config.host(&c.host);
@@ -90,28 +90,28 @@ impl MssqlPool {
             let tcp = if c.instance.is_some() {
                 use tiberius::SqlBrowser;
                 TcpStream::connect_named(&config).await.map_err(|e| {
-                    HostError::Unavailable(format!(
+                    CapError::Unavailable(format!(
                         "{what}: cannot find the named instance through SQL Browser (UDP 1434): {e}"
                     ))
                 })?
             } else {
                 TcpStream::connect(config.get_addr())
                     .await
-                    .map_err(|e| HostError::Unavailable(format!("{what}: cannot connect: {e}")))?
+                    .map_err(|e| CapError::Unavailable(format!("{what}: cannot connect: {e}")))?
             };
             tcp.set_nodelay(true).ok();
             Client::connect(config, tcp.compat_write()).await.map_err(|e| login_error(&what, &c.user, e))
         };
         match tokio::time::timeout(c.connect_timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(HostError::Unavailable(format!(
+            Err(_) => Err(CapError::Unavailable(format!(
                 "{what}: no answer within {} (connect_timeout)",
                 crate::util::humantime(c.connect_timeout)
             ))),
         }
     }
 
-    async fn take(&self) -> Result<Conn, HostError> {
+    async fn take(&self) -> Result<Conn, CapError> {
         let idle = self.idle.lock().unwrap().pop();
         match idle {
             Some(c) => Ok(c),
@@ -126,7 +126,7 @@ impl MssqlPool {
         }
     }
 
-    pub async fn query(&self, statement: &str, params: &[SqlValue]) -> Result<Rows, HostError> {
+    pub async fn query_on(&self, statement: &str, params: &[SqlValue]) -> Result<Rows, CapError> {
         check_read_only(statement)?;
         for attempt in 0..2 {
             let mut conn = self.take().await?;
@@ -149,7 +149,14 @@ impl MssqlPool {
                 }
             }
         }
-        Err(HostError::Unavailable(format!("connection `{}` lost twice in a row", self.name)))
+        Err(CapError::Unavailable(format!("connection `{}` lost twice in a row", self.name)))
+    }
+}
+
+#[async_trait::async_trait]
+impl super::SqlBackend for MssqlPool {
+    async fn query(&self, statement: String, params: Vec<SqlValue>) -> Result<Rows, CapError> {
+        self.query_on(&statement, &params).await
     }
 }
 
@@ -212,27 +219,27 @@ fn value(v: &ColumnData<'static>) -> SqlValue {
     .unwrap_or(SqlValue::Null)
 }
 
-fn login_error(what: &str, user: &str, e: tiberius::error::Error) -> HostError {
+fn login_error(what: &str, user: &str, e: tiberius::error::Error) -> CapError {
     match e {
-        tiberius::error::Error::Server(t) if t.code() == 18456 => HostError::Failed(format!(
+        tiberius::error::Error::Server(t) if t.code() == 18456 => CapError::Failed(format!(
             "{what}: login failed for user `{user}`: check user and password (SQL Server authentication must be enabled)"
         )),
-        tiberius::error::Error::Server(t) => HostError::Failed(format!("{what}: the server refused the login: {}", t.message())),
-        tiberius::error::Error::Tls(m) => HostError::Failed(format!(
+        tiberius::error::Error::Server(t) => CapError::Failed(format!("{what}: the server refused the login: {}", t.message())),
+        tiberius::error::Error::Tls(m) => CapError::Failed(format!(
             "{what}: TLS failed ({m}); for a self-signed server certificate set trust_server_certificate = true"
         )),
-        tiberius::error::Error::Io { message, .. } => HostError::Unavailable(format!("{what}: {message}")),
-        other => HostError::Unavailable(format!("{what}: {other}")),
+        tiberius::error::Error::Io { message, .. } => CapError::Unavailable(format!("{what}: {message}")),
+        other => CapError::Unavailable(format!("{what}: {other}")),
     }
 }
 
-fn query_error(name: &str, e: tiberius::error::Error) -> HostError {
+fn query_error(name: &str, e: tiberius::error::Error) -> CapError {
     match e {
         tiberius::error::Error::Server(t) => {
-            HostError::Invalid(format!("connection `{name}`: SQL Server error {}: {}", t.code(), t.message()))
+            CapError::Invalid(format!("connection `{name}`: SQL Server error {}: {}", t.code(), t.message()))
         }
-        tiberius::error::Error::Io { message, .. } => HostError::Unavailable(format!("connection `{name}`: {message}")),
-        other => HostError::Failed(format!("connection `{name}`: {other}")),
+        tiberius::error::Error::Io { message, .. } => CapError::Unavailable(format!("connection `{name}`: {message}")),
+        other => CapError::Failed(format!("connection `{name}`: {other}")),
     }
 }
 

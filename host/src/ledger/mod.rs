@@ -1,0 +1,230 @@
+//! The ledger: what happened to every source item, across runs.
+//!
+//! A clinic runs ferry every few minutes for years. The ledger is what
+//! makes that cheap and safe:
+//!
+//! - **Incremental**: an item already stored whose file has the same
+//!   fingerprint (size + modification time) is not touched again.
+//! - **Parking**: unresolved, quarantined and failed items are retried on
+//!   later runs with exponential backoff, until they succeed or a person
+//!   resolves them (`ferry retry`).
+//! - **Exactly once**: an item is recorded as stored only after the store
+//!   acknowledged it. A crash in between is healed on the next run by the
+//!   store's own idempotency (same key, same checksum → unchanged).
+//! - **Synchronization log**: one row per action (upload, verification,
+//!   skip, failure, quarantine, changed resolution), for people.
+//! - **Resolution cache**: patient keys are asked once per TTL; keys are
+//!   stored hashed, so no card id sits in ferry's state.
+//!
+//! Storage is one SQLite file in WAL mode: a `kill -9` at any moment
+//! leaves it consistent (at worst without the last outcomes, which the
+//! next run re-derives).
+//!
+//! One module per store, each a narrow trait with its SQLite
+//! implementation, so each caller depends on what it uses: the runner on
+//! [`Items`], [`Runs`], [`SyncLog`] and [`Resolutions`]; the service on
+//! [`Index`] and [`SyncLog`]; the image index is fed by the runner's
+//! stored-item events ([`index::Indexer`]). [`Ledger`] is all of them
+//! together, for the CLI and the service. A shared database (PostgreSQL,
+//! for several `ferry serve` replicas) implements the same traits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection};
+
+pub mod index;
+pub mod items;
+pub mod resolutions;
+pub mod runs;
+pub mod sync_log;
+
+pub use crate::retry::Backoff;
+
+/// Every store trait, for callers that use the whole ledger:
+/// `use ferry::ledger::prelude::*;`.
+pub mod prelude {
+    pub use super::{Index as _, Items as _, Ledger as _, Resolutions as _, Runs as _, SyncLog as _};
+}
+pub use index::{fold, ImageFacts, Index, IndexedImage, Indexer, PatientHit};
+pub use items::{ItemRecord, Items};
+pub use resolutions::{key_hash, CachedAnswer, Resolutions};
+pub use runs::Runs;
+pub use sync_log::{LogEntry, SyncLog};
+
+#[derive(Debug, thiserror::Error)]
+#[error("ledger {path}: {source}")]
+pub struct LedgerError {
+    /// The ledger's file or URL.
+    pub path: PathBuf,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Counts and the oldest problems, for `ferry status`.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub by_state: Vec<(String, u64)>,
+    pub oldest_problems: Vec<ItemRecord>,
+    pub last_run: Option<(i64, i64, Option<i64>, String)>,
+}
+
+/// Every store together (the CLI, the service). Calls are synchronous and
+/// short; callers on async threads keep them brief.
+pub trait Ledger: Items + Runs + SyncLog + Resolutions + Index {
+    /// Does the ledger know this patient at all (items, images or log)?
+    fn knows_patient(&self, guid: &str) -> Result<bool, LedgerError>;
+
+    /// A cheap query proving the database answers (for readiness checks).
+    fn ping(&self) -> Result<(), LedgerError>;
+
+    /// Counts by state, the `oldest` oldest problems and the last run.
+    fn status(&self, oldest: u32) -> Result<Status, LedgerError> {
+        Ok(Status {
+            by_state: self.by_state()?,
+            oldest_problems: self.oldest_problems(oldest)?,
+            last_run: self.last_run()?,
+        })
+    }
+}
+
+/// The ledger in one SQLite file (the default; one `ferry` per clinic).
+pub struct SqliteLedger {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteLedger {
+    /// Opens (creating if needed) the ledger at `path`.
+    pub fn open(path: &Path) -> Result<SqliteLedger, LedgerError> {
+        let err = |source: rusqlite::Error| LedgerError { path: path.to_owned(), source: Box::new(source) };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(format!("cannot create {}: {e}", dir.display())),
+                ))
+            })?;
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        // WAL + NORMAL: a killed process loses nothing it committed; a
+        // power cut may lose the last commits, never consistency.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        for schema in [items::SCHEMA, runs::SCHEMA, sync_log::SCHEMA, resolutions::SCHEMA, index::SCHEMA] {
+            conn.execute_batch(schema).map_err(err)?;
+        }
+        Ok(SqliteLedger { path: path.to_owned(), conn: Mutex::new(conn) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, LedgerError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|source| LedgerError { path: self.path.clone(), source: Box::new(source) })
+    }
+}
+
+impl Ledger for SqliteLedger {
+    /// Does the ledger know this patient at all (items, images or log)?
+    fn knows_patient(&self, guid: &str) -> Result<bool, LedgerError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM items WHERE patient_guid = ?1)
+                     OR EXISTS(SELECT 1 FROM images WHERE patient_guid = ?1)
+                     OR EXISTS(SELECT 1 FROM sync_log WHERE patient_guid = ?1)",
+                params![guid],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// A cheap query proving the database answers (for readiness checks).
+    fn ping(&self) -> Result<(), LedgerError> {
+        self.with(|c| c.query_row("SELECT count(*) FROM runs", [], |r| r.get::<_, i64>(0)).map(|_| ()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Outcome;
+
+    fn ledger() -> (tempfile::TempDir, SqliteLedger) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("state/ledger.db")).unwrap();
+        (dir, l)
+    }
+
+    const B: Backoff = Backoff { base: Duration::from_secs(60), max: Duration::from_secs(3600) };
+
+    #[test]
+    fn outcomes_attempts_and_backoff() {
+        let (_d, l) = ledger();
+        let run = l.begin_run().unwrap();
+        l.record(run, "P_1/0000_1.dcm", Outcome::Failed, Some("10:1"), None, None, "store: 503", B).unwrap();
+        l.record(run, "P_1/0000_1.dcm", Outcome::Failed, Some("10:1"), None, None, "store: 503", B).unwrap();
+        let r = l.item("P_1/0000_1.dcm").unwrap().unwrap();
+        assert_eq!((r.state, r.attempts), (Outcome::Failed, 2));
+        assert!(r.next_attempt_at >= now_ms() + 119_000, "second failure waits 2 minutes");
+        l.record(run, "P_1/0000_1.dcm", Outcome::Stored, Some("10:1"), Some("g"), Some("images/g/x.dcm"), "", B)
+            .unwrap();
+        let r = l.item("P_1/0000_1.dcm").unwrap().unwrap();
+        assert_eq!((r.state, r.attempts, r.next_attempt_at), (Outcome::Stored, 0, 0));
+        assert_eq!(r.location.as_deref(), Some("images/g/x.dcm"));
+        let log = l.log_entries(None, 10).unwrap();
+        assert_eq!(log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["upload", "process", "process"]);
+        assert_eq!(B.delay(10), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn patient_search_folds_case_and_accents() {
+        let (_d, l) = ledger();
+        let facts = |pn: &str, name: &str| ImageFacts {
+            name: name.into(),
+            patient_name: Some(pn.into()),
+            ..Default::default()
+        };
+        l.index_image("a", "g1", "images/g1/a.dcm", &facts("Müller^Jürgen", "a")).unwrap();
+        l.index_image("b", "g1", "images/g1/b.dcm", &facts("Müller^Jürgen", "b")).unwrap();
+        l.index_image("c", "g2", "images/g2/c.dcm", &facts("Straße^Zoë", "c")).unwrap();
+        let s = |q: &str| {
+            l.search_patients(q, 10).unwrap().into_iter().map(|h| (h.guid, h.image_count)).collect::<Vec<_>>()
+        };
+        assert_eq!(s("mul"), vec![("g1".to_string(), 2)]);
+        assert_eq!(s("JURG muell"), vec![("g1".to_string(), 2)]);
+        assert_eq!(s("strass"), vec![("g2".to_string(), 1)]);
+        assert_eq!(s("zoe"), vec![("g2".to_string(), 1)]);
+        assert!(s("ller").is_empty(), "prefix, not substring");
+        assert_eq!(l.search_patients("müller", 1).unwrap()[0].name, "Müller, Jürgen");
+        assert_eq!(l.images_of("g1").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn resolution_cache_hashes_keys_and_notices_changes() {
+        let (_d, l) = ledger();
+        assert_eq!(l.cached("card-id", "C-1").unwrap(), None);
+        let day = Duration::from_secs(86400);
+        assert_eq!(l.remember("card-id", "C-1", &CachedAnswer::Resolved("g1".into()), day).unwrap(), None);
+        assert_eq!(l.cached("card-id", "C-1").unwrap(), Some(CachedAnswer::Resolved("g1".into())));
+        let changed = l.remember("card-id", "C-1", &CachedAnswer::Resolved("g2".into()), day).unwrap();
+        assert_eq!(changed, Some(CachedAnswer::Resolved("g1".into())));
+        // no raw key at rest
+        let raw: i64 = l
+            .with(|c| c.query_row("SELECT count(*) FROM resolutions WHERE key_hash LIKE '%C-1%'", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(raw, 0);
+        l.remember("card-id", "C-2", &CachedAnswer::NotFound, Duration::from_millis(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(l.cached("card-id", "C-2").unwrap(), None, "expired");
+    }
+}

@@ -1,0 +1,53 @@
+//! Runs: one row per pass (start, end, the summary line), so `ferry
+//! status` can say when ferry last ran and how it went.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{now_ms, LedgerError, SqliteLedger};
+
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    summary     TEXT NOT NULL DEFAULT ''
+);
+"#;
+
+/// When passes ran; the sync log and outcomes name the run they belong to.
+pub trait Runs: Send + Sync {
+    fn begin_run(&self) -> Result<i64, LedgerError>;
+
+    fn end_run(&self, run_id: i64, summary: &str) -> Result<(), LedgerError>;
+
+    /// The newest run: (id, started_at, finished_at, summary).
+    fn last_run(&self) -> Result<Option<(i64, i64, Option<i64>, String)>, LedgerError>;
+}
+
+impl Runs for SqliteLedger {
+    fn begin_run(&self) -> Result<i64, LedgerError> {
+        self.with(|c| {
+            c.execute("INSERT INTO runs (started_at) VALUES (?1)", params![now_ms()])?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    fn end_run(&self, run_id: i64, summary: &str) -> Result<(), LedgerError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET finished_at = ?1, summary = ?2 WHERE id = ?3",
+                params![now_ms(), summary, run_id],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn last_run(&self) -> Result<Option<(i64, i64, Option<i64>, String)>, LedgerError> {
+        self.with(|c| {
+            c.query_row("SELECT id, started_at, finished_at, summary FROM runs ORDER BY id DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! `[serve]`: the schema of `ferry serve`'s section, next to the service
+//! that reads it. Checked with the rest of the pipeline file (bounds here,
+//! in [`ServeConfig::compile`]); what needs the filesystem or the
+//! environment is checked when the service starts (`serve::check`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::units::{bounds, check_stage_numbers, de_bytes, show_b, within, Limits, Problem, Secret};
+
+/// `[serve]`: the HTTP service of `ferry serve` (API, web page, metrics).
+///
+/// ```toml
+/// [serve]
+/// listen = "127.0.0.1:8080"
+/// presign = false              # S3 only: redirect downloads to short-lived presigned URLs
+/// [serve.auth]
+/// hs256_secret = "${FERRY_JWT_SECRET}"      # or public_key = "jwt.pem" (RS256/ES256), or jwks = "jwks.json"
+/// audience = "ferry"
+/// issuer = "https://pms.example.com"
+/// clinic_id = "clinic-7"       # tokens with another `clinic` claim are refused
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub presign: bool,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Where rendered previews are cached. Default: `state_dir/previews`.
+    #[serde(default)]
+    pub preview_cache: Option<PathBuf>,
+    #[serde(default)]
+    pub preview: PreviewConfig,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// `[serve.preview]`: the renderer stage that turns stored images into
+/// previews, in the sandbox like every other stage, so that a hostile file
+/// can only ever stop a disposable instance.
+///
+/// ```toml
+/// [serve.preview]
+/// plugin = "dicom-preview"      # the stock renderer (a name on the plugin path, or a .wasm)
+/// concurrency = 2               # renders at once (default: the number of cores, at most 8)
+/// limits = { memory = "256MiB", timeout = "30s" }   # per render
+/// max_file = "256MiB"           # larger stored objects are not previewed (413)
+/// config = { }                  # handed to the renderer's configure()
+/// ```
+///
+/// The memory a burst of previews can take is at most `concurrency` ×
+/// `limits.memory` (plus the file being downloaded to disk).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewConfig {
+    #[serde(default = "default_renderer")]
+    pub plugin: String,
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    #[serde(default = "default_render_limits")]
+    pub limits: Limits,
+    #[serde(default = "default_preview_max", deserialize_with = "de_bytes")]
+    pub max_file: u64,
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        PreviewConfig {
+            plugin: default_renderer(),
+            concurrency: None,
+            limits: default_render_limits(),
+            max_file: default_preview_max(),
+            config: toml::Table::new(),
+        }
+    }
+}
+
+impl PreviewConfig {
+    /// Renders at once: as configured, else the number of cores (2–8).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8))
+    }
+}
+
+fn default_renderer() -> String {
+    "dicom-preview".into()
+}
+fn default_render_limits() -> Limits {
+    Limits { memory: 256 << 20, timeout: Duration::from_secs(30) }
+}
+fn default_preview_max() -> u64 {
+    256 << 20
+}
+
+/// How API callers prove who they are (JWT bearer tokens).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub hs256_secret: Option<Secret>,
+    /// PEM public key (RS256 or ES256), relative to the pipeline file.
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
+    /// A JWKS document on disk, relative to the pipeline file.
+    #[serde(default)]
+    pub jwks: Option<PathBuf>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Claim holding the role(s): `viewer`, `operator`, `admin`.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Claim naming the clinic a token is limited to.
+    #[serde(default = "default_clinic_claim")]
+    pub clinic_claim: String,
+    /// This pipeline's clinic (checked against the clinic claim).
+    #[serde(default)]
+    pub clinic_id: Option<String>,
+    /// No authentication at all: for a demo on 127.0.0.1 only.
+    #[serde(default)]
+    pub dev_mode: bool,
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_clinic_claim() -> String {
+    "clinic".into()
+}
+
+impl ServeConfig {
+    /// Checks the bounds and resolves paths with `rel`.
+    pub fn compile(mut self, rel: &dyn Fn(&Path) -> PathBuf) -> (ServeConfig, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let pv = &self.preview;
+        let c = pv.concurrency.unwrap_or(bounds::CONCURRENCY.0);
+        problems.extend(check_stage_numbers("serve.preview", c, 0, &pv.limits).err());
+        let (lo, hi) = bounds::PREVIEW_FILE;
+        problems.extend(within("serve.preview.max_file", pv.max_file, lo, hi, show_b, "").err());
+        self.auth.public_key = self.auth.public_key.as_deref().map(rel);
+        self.auth.jwks = self.auth.jwks.as_deref().map(rel);
+        self.preview_cache = self.preview_cache.as_deref().map(rel);
+        (self, problems)
+    }
+}
