@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 
-use crate::caps::{http, object_store, sql, StageContext};
+use crate::caps::{Caps, Prepare, SharedCaps, StageContext};
 use crate::config::{Pipeline, Role, Stage};
 use crate::ledger::{Backoff, Indexer, SqliteLedger};
 use crate::plugin::{self, Plugin};
@@ -47,100 +47,9 @@ pub struct Runtime {
 struct Shared {
     engine: Engine,
     all_fs_roots: BTreeMap<String, PathBuf>,
-    sql: Arc<sql::Connections>,
-    http: http::Client,
+    caps: SharedCaps,
     /// Where the ledger lives, as a real path (as far as it exists).
     state_dir: PathBuf,
-}
-
-/// `p` with symlinks resolved as far as it exists, the rest appended:
-/// paths that do not exist yet (a state folder before the first run) can
-/// still be compared with real ones.
-fn real_path(p: &Path) -> PathBuf {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
-    };
-    let mut missing = Vec::new();
-    let mut cur = abs.as_path();
-    loop {
-        if let Ok(real) = cur.canonicalize() {
-            let mut out = real;
-            for m in missing.iter().rev() {
-                out.push(m);
-            }
-            return out;
-        }
-        match (cur.parent(), cur.file_name()) {
-            (Some(parent), Some(name)) => {
-                missing.push(name.to_owned());
-                cur = parent;
-            }
-            _ => return abs,
-        }
-    }
-}
-
-/// Refuses grants that would hand a plugin far more than it needs, and a
-/// store that would write where ferry reads or where nothing is mounted.
-/// The same checks stop `run`, `serve` and `check`. Returns the stage's
-/// fs roots as real paths (what its context checks file access against).
-fn check_locations(shared: &Shared, pipeline: &Pipeline, stage: &Stage) -> Result<BTreeMap<String, PathBuf>> {
-    let sec = stage.role.section();
-    let mut fs_roots = BTreeMap::new();
-    for (name, path) in &stage.grants.fs {
-        let real = path
-            .canonicalize()
-            .with_context(|| format!("[{sec}] grants.fs.{name}: folder {} is not accessible", path.display()))?;
-        if !real.is_dir() {
-            bail!("[{sec}] grants.fs.{name}: {} is not a folder", path.display());
-        }
-        if real.parent().is_none() {
-            bail!(
-                "[{sec}] grants.fs.{name} = {:?} grants the whole machine; grant only the folder the plugin reads (e.g. the PDATA share)",
-                path.display().to_string()
-            );
-        }
-        if shared.state_dir.starts_with(&real) {
-            bail!(
-                "[{sec}] grants.fs.{name} ({}) contains ferry's state folder {} (the ledger); grant a narrower folder or move [pipeline] state_dir",
-                real.display(),
-                shared.state_dir.display()
-            );
-        }
-        fs_roots.insert(name.clone(), real);
-    }
-    if let Some(crate::config::ObjectStoreGrant::Fs { path }) = &stage.grants.object_store {
-        let real = path.canonicalize().map_err(|e| {
-            anyhow::anyhow!(
-                "[{sec}] grants.object_store: the store folder {} does not exist or is not accessible ({e}); create it \
-                 (ferry never creates the store's root, so that a share that is not mounted is not filled from the local disk)",
-                path.display()
-            )
-        })?;
-        if !real.is_dir() {
-            bail!("[{sec}] grants.object_store: {} is not a folder", path.display());
-        }
-        if real.parent().is_none() {
-            bail!("[{sec}] grants.object_store: the store folder must not be / itself; give it a folder of its own");
-        }
-        for s in &pipeline.stages {
-            for (name, root) in &s.grants.fs {
-                let root_real = real_path(root);
-                if real.starts_with(&root_real) || root_real.starts_with(&real) {
-                    bail!(
-                        "[{sec}] grants.object_store: the store folder {} overlaps fs root `{name}` ({}) granted to [{}]; \
-                         ferry would read back what it writes: keep the destination outside every source folder",
-                        real.display(),
-                        root_real.display(),
-                        s.role
-                    );
-                }
-            }
-        }
-    }
-    Ok(fs_roots)
 }
 
 impl Shared {
@@ -155,29 +64,31 @@ impl Shared {
         Ok(Shared {
             engine,
             all_fs_roots,
-            sql: Arc::new(sql::Connections::new(&pipeline.connections)),
-            http: http::Client::new(),
-            state_dir: real_path(&pipeline.state_dir),
+            caps: SharedCaps::init(Some(pipeline)),
+            state_dir: crate::util::real_path(&pipeline.state_dir),
         })
     }
 
-    /// `fs_roots`: what [`check_locations`] returned for the stage.
-    fn context(&self, stage: &Stage, plugin: &Plugin, fs_roots: BTreeMap<String, PathBuf>) -> Arc<StageContext> {
+    /// The stage's capabilities, from its grants, checked: grants that
+    /// would hand a plugin far more than it needs, and a store that would
+    /// write where ferry reads or where nothing is mounted, are refused
+    /// (the same checks stop `run`, `serve` and `check`).
+    fn caps(&self, pipeline: &Pipeline, stage: &Stage) -> Result<Caps> {
+        Caps::prepare(&self.caps, &Prepare { pipeline, stage, state_dir: &self.state_dir })
+    }
+
+    fn context(&self, stage: &Stage, plugin: &Plugin, caps: Caps) -> Arc<StageContext> {
         Arc::new(StageContext {
             role: stage.role,
             plugin_name: plugin.name(),
-            grants: stage.grants.clone(),
-            fs_roots,
             all_fs_roots: self.all_fs_roots.clone(),
-            sql: self.sql.clone(),
-            http: self.http.clone(),
-            object_store: stage.grants.object_store.as_ref().map(object_store::open),
+            caps,
         })
     }
 
-    /// A pool for `stage`, after [`check_locations`] (which gives `fs_roots`).
-    fn pool(&self, stage: &Stage, plugin: &Plugin, fs_roots: BTreeMap<String, PathBuf>) -> Result<StagePool> {
-        let ctx = self.context(stage, plugin, fs_roots);
+    /// A pool for `stage`, with its prepared capabilities.
+    fn pool(&self, stage: &Stage, plugin: &Plugin, caps: Caps) -> Result<StagePool> {
+        let ctx = self.context(stage, plugin, caps);
         StagePool::new(&self.engine, plugin, ctx, stage.limits.clone(), stage.config_json.clone())
     }
 }
@@ -192,8 +103,8 @@ impl Runtime {
         let mut pools: BTreeMap<Role, Arc<StagePool>> = BTreeMap::new();
         for stage in &pipeline.stages {
             let plugin = plugin::load(&shared.engine, &stage.plugin, options.cache_dir.as_deref())?;
-            let fs_roots = check_locations(&shared, &pipeline, stage)?;
-            let pool = shared.pool(stage, &plugin, fs_roots)?;
+            let caps = shared.caps(&pipeline, stage)?;
+            let pool = shared.pool(stage, &plugin, caps)?;
             pool.warm_up().await.map_err(anyhow::Error::new)?;
             plugins.insert(stage.role, plugin);
             pools.insert(stage.role, Arc::new(pool));
@@ -259,49 +170,14 @@ pub async fn check_stages(pipeline: &Pipeline, options: &Options) -> Result<Vec<
 async fn check_stage(shared: &Shared, pipeline: &Pipeline, stage: &Stage, options: &Options) -> Result<String> {
     let plugin = plugin::load(&shared.engine, &stage.plugin, options.cache_dir.as_deref())?;
     plugin.check_role(stage.role)?;
-    let fs_roots = check_locations(shared, pipeline, stage)?;
-    let sec = stage.role.section();
-    let g = &stage.grants;
+    let caps = shared.caps(pipeline, stage)?;
     // a plugin that imports a capability it was not granted will fail on
     // its first call: say so now
-    let needs = [
-        ("sql", g.sql.is_empty(), "grants.sql = [\"<connection>\"]"),
-        ("http", g.http.is_empty(), "grants.http = [\"<host>\"]"),
-        ("object-store", g.object_store.is_none(), "grants.object_store = { kind = \"fs\", path = \"...\" }"),
-    ];
-    for (cap, missing, fix) in needs {
-        if missing && plugin.imports_capability(cap) {
-            bail!("{} uses the `{cap}` capability but [{sec}] grants none: add `{fix}`", plugin.name());
-        }
+    if let Some((cap, fix)) = caps.missing(|i| plugin.imports_capability(i)) {
+        bail!("{} uses the `{cap}` capability but [{}] grants none: add `{fix}`", plugin.name(), stage.role.section());
     }
-    if g.fs.is_empty() && matches!(stage.role, Role::Source | Role::Resolver) && plugin.imports_capability("fs") {
-        // sources and resolvers read their own files, not an item's
-        tracing::debug!("{} imports fs without an fs grant", plugin.name());
-    }
-    let mut granted = Vec::new();
-    for (name, path) in &g.fs {
-        let rd =
-            std::fs::read_dir(path).with_context(|| format!("grants.fs.{name}: cannot list {}", path.display()))?;
-        drop(rd);
-        granted.push(format!("fs:{name}"));
-    }
-    for c in &g.sql {
-        shared.sql.probe(c).await.map_err(|e| {
-            anyhow::anyhow!("grants.sql: connection `{c}` does not work: {} (see [connections.{c}])", e.message())
-        })?;
-        granted.push(format!("sql:{c}"));
-    }
-    for h in &g.http {
-        granted.push(format!("http:{h}"));
-    }
-    if let Some(os) = &g.object_store {
-        let store = object_store::open(os);
-        store.probe().await.map_err(|e| {
-            anyhow::anyhow!("grants.object_store: {} is not writable: {}", store.describe(), e.message())
-        })?;
-        granted.push(format!("store:{}", store.describe()));
-    }
-    let pool = shared.pool(stage, &plugin, fs_roots)?;
+    let granted = caps.probe().await?;
+    let pool = shared.pool(stage, &plugin, caps)?;
     pool.warm_up().await?;
     let mut tested = String::new();
     if stage.role == Role::Resolver {
@@ -341,12 +217,8 @@ pub fn renderer(
     let ctx = Arc::new(StageContext {
         role: Role::Renderer,
         plugin_name: plugin.name(),
-        grants: crate::config::Grants::default(),
-        fs_roots: BTreeMap::new(),
         all_fs_roots: BTreeMap::from([(root.to_owned(), real)]),
-        sql: Arc::new(sql::Connections::new(&BTreeMap::new())),
-        http: http::Client::new(),
-        object_store: None,
+        caps: Caps::default(),
     });
     let config_json =
         serde_json::to_string(&toml::Value::Table(cfg.config.clone())).expect("TOML values are valid JSON");

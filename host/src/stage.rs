@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
 use crate::bindings::extractor_world::{ExtractorPlugin, ExtractorPluginPre};
@@ -124,7 +124,7 @@ impl StagePool {
     ) -> anyhow::Result<StagePool> {
         plugin.check_role(ctx.role)?;
         let mut linker: Linker<StageState> = Linker::new(engine);
-        crate::bindings::caps::Capabilities::add_to_linker::<StageState, HasSelf<StageState>>(&mut linker, |s| s)?;
+        crate::caps::Caps::add_to_linker(&mut linker)?;
         let ipre = linker
             .instantiate_pre(&plugin.component)
             .map_err(|e| anyhow::anyhow!("{}: cannot link {}: {e:#}", ctx.who(), plugin.path.display()))?;

@@ -3,7 +3,7 @@
 //! (and so that a module does not import another only for a helper).
 
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -53,6 +53,35 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
         h.update(&buf[..n]);
     }
     Ok((hex::encode(h.finalize()), n_total))
+}
+
+/// `p` with symlinks resolved as far as it exists, the rest appended:
+/// paths that do not exist yet (a state folder before the first run) can
+/// still be compared with real ones.
+pub fn real_path(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    };
+    let mut missing = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(real) = cur.canonicalize() {
+            let mut out = real;
+            for m in missing.iter().rev() {
+                out.push(m);
+            }
+            return out;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_owned());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
 }
 
 #[cfg(test)]

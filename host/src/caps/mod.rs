@@ -1,4 +1,4 @@
-//! Capabilities the host grants to plugins, one module per WIT interface.
+//! Capabilities the host grants to plugins, one folder per WIT interface.
 //!
 //! A plugin gets no ambient authority: every call lands here, is checked
 //! against the stage's grants from the pipeline file, and is refused with
@@ -14,31 +14,151 @@ pub mod object_store;
 pub mod sql;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::StoreLimits;
 
 use crate::bindings::types::{FileRef, HostError};
-use crate::config::{Grants, Role};
+use crate::config::{Pipeline, Role, Stage};
 pub use error::CapError;
 
-/// What every instance of one stage shares: its grants, resolved.
+/// One capability: a WIT interface plugins import, the grant that allows
+/// it, and its host side, in one folder. The shape of Spin's `Factor`:
+/// [`init`](Capability::init) once per pipeline (pools, clients),
+/// [`prepare`](Capability::prepare) once per stage (its grant, checked,
+/// becomes its part of the stage context), [`probe`](Capability::probe)
+/// for `ferry check`, [`add_to_linker`](Capability::add_to_linker) once
+/// per linker. The guest glue (`impl Host for StageState`) reads the
+/// stage's part from [`StageContext::caps`].
+///
+/// Adding a capability: the interface in `wit/ferry.wit` (and in the
+/// `capabilities` world and `bindings.rs`' `with:` list), a folder here
+/// implementing this trait, its grant's key in `config::Grants`, and one
+/// line in the [`capabilities!`] list below.
+pub trait Capability: Sized + Send + Sync + 'static {
+    /// The interface's name in `wit/ferry.wit` (`sql`, `object-store`).
+    const INTERFACE: &'static str;
+    /// What to add to a stage section to grant it.
+    const GRANT_HINT: &'static str;
+    /// Whether a plugin may import the interface without a grant and still
+    /// work (fs: the file of the item in hand is readable without one).
+    const OPTIONAL: bool = false;
+    /// What every stage of a pipeline shares (connection pools, a client).
+    type Shared: Send + Sync + 'static;
+
+    fn init(pipeline: Option<&Pipeline>) -> Self::Shared;
+
+    /// The stage's part, from its grant; `None` when it has no grant.
+    /// Errors refuse the stage with a message naming the key and the fix.
+    fn prepare(shared: &Self::Shared, cx: &Prepare<'_>) -> anyhow::Result<Option<Self>>;
+
+    /// For `ferry check`: proves the grant works as far as it can without
+    /// running the plugin; returns what is granted (`sql:sidexis`).
+    fn probe(&self) -> impl std::future::Future<Output = anyhow::Result<Vec<String>>> + Send;
+
+    fn add_to_linker(linker: &mut Linker<StageState>) -> wasmtime::Result<()>;
+}
+
+/// What [`Capability::prepare`] sees of the pipeline.
+pub struct Prepare<'a> {
+    pub pipeline: &'a Pipeline,
+    pub stage: &'a Stage,
+    /// Where ferry keeps its state, as a real path (grants must not reach it).
+    pub state_dir: &'a Path,
+}
+
+impl Prepare<'_> {
+    /// `[store]`, for messages.
+    pub fn section(&self) -> &'static str {
+        self.stage.role.section()
+    }
+}
+
+/// Declares the capability list once: the per-stage and shared structs,
+/// and the loops over every capability that the runtime and `ferry check`
+/// use instead of naming them.
+macro_rules! capabilities {
+    ($($field:ident: $cap:ty),* $(,)?) => {
+        /// What every stage of a pipeline shares, per capability.
+        pub struct SharedCaps {
+            $(pub $field: <$cap as Capability>::Shared,)*
+        }
+
+        impl SharedCaps {
+            /// `None`: no pipeline (the renderer `ferry serve` runs).
+            pub fn init(pipeline: Option<&Pipeline>) -> SharedCaps {
+                SharedCaps { $($field: <$cap>::init(pipeline),)* }
+            }
+        }
+
+        /// One stage's capabilities: `None` where it has no grant.
+        #[derive(Default)]
+        pub struct Caps {
+            $(pub $field: Option<$cap>,)*
+        }
+
+        impl Caps {
+            /// Every granted capability of a stage, checked.
+            pub fn prepare(shared: &SharedCaps, cx: &Prepare<'_>) -> anyhow::Result<Caps> {
+                Ok(Caps { $($field: <$cap>::prepare(&shared.$field, cx)?,)* })
+            }
+
+            /// The first interface the plugin imports without a grant it
+            /// needs: `(interface, what to add)`.
+            pub fn missing(&self, imports: impl Fn(&str) -> bool) -> Option<(&'static str, &'static str)> {
+                $(
+                    if self.$field.is_none() && !<$cap>::OPTIONAL && imports(<$cap>::INTERFACE) {
+                        return Some((<$cap>::INTERFACE, <$cap>::GRANT_HINT));
+                    }
+                )*
+                None
+            }
+
+            /// Probes every granted capability, in list order.
+            pub async fn probe(&self) -> anyhow::Result<Vec<String>> {
+                let mut granted = Vec::new();
+                $(
+                    if let Some(c) = &self.$field {
+                        granted.extend(c.probe().await?);
+                    }
+                )*
+                Ok(granted)
+            }
+
+            /// Links every interface (granted or not: an ungranted call is
+            /// refused with the grant to add, not a link error).
+            pub fn add_to_linker(linker: &mut Linker<StageState>) -> wasmtime::Result<()> {
+                crate::bindings::types::add_to_linker::<StageState, wasmtime::component::HasSelf<StageState>>(
+                    linker,
+                    |s| s,
+                )?;
+                log::add_to_linker(linker)?;
+                $(<$cap>::add_to_linker(linker)?;)*
+                Ok(())
+            }
+        }
+    };
+}
+
+capabilities! {
+    fs: fs::Fs,
+    sql: sql::Sql,
+    http: http::Http,
+    object_store: object_store::Store,
+}
+
+/// What every instance of one stage shares: its capabilities, prepared.
 pub struct StageContext {
     pub role: Role,
     /// The plugin's file name, for messages.
     pub plugin_name: String,
-    pub grants: Grants,
-    /// Canonical folder of each fs root granted to this stage.
-    pub fs_roots: BTreeMap<String, PathBuf>,
     /// Canonical folder of every fs root in the pipeline, for the file of
     /// the item under processing.
     pub all_fs_roots: BTreeMap<String, PathBuf>,
-    pub sql: Arc<sql::Connections>,
-    pub http: http::Client,
-    pub object_store: Option<Arc<dyn object_store::ObjectStore>>,
+    pub caps: Caps,
 }
 
 impl StageContext {

@@ -72,7 +72,7 @@ pub fn now_ms() -> i64 {
 pub struct Status {
     pub by_state: Vec<(String, u64)>,
     pub oldest_problems: Vec<ItemRecord>,
-    pub last_run: Option<(i64, i64, Option<i64>, String)>,
+    pub last_run: Option<runs::RunRow>,
 }
 
 /// Every store together (the CLI, the service). Calls are synchronous and

@@ -14,6 +14,9 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 "#;
 
+/// One run: (id, started_at, finished_at, its summary line).
+pub type RunRow = (i64, i64, Option<i64>, String);
+
 /// When passes ran; the sync log and outcomes name the run they belong to.
 pub trait Runs: Send + Sync {
     fn begin_run(&self) -> Result<i64, LedgerError>;
@@ -21,7 +24,7 @@ pub trait Runs: Send + Sync {
     fn end_run(&self, run_id: i64, summary: &str) -> Result<(), LedgerError>;
 
     /// The newest run: (id, started_at, finished_at, summary).
-    fn last_run(&self) -> Result<Option<(i64, i64, Option<i64>, String)>, LedgerError>;
+    fn last_run(&self) -> Result<Option<RunRow>, LedgerError>;
 }
 
 impl Runs for SqliteLedger {
@@ -42,7 +45,7 @@ impl Runs for SqliteLedger {
         })
     }
 
-    fn last_run(&self) -> Result<Option<(i64, i64, Option<i64>, String)>, LedgerError> {
+    fn last_run(&self) -> Result<Option<RunRow>, LedgerError> {
         self.with(|c| {
             c.query_row("SELECT id, started_at, finished_at, summary FROM runs ORDER BY id DESC LIMIT 1", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))

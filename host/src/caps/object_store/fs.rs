@@ -13,6 +13,42 @@ use crate::caps::CapError;
 /// `root/.ferry/meta/key.json`. Writes go to a temporary file first and are
 /// renamed into place, so a crash never leaves a half-written object under
 /// its final name.
+/// Refuses a store folder that is missing, is `/`, or overlaps a folder
+/// the pipeline reads (ferry would read back what it writes).
+pub(super) fn check_folder(cx: &crate::caps::Prepare<'_>, path: &Path) -> anyhow::Result<()> {
+    let sec = cx.section();
+    let real = path.canonicalize().map_err(|e| {
+        anyhow::anyhow!(
+            "[{sec}] grants.object_store: the store folder {} does not exist or is not accessible ({e}); create it \
+             (ferry never creates the store's root, so that a share that is not mounted is not filled from the local disk)",
+            path.display()
+        )
+    })?;
+    if !real.is_dir() {
+        anyhow::bail!("[{sec}] grants.object_store: {} is not a folder", path.display());
+    }
+    if real.parent().is_none() {
+        anyhow::bail!(
+            "[{sec}] grants.object_store: the store folder must not be / itself; give it a folder of its own"
+        );
+    }
+    for s in &cx.pipeline.stages {
+        for (name, root) in &s.grants.fs {
+            let root_real = crate::util::real_path(root);
+            if real.starts_with(&root_real) || root_real.starts_with(&real) {
+                anyhow::bail!(
+                    "[{sec}] grants.object_store: the store folder {} overlaps fs root `{name}` ({}) granted to [{}]; \
+                     ferry would read back what it writes: keep the destination outside every source folder",
+                    real.display(),
+                    root_real.display(),
+                    s.role
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 pub struct FsStore {
     pub root: PathBuf,
 }

@@ -12,7 +12,7 @@ use crate::caps::StageState;
 
 impl StageState {
     fn store(&self) -> Result<Arc<dyn ObjectStore>, HostError> {
-        self.ctx.object_store.clone().ok_or_else(|| {
+        self.ctx.caps.object_store.as_ref().map(|s| s.store.clone()).ok_or_else(|| {
             self.ctx.denied("use an object store", "add `grants.object_store = { kind = \"fs\", path = \"...\" }`")
         })
     }

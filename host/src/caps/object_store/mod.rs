@@ -20,6 +20,9 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
 use crate::caps::CapError;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{Capability, Prepare, StageState};
 use crate::config::ObjectStoreGrant;
 
 /// Largest `put-bytes` body.
@@ -126,6 +129,41 @@ pub fn file_stream(file: tokio::fs::File, len: u64) -> ByteStream {
         }
         Ok(Some((buf.freeze(), r)))
     }))
+}
+
+/// A stage's object-store grant: the backend it names, opened.
+pub struct Store {
+    pub store: Arc<dyn ObjectStore>,
+}
+
+impl Capability for Store {
+    const INTERFACE: &'static str = "object-store";
+    const GRANT_HINT: &'static str = "grants.object_store = { kind = \"fs\", path = \"...\" }";
+    type Shared = ();
+
+    fn init(_: Option<&crate::config::Pipeline>) {}
+
+    /// A folder store must exist (ferry never creates the store's root, so
+    /// that a share that is not mounted is not filled from the local disk)
+    /// and stay clear of every folder the pipeline reads.
+    fn prepare(_: &(), cx: &Prepare<'_>) -> anyhow::Result<Option<Store>> {
+        let Some(grant) = &cx.stage.grants.object_store else { return Ok(None) };
+        if let ObjectStoreGrant::Fs { path } = grant {
+            fs::check_folder(cx, path)?;
+        }
+        Ok(Some(Store { store: open(grant) }))
+    }
+
+    async fn probe(&self) -> anyhow::Result<Vec<String>> {
+        self.store.probe().await.map_err(|e| {
+            anyhow::anyhow!("grants.object_store: {} is not writable: {}", self.store.describe(), e.message())
+        })?;
+        Ok(vec![format!("store:{}", self.store.describe())])
+    }
+
+    fn add_to_linker(linker: &mut Linker<StageState>) -> wasmtime::Result<()> {
+        crate::bindings::object_store::add_to_linker::<StageState, HasSelf<StageState>>(linker, |s| s)
+    }
 }
 
 /// Builds the backend a grant names.

@@ -13,7 +13,10 @@ mod sqlite;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::StageState;
+use anyhow::anyhow;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{Capability, Prepare, StageState};
 use crate::bindings::sql::{Host, Rows, SqlValue};
 use crate::bindings::types::HostError;
 use crate::caps::CapError;
@@ -64,15 +67,54 @@ impl Connections {
     }
 }
 
+/// A stage's sql grant: the connections it may query.
+pub struct Sql {
+    pub granted: Vec<String>,
+    connections: Arc<Connections>,
+}
+
+impl Capability for Sql {
+    const INTERFACE: &'static str = "sql";
+    const GRANT_HINT: &'static str = "grants.sql = [\"<connection>\"]";
+    type Shared = Arc<Connections>;
+
+    fn init(pipeline: Option<&crate::config::Pipeline>) -> Arc<Connections> {
+        Arc::new(Connections::new(&pipeline.map(|p| p.connections.clone()).unwrap_or_default()))
+    }
+
+    fn prepare(connections: &Arc<Connections>, cx: &Prepare<'_>) -> anyhow::Result<Option<Sql>> {
+        let names = &cx.stage.grants.sql;
+        Ok((!names.is_empty()).then(|| Sql { granted: names.clone(), connections: connections.clone() }))
+    }
+
+    /// `SELECT 1` on every granted connection: proves the server answers
+    /// and the login works.
+    async fn probe(&self) -> anyhow::Result<Vec<String>> {
+        let mut granted = Vec::new();
+        for c in &self.granted {
+            self.connections.probe(c).await.map_err(|e| {
+                anyhow!("grants.sql: connection `{c}` does not work: {} (see [connections.{c}])", e.message())
+            })?;
+            granted.push(format!("sql:{c}"));
+        }
+        Ok(granted)
+    }
+
+    fn add_to_linker(linker: &mut Linker<StageState>) -> wasmtime::Result<()> {
+        crate::bindings::sql::add_to_linker::<StageState, HasSelf<StageState>>(linker, |s| s)
+    }
+}
+
 impl Host for StageState {
     async fn query(&mut self, connection: String, statement: String, params: Vec<SqlValue>) -> Result<Rows, HostError> {
-        if !self.ctx.grants.sql.contains(&connection) {
+        let grant = self.ctx.caps.sql.as_ref().filter(|g| g.granted.contains(&connection));
+        let Some(grant) = grant else {
             return Err(self.ctx.denied(
                 &format!("query connection `{connection}`"),
                 &format!("add \"{connection}\" to `grants.sql`"),
             ));
-        }
-        let sql = self.ctx.sql.clone();
+        };
+        let sql = grant.connections.clone();
         self.bounded("an SQL query", async move { Ok(sql.query(&connection, statement, params).await?) }).await
     }
 }

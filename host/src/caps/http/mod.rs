@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use super::StageState;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{Capability, Prepare, StageState};
 use crate::bindings::http::{Host, Request, Response};
 use crate::bindings::types::HostError;
 use crate::retry::Backoff;
@@ -36,6 +38,36 @@ impl Client {
 impl Default for Client {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A stage's http grant: the hosts it may reach, and the shared client.
+pub struct Http {
+    pub allowed: Vec<String>,
+    client: Client,
+}
+
+impl Capability for Http {
+    const INTERFACE: &'static str = "http";
+    const GRANT_HINT: &'static str = "grants.http = [\"<host>\"]";
+    type Shared = Client;
+
+    fn init(_: Option<&crate::config::Pipeline>) -> Client {
+        Client::new()
+    }
+
+    fn prepare(client: &Client, cx: &Prepare<'_>) -> anyhow::Result<Option<Http>> {
+        let hosts = &cx.stage.grants.http;
+        Ok((!hosts.is_empty()).then(|| Http { allowed: hosts.clone(), client: client.clone() }))
+    }
+
+    /// Nothing to prove before the plugin asks (the hosts are its business).
+    async fn probe(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self.allowed.iter().map(|h| format!("http:{h}")).collect())
+    }
+
+    fn add_to_linker(linker: &mut Linker<StageState>) -> wasmtime::Result<()> {
+        crate::bindings::http::add_to_linker::<StageState, HasSelf<StageState>>(linker, |s| s)
     }
 }
 
@@ -80,7 +112,8 @@ impl Host for StageState {
             (Some(h), None) => h.to_owned(),
             _ => return Err(HostError::Invalid("URL has no host".into())),
         };
-        if !allowed(&self.ctx.grants.http, &url) {
+        let grant = self.ctx.caps.http.as_ref();
+        if !grant.is_some_and(|g| allowed(&g.allowed, &url)) {
             return Err(self.ctx.denied(
                 &format!("connect to `{host_port}`"),
                 &format!("add \"{}\" to `grants.http`", url.host_str().unwrap_or_default()),
@@ -89,7 +122,7 @@ impl Host for StageState {
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| HostError::Invalid(format!("bad HTTP method `{}`", req.method)))?;
         let per_request = req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)).unwrap_or(DEFAULT_TIMEOUT);
-        let client = self.ctx.http.0.clone();
+        let client = grant.expect("checked above").client.0.clone();
         let deadline = tokio::time::Instant::from_std(self.deadline);
         let attempts = if req.retry { MAX_ATTEMPTS } else { 1 };
         let fut = async move {

@@ -9,14 +9,78 @@ use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::component::Resource;
+use std::collections::BTreeMap;
 
-use super::StageState;
+use anyhow::{bail, Context as _};
+use wasmtime::component::{HasSelf, Linker, Resource};
+
+use super::{Capability, Prepare, StageState};
 use crate::bindings::fs::{Entry, EntryKind, Host, HostFile};
 use crate::bindings::types::{FileRef, HostError};
 
 /// Largest single `read`.
 pub const MAX_READ: u32 = 4 << 20;
+
+/// A stage's fs grant: its roots, by name, as real paths.
+pub struct Fs {
+    pub roots: BTreeMap<String, PathBuf>,
+}
+
+impl Capability for Fs {
+    const INTERFACE: &'static str = "fs";
+    const GRANT_HINT: &'static str = "grants.fs = { <root> = \"/path\" }";
+    const OPTIONAL: bool = true;
+    type Shared = ();
+
+    fn init(_: Option<&crate::config::Pipeline>) {}
+
+    /// Refuses roots that would hand a plugin far more than it needs: the
+    /// whole machine, or a folder holding ferry's own state.
+    fn prepare(_: &(), cx: &Prepare<'_>) -> anyhow::Result<Option<Fs>> {
+        let sec = cx.section();
+        let grants = &cx.stage.grants.fs;
+        if grants.is_empty() {
+            return Ok(None);
+        }
+        let mut roots = BTreeMap::new();
+        for (name, path) in grants {
+            let real = path
+                .canonicalize()
+                .with_context(|| format!("[{sec}] grants.fs.{name}: folder {} is not accessible", path.display()))?;
+            if !real.is_dir() {
+                bail!("[{sec}] grants.fs.{name}: {} is not a folder", path.display());
+            }
+            if real.parent().is_none() {
+                bail!(
+                    "[{sec}] grants.fs.{name} = {:?} grants the whole machine; grant only the folder the plugin reads (e.g. the PDATA share)",
+                    path.display().to_string()
+                );
+            }
+            if cx.state_dir.starts_with(&real) {
+                bail!(
+                    "[{sec}] grants.fs.{name} ({}) contains ferry's state folder {} (the ledger); grant a narrower folder or move [pipeline] state_dir",
+                    real.display(),
+                    cx.state_dir.display()
+                );
+            }
+            roots.insert(name.clone(), real);
+        }
+        Ok(Some(Fs { roots }))
+    }
+
+    async fn probe(&self) -> anyhow::Result<Vec<String>> {
+        let mut granted = Vec::new();
+        for (name, path) in &self.roots {
+            drop(std::fs::read_dir(path).with_context(|| format!("grants.fs.{name}: cannot list {}", path.display()))?);
+            granted.push(format!("fs:{name}"));
+        }
+        Ok(granted)
+    }
+
+    fn add_to_linker(linker: &mut Linker<StageState>) -> wasmtime::Result<()> {
+        crate::bindings::fs::add_to_linker::<StageState, HasSelf<StageState>>(linker, |s| s)
+    }
+}
 
 /// An open file handed to a guest as a `file` resource.
 pub struct OpenFile {
@@ -28,7 +92,7 @@ pub struct OpenFile {
 pub fn resolve(state: &StageState, r: &FileRef) -> Result<PathBuf, HostError> {
     let ctx = &state.ctx;
     check_relative(&r.root, &r.path)?;
-    let root = match ctx.fs_roots.get(&r.root) {
+    let root = match ctx.caps.fs.as_ref().and_then(|f| f.roots.get(&r.root)) {
         Some(root) => root,
         None if state.current_file.as_ref().is_some_and(|c| c.root == r.root && c.path == r.path) => ctx
             .all_fs_roots
@@ -96,7 +160,7 @@ pub use crate::util::sha256_file;
 
 impl Host for StageState {
     async fn roots(&mut self) -> Vec<String> {
-        self.ctx.fs_roots.keys().cloned().collect()
+        self.ctx.caps.fs.as_ref().map(|f| f.roots.keys().cloned().collect()).unwrap_or_default()
     }
 
     async fn list_dir(&mut self, dir: FileRef) -> Result<Vec<Entry>, HostError> {

@@ -1,7 +1,14 @@
 //! `log`: plugin messages go to the host's tracing subscriber, tagged with
 //! the stage, so they land in the same place (and format) as ferry's own.
+use wasmtime::component::{HasSelf, Linker};
+
 use super::StageState;
 use crate::bindings::log::{Host, Level};
+
+/// Every stage may log: linked always, no grant.
+pub fn add_to_linker(linker: &mut Linker<StageState>) -> wasmtime::Result<()> {
+    crate::bindings::log::add_to_linker::<StageState, HasSelf<StageState>>(linker, |s| s)
+}
 
 /// Longest message accepted; a plugin must not flood the log.
 const MAX_MESSAGE: usize = 4096;
