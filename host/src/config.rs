@@ -32,7 +32,7 @@
 //! config = { root = "maps", path = "card-map.csv" }
 //!
 //! [store]
-//! plugin = "fs-store"
+//! plugin = "store"
 //! grants.object_store = { kind = "fs", path = "../target/demo/store" }
 //! ```
 
@@ -619,6 +619,14 @@ fn find_plugin(name: &str, base: &Path, plugin_path: &[PathBuf]) -> Result<PathB
             return Ok(p);
         }
     }
+    // `fs-store` and `s3-store` became one `store` (the grant picks the
+    // backend): pipeline files written for them keep working
+    if matches!(name, "fs-store" | "s3-store") {
+        if let Ok(p) = find_plugin("store", base, plugin_path) {
+            tracing::warn!("plugin `{name}` is now called `store`; write `plugin = \"store\"` in the pipeline file");
+            return Ok(p);
+        }
+    }
     let searched: Vec<String> = plugin_path.iter().map(|p| p.display().to_string()).collect();
     Err(format!(
         "no plugin `{name}.wasm` in the plugin path ({}); build the stock plugins with `cargo xtask plugins`, \
@@ -691,5 +699,19 @@ mod tests {
         assert_eq!(interpolate("cost $5", &env).unwrap(), "cost $5");
         assert_eq!(interpolate("${NOPE}", &env).unwrap_err(), "environment variable NOPE is not set");
         assert!(interpolate("${PW", &env).is_err());
+    }
+
+    #[test]
+    fn old_store_names_find_the_one_store() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("store.wasm"), b"").unwrap();
+        let path = [dir.path().to_path_buf()];
+        for old in ["fs-store", "s3-store"] {
+            assert_eq!(find_plugin(old, dir.path(), &path).unwrap(), dir.path().join("store.wasm"));
+        }
+        let e = find_plugin("other-store", dir.path(), &path).unwrap_err();
+        assert!(e.contains("no plugin `other-store.wasm`"), "{e}");
+        std::fs::write(dir.path().join("fs-store.wasm"), b"").unwrap();
+        assert_eq!(find_plugin("fs-store", dir.path(), &path).unwrap(), dir.path().join("fs-store.wasm"));
     }
 }

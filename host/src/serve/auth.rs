@@ -1113,7 +1113,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
         std::fs::create_dir(dir.path().join("plugins")).unwrap();
-        for name in ["sidexis", "dicom-meta", "csv-resolver", "fs-store"] {
+        for name in ["sidexis", "dicom-meta", "csv-resolver", "store"] {
             std::fs::write(dir.path().join("plugins").join(format!("{name}.wasm")), b"").unwrap();
         }
         let base = r#"
@@ -1128,7 +1128,7 @@ plugin = "dicom-meta"
 [resolver]
 plugin = "csv-resolver"
 [store]
-plugin = "fs-store"
+plugin = "store"
 "#;
         let env = |_: &str| None;
         let plain = crate::config::Pipeline::parse(&path, base, &env).unwrap();
