@@ -51,7 +51,7 @@ pub use crate::caps::object_store::config::{ObjectStoreGrant, S3Grant};
 pub use crate::caps::sql::config::{ConnectionConfig, Encrypt, MssqlConfig};
 pub use crate::serve::config::{AuthConfig, PreviewConfig, ServeConfig};
 pub use crate::units::{bounds, parse_bytes, parse_duration, parse_duration_or_zero, Limits, Secret};
-use crate::units::{check_stage_numbers, de_duration, de_opt_duration_or_zero, show_d, show_n, within};
+use crate::units::{check_stage_numbers, de_duration, de_opt_duration_or_zero, show_d, show_n, within, Problem};
 
 /// Errors reading a pipeline file. Each names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -371,193 +371,217 @@ impl Pipeline {
         })?;
         // from here on every problem is collected, so that one edit fixes
         // them all (Vector's config compiler does the same)
-        let errs = std::cell::RefCell::new(Vec::<ConfigError>::new());
-        let fail = |e: ConfigError| errs.borrow_mut().push(e);
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let rel = |p: &Path| clean(&base.join(p));
-
-        if raw.pipeline.name.trim().is_empty() {
-            fail(invalid("pipeline.name".into(), "must not be empty".into()));
-        }
-        if !raw.pipeline.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            fail(invalid("pipeline.name".into(), "use letters, digits, - and _ (it names the state folder)".into()));
-        }
-        let bound = |r: Result<(), (String, String)>| -> Result<(), ConfigError> {
-            if let Err((k, m)) = r {
-                fail(invalid(k, m));
+        let mut c = Compiler { base, problems: Vec::new(), fs_names: BTreeMap::new() };
+        let pipeline = c.pipeline(raw, env);
+        let mut problems = c.problems;
+        match problems.len() {
+            0 => Ok(Pipeline { path: path.to_owned(), ..pipeline }),
+            1 => {
+                let (key, message) = problems.remove(0);
+                Err(ConfigError::Invalid { path: path.to_owned(), key, message })
             }
-            Ok(())
-        };
+            _ => Err(ConfigError::Many { path: path.to_owned(), problems }),
+        }
+    }
+
+    /// The ledger file.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.state_dir.join("ledger.db")
+    }
+}
+
+/// Turns the file as written into a [`Pipeline`], one method per
+/// section, collecting every problem (`(key, message)`) instead of
+/// stopping at the first: one edit fixes them all.
+struct Compiler {
+    /// The pipeline file's folder: relative paths start there.
+    base: PathBuf,
+    problems: Vec<Problem>,
+    /// fs root names seen so far: a name means one folder in the pipeline.
+    fs_names: BTreeMap<String, (Role, PathBuf)>,
+}
+
+impl Compiler {
+    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push((key.into(), message.into()));
+    }
+
+    fn check(&mut self, r: Result<(), Problem>) {
+        self.problems.extend(r.err());
+    }
+
+    fn rel(&self, p: &Path) -> PathBuf {
+        clean(&self.base.join(p))
+    }
+
+    fn pipeline(&mut self, raw: RawPipeline, env: &dyn Fn(&str) -> Option<String>) -> Pipeline {
+        let p = &raw.pipeline;
+        if p.name.trim().is_empty() {
+            self.fail("pipeline.name", "must not be empty");
+        }
+        if !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            self.fail("pipeline.name", "use letters, digits, - and _ (it names the state folder)");
+        }
         let (lo, hi) = bounds::QUEUE_DEPTH;
-        bound(within("pipeline.queue_depth", raw.pipeline.queue_depth, lo, hi, show_n, " items"))?;
+        self.check(within("pipeline.queue_depth", p.queue_depth, lo, hi, show_n, " items"));
         let (lo, hi) = bounds::RETRY_AFTER;
-        bound(within("pipeline.retry_after", raw.pipeline.retry_after, lo, hi, show_d, ""))?;
-        bound(within("pipeline.retry_max", raw.pipeline.retry_max, Duration::ZERO, bounds::RETRY_MAX, show_d, ""))?;
+        self.check(within("pipeline.retry_after", p.retry_after, lo, hi, show_d, ""));
+        self.check(within("pipeline.retry_max", p.retry_max, Duration::ZERO, bounds::RETRY_MAX, show_d, ""));
         if let Some(sc) = &raw.schedule {
             let (lo, hi) = bounds::EVERY;
-            bound(within("schedule.every", sc.every, lo, hi, show_d, ""))?;
+            self.check(within("schedule.every", sc.every, lo, hi, show_d, ""));
         }
-
-        let mut connections = BTreeMap::new();
-        for (name, c) in raw.connections {
-            let (c, problems) = c.compile(&name, &rel);
-            problems.into_iter().for_each(|(k, m)| fail(invalid(k, m)));
-            connections.insert(name, c);
-        }
-
+        let connections = self.connections(raw.connections);
         let mut plugin_path: Vec<PathBuf> = Vec::new();
         if let Some(dir) = env("FERRY_PLUGIN_DIR").filter(|d| !d.is_empty()) {
             plugin_path.push(PathBuf::from(dir));
         }
-        for p in &raw.pipeline.plugin_path {
-            plugin_path.push(rel(p));
-        }
+        plugin_path.extend(raw.pipeline.plugin_path.iter().map(|p| self.rel(p)));
 
         let cache = raw.resolver.cache.clone().unwrap_or_default();
-        bound(within("resolver.cache.ttl", cache.ttl, Duration::ZERO, bounds::CACHE_TTL, show_d, ""))?;
-        bound(within(
-            "resolver.cache.not_found_ttl",
-            cache.not_found_ttl,
-            Duration::ZERO,
-            bounds::CACHE_TTL,
-            show_d,
-            "",
-        ))?;
+        self.check(within("resolver.cache.ttl", cache.ttl, Duration::ZERO, bounds::CACHE_TTL, show_d, ""));
+        let nf = cache.not_found_ttl;
+        self.check(within("resolver.cache.not_found_ttl", nf, Duration::ZERO, bounds::CACHE_TTL, show_d, ""));
         let min_age = raw.source.min_age.unwrap_or(DEFAULT_MIN_AGE);
-        bound(within("source.min_age", min_age, Duration::ZERO, bounds::MIN_AGE, show_d, ""))?;
+        self.check(within("source.min_age", min_age, Duration::ZERO, bounds::MIN_AGE, show_d, ""));
         let sections = [
             (Role::Source, Some(raw.source)),
             (Role::Extractor, raw.extractor),
             (Role::Resolver, Some(raw.resolver)),
             (Role::Store, Some(raw.store)),
         ];
-        let mut stages = Vec::new();
-        let mut fs_names: BTreeMap<String, (Role, PathBuf)> = BTreeMap::new();
-        for (role, section) in sections {
-            let Some(s) = section else { continue };
-            let sec = role.section();
-            let plugin = match find_plugin(&s.plugin, &base, &plugin_path) {
-                Ok(p) => p,
-                Err(m) => {
-                    fail(invalid(format!("{sec}.plugin"), m));
-                    continue;
-                }
-            };
-            bound(check_stage_numbers(sec, s.concurrency, s.retries, &s.limits))?;
-            if s.cache.is_some() && role != Role::Resolver {
-                fail(invalid(format!("{sec}.cache"), "only the [resolver] has a cache".into()));
-            }
-            if s.min_age.is_some() && role != Role::Source {
-                fail(invalid(format!("{sec}.min_age"), "only the [source] has a min_age".into()));
-            }
-            let mut grants = Grants::default();
-            for (name, p) in &s.grants.fs {
-                if let Err(m) = check_name(name) {
-                    fail(invalid(format!("{sec}.grants.fs.{name}"), m));
-                }
-                let p = rel(p);
-                if let Some((other, op)) = fs_names.get(name) {
-                    if *op != p {
-                        fail(invalid(
-                            format!("{sec}.grants.fs.{name}"),
-                            format!(
-                                "the root name `{name}` is granted as {} in [{other}] and as {} here; \
-                                 a root name must mean one folder in the whole pipeline",
-                                op.display(),
-                                p.display()
-                            ),
-                        ));
-                    }
-                }
-                fs_names.insert(name.clone(), (role, p.clone()));
-                grants.fs.insert(name.clone(), p);
-            }
-            for c in &s.grants.sql {
-                if !connections.contains_key(c) {
-                    let known: Vec<_> = connections.keys().map(String::as_str).collect();
-                    fail(invalid(
-                        format!("{sec}.grants.sql"),
-                        format!(
-                            "no connection named `{c}`; define [connections.{c}] (defined: {})",
-                            if known.is_empty() { "none".into() } else { known.join(", ") }
-                        ),
-                    ));
-                }
-            }
-            grants.sql = s.grants.sql.clone();
-            for (i, h) in s.grants.http.iter().enumerate() {
-                let key = format!("{sec}.grants.http[{i}]");
-                if h.is_empty() || h.contains('/') || h.contains('*') {
-                    fail(invalid(key, format!("`{h}` is not a host name or host:port (no scheme, path or wildcard)")));
-                }
-                grants.http.push(h.to_ascii_lowercase());
-            }
-            grants.object_store = s.grants.object_store.as_ref().map(|g| {
-                let (g, problems) = g.compile(sec, &rel);
-                problems.into_iter().for_each(|(k, m)| fail(invalid(k, m)));
-                g
-            });
-            let config_json =
-                serde_json::to_string(&toml::Value::Table(s.config.clone())).expect("TOML values are valid JSON");
-            stages.push(Stage {
-                role,
-                plugin,
-                grants,
-                limits: s.limits,
-                concurrency: s.concurrency,
-                retries: s.retries,
-                config_json,
-            });
-        }
+        let stages =
+            sections.into_iter().filter_map(|(role, s)| self.stage(role, s?, &plugin_path, &connections)).collect();
 
-        let state_dir = match &raw.pipeline.state_dir {
-            Some(d) => rel(d),
-            None => default_state_dir(env).join(&raw.pipeline.name),
+        let p = raw.pipeline;
+        let state_dir = match &p.state_dir {
+            Some(d) => self.rel(d),
+            None => default_state_dir(env).join(&p.name),
         };
-        if raw.pipeline.retry_max < raw.pipeline.retry_after {
-            fail(invalid("pipeline.retry_max".into(), "must not be shorter than retry_after".into()));
+        if p.retry_max < p.retry_after {
+            self.fail("pipeline.retry_max", "must not be shorter than retry_after");
         }
         let serve = raw.serve.map(|sv| {
-            let (sv, problems) = sv.compile(&rel);
-            problems.into_iter().for_each(|(k, m)| fail(invalid(k, m)));
+            let (sv, problems) = sv.compile(&|p| self.rel(p));
+            self.problems.extend(problems);
             sv
         });
-        let mut errs = errs.into_inner();
-        if errs.len() == 1 {
-            return Err(errs.remove(0));
-        }
-        if !errs.is_empty() {
-            let problems = errs
-                .into_iter()
-                .map(|e| match e {
-                    ConfigError::Invalid { key, message, .. } => (key, message),
-                    other => (String::new(), other.to_string()),
-                })
-                .collect();
-            return Err(ConfigError::Many { path: path.to_owned(), problems });
-        }
-
-        Ok(Pipeline {
-            path: path.to_owned(),
-            name: raw.pipeline.name,
-            queue_depth: raw.pipeline.queue_depth,
+        Pipeline {
+            path: PathBuf::new(),
+            name: p.name,
+            queue_depth: p.queue_depth,
             connections,
             stages,
             state_dir,
-            retry_after: raw.pipeline.retry_after,
-            retry_max: raw.pipeline.retry_max,
+            retry_after: p.retry_after,
+            retry_max: p.retry_max,
             schedule: raw.schedule,
             cache,
             min_age,
             plugin_path,
-            base_dir: base.clone(),
+            base_dir: self.base.clone(),
             serve,
+        }
+    }
+
+    fn connections(&mut self, raw: BTreeMap<String, ConnectionConfig>) -> BTreeMap<String, ConnectionConfig> {
+        let mut out = BTreeMap::new();
+        for (name, c) in raw {
+            let (c, problems) = c.compile(&name, &|p| self.rel(p));
+            self.problems.extend(problems);
+            out.insert(name, c);
+        }
+        out
+    }
+
+    /// One stage section; `None` if its plugin cannot be found (the other
+    /// problems of the section are still reported).
+    fn stage(
+        &mut self,
+        role: Role,
+        s: StageConfig,
+        plugin_path: &[PathBuf],
+        connections: &BTreeMap<String, ConnectionConfig>,
+    ) -> Option<Stage> {
+        let sec = role.section();
+        let plugin = match find_plugin(&s.plugin, &self.base, plugin_path) {
+            Ok(p) => Some(p),
+            Err(m) => {
+                self.fail(format!("{sec}.plugin"), m);
+                None
+            }
+        }?;
+        self.check(check_stage_numbers(sec, s.concurrency, s.retries, &s.limits));
+        if s.cache.is_some() && role != Role::Resolver {
+            self.fail(format!("{sec}.cache"), "only the [resolver] has a cache");
+        }
+        if s.min_age.is_some() && role != Role::Source {
+            self.fail(format!("{sec}.min_age"), "only the [source] has a min_age");
+        }
+        let grants = self.grants(role, &s.grants, connections);
+        let config_json =
+            serde_json::to_string(&toml::Value::Table(s.config.clone())).expect("TOML values are valid JSON");
+        Some(Stage {
+            role,
+            plugin,
+            grants,
+            limits: s.limits,
+            concurrency: s.concurrency,
+            retries: s.retries,
+            config_json,
         })
     }
 
-    /// The ledger file.
-    pub fn ledger_path(&self) -> PathBuf {
-        self.state_dir.join("ledger.db")
+    /// A stage's grants as written → checked, paths resolved. The rules
+    /// that span the pipeline (root names, connection names) are here;
+    /// what one grant alone must satisfy is with its capability.
+    fn grants(&mut self, role: Role, raw: &Grants, connections: &BTreeMap<String, ConnectionConfig>) -> Grants {
+        let sec = role.section();
+        let mut grants = Grants::default();
+        for (name, p) in &raw.fs {
+            if let Err(m) = check_name(name) {
+                self.fail(format!("{sec}.grants.fs.{name}"), m);
+            }
+            let p = self.rel(p);
+            if let Some((other, op)) = self.fs_names.get(name) {
+                if *op != p {
+                    let m = format!(
+                        "the root name `{name}` is granted as {} in [{other}] and as {} here; \
+                         a root name must mean one folder in the whole pipeline",
+                        op.display(),
+                        p.display()
+                    );
+                    self.fail(format!("{sec}.grants.fs.{name}"), m);
+                }
+            }
+            self.fs_names.insert(name.clone(), (role, p.clone()));
+            grants.fs.insert(name.clone(), p);
+        }
+        for c in &raw.sql {
+            if !connections.contains_key(c) {
+                let known: Vec<_> = connections.keys().map(String::as_str).collect();
+                let m = format!(
+                    "no connection named `{c}`; define [connections.{c}] (defined: {})",
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                );
+                self.fail(format!("{sec}.grants.sql"), m);
+            }
+        }
+        grants.sql = raw.sql.clone();
+        for (i, h) in raw.http.iter().enumerate() {
+            if h.is_empty() || h.contains('/') || h.contains('*') {
+                let m = format!("`{h}` is not a host name or host:port (no scheme, path or wildcard)");
+                self.fail(format!("{sec}.grants.http[{i}]"), m);
+            }
+            grants.http.push(h.to_ascii_lowercase());
+        }
+        grants.object_store = raw.object_store.as_ref().map(|g| {
+            let (g, problems) = g.compile(sec, &|p| self.rel(p));
+            self.problems.extend(problems);
+            g
+        });
+        grants
     }
 }
 

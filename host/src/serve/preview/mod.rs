@@ -42,8 +42,8 @@ use crate::bindings::types::{ErrorKind, FileRef};
 use crate::stage::{CallError, StagePool};
 
 mod cache;
-use cache::{cache_stem, read_cached, read_failure, write_atomically, MAX_FAILURE, PNG_SIGNATURE};
 pub use cache::CACHE_VERSION;
+use cache::{cache_stem, read_cached, read_failure, write_atomically, MAX_FAILURE, PNG_SIGNATURE};
 
 /// The fs root name under which the renderer sees downloaded files.
 pub const DOWNLOAD_ROOT: &str = "download";
