@@ -44,7 +44,7 @@ grants.fs = { maps = "site" }
 config = { root = "maps", path = "card-map.csv" }
 
 [store]
-plugin = "fs-store"
+plugin = "store"
 grants.object_store = { kind = "fs", path = "store" }
 "#;
 

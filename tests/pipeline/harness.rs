@@ -62,7 +62,7 @@ grants.fs = {{ maps = "site" }}
 config = {{ root = "maps", path = "card-map.csv" }}
 
 [store]
-plugin = "fs-store"
+plugin = "store"
 concurrency = 2
 grants.object_store = {{ kind = "fs", path = "store" }}
 {extra}
@@ -145,7 +145,7 @@ pub enum Sql {
 
 impl Fixture {
     /// The production pipeline (sidexis → dicom-meta → http-resolver →
-    /// s3-store) over this site, a resolver server and an S3 server.
+    /// store) over this site, a resolver server and an S3 server.
     pub fn production_toml(
         &self,
         sql: &Sql,

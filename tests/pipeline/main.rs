@@ -11,6 +11,7 @@ mod crash_recovery;
 mod graceful_stop;
 mod grants;
 mod happy_path;
+mod outside_plugin;
 mod partial_files;
 mod patient_matching;
 mod production_path;

@@ -1,5 +1,5 @@
 //! Shared set-up: the demo site, the production pipeline (sidexis →
-//! dicom-meta → http-resolver → s3-store) into a real S3 server with a
+//! dicom-meta → http-resolver → store) into a real S3 server with a
 //! real resolver API, and `ferry serve` started in-process on
 //! `127.0.0.1:0` with an HS256 `[serve.auth]`, after its first pass.
 //! Requests go through real HTTP with `reqwest`.

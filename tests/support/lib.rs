@@ -11,7 +11,9 @@
 //!   outcome;
 //! * [`demo_site`] is the standard demo practice (also written by the
 //!   `demo-site` binary for `cargo xtask demo`);
-//! * [`plugin_dir`] finds the built WASM plugins.
+//! * [`plugin_dir`] finds the built WASM plugins; [`build_guest`] builds
+//!   a plugin crate of a test's own (with the toolchain `cargo xtask`
+//!   picked).
 //!
 //! It also runs the real peers of ferry's production path on 127.0.0.1
 //! with random ports, for integration tests (each with its own tokio
@@ -25,6 +27,7 @@
 
 mod demo;
 mod dicom;
+pub mod guest;
 pub mod hostile;
 mod pipelines;
 pub mod resolver_server;
@@ -36,6 +39,7 @@ use std::path::PathBuf;
 
 pub use demo::{demo_guid, demo_site, DEMO_EXPECTED};
 pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};
+pub use guest::build_guest;
 pub use pipelines::{production_toml, SQLITE_CONNECTION};
 pub use resolver_server::{Fault, ResolverServer};
 pub use s3_server::S3Server;

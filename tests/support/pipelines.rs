@@ -2,7 +2,7 @@
 //!
 //! One text for every consumer (pipeline tests, service tests, bench), so
 //! that they exercise the same wiring: sidexis → dicom-meta →
-//! http-resolver → s3-store, with the site in `site/` next to the file and
+//! http-resolver → store, with the site in `site/` next to the file and
 //! the ledger in `state/`.
 
 use crate::{plugin_dir, ResolverServer, S3Server};
@@ -46,7 +46,7 @@ limits = {{ memory = "64MiB", timeout = "5s" }}
 config = {{ url = "{url}" }}
 
 [store]
-plugin = "s3-store"
+plugin = "store"
 concurrency = 4
 grants.object_store = {{ kind = "s3", bucket = "{bucket}", endpoint = "{endpoint}", path_style = true, region = "us-east-1", access_key_id = "{ak}", secret_access_key = "{sk}" }}
 config = {{ clinic_id = "clinic-7" }}

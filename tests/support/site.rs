@@ -426,7 +426,7 @@ pub struct SiteImage {
 }
 
 /// What the stock pipeline (sidexis → dicom-meta → csv-resolver →
-/// fs-store) is expected to do with one image file. These are this
+/// store) is expected to do with one image file. These are this
 /// crate's reading of the plugin contract in `wit/ferry.wit`:
 ///
 /// 1. The source decides per patient first: a patient without a

@@ -81,7 +81,7 @@ fn browser_prerequisites(root: &Path) -> Result<()> {
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
-    let out = build_plugins(root)?;
+    let (out, toolchain) = build_plugins(root)?;
     browser_prerequisites(root)?;
     // plugin logic that needs no host is unit-tested natively
     eprintln!("==> plugin unit tests (native)");
@@ -89,11 +89,18 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     eprintln!("==> host, integration and config tests");
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(root, &args, &[("FERRY_PLUGIN_DIR", out.as_os_str().to_owned())])
+    // Tests that build a guest of their own (the outside-plugin test) use
+    // the toolchain picked here: `ferry_tests::build_guest` reads these.
+    let mut envs = vec![("FERRY_PLUGIN_DIR", out.as_os_str().to_owned())];
+    if let Toolchain::BuildStd { rustc, linker } = &toolchain {
+        envs.push(("FERRY_WASM_RUSTC", rustc.as_os_str().to_owned()));
+        envs.push(("FERRY_WASM_LINKER", linker.as_os_str().to_owned()));
+    }
+    cargo(root, &args, &envs)
 }
 
 fn demo(root: &Path) -> Result<()> {
-    let out = build_plugins(root)?;
+    let (out, _) = build_plugins(root)?;
     // Build exactly what `cargo xtask test` builds (tests included), so the
     // two commands share one build: with a narrower `cargo run -p ferry`,
     // cargo would unify features differently and compile dependencies twice.
@@ -133,7 +140,7 @@ fn demo(root: &Path) -> Result<()> {
 }
 
 fn bench(root: &Path, extra: &[String]) -> Result<()> {
-    let out = build_plugins(root)?;
+    let (out, _) = build_plugins(root)?;
     let release = extra.iter().any(|a| a == "--release");
     // the same build as `cargo xtask test` (see `demo`)
     let mut build = vec!["build", "--workspace", "--bins", "--tests"];
@@ -198,12 +205,21 @@ fn lint(root: &Path) -> Result<()> {
         }
     }
     let plugins = root.join("plugins");
-    eprintln!("==> cargo fmt --check (host, plugins)");
+    // a workspace of its own: the plugin README "Writing a plugin" shows
+    let outside = root.join("tests").join("fixtures").join("outside-plugin");
+    eprintln!("==> cargo fmt --check (host, plugins, tests/fixtures/outside-plugin)");
     cargo(root, &["fmt", "--all", "--check"], &[])?;
     cargo(&plugins, &["fmt", "--all", "--check"], &[])?;
-    eprintln!("==> cargo clippy -D warnings (host, plugins native, plugins {WASM_TARGET})");
+    cargo(&outside, &["fmt", "--check"], &[])?;
+    eprintln!("==> cargo clippy -D warnings (host, plugins native, outside plugin, plugins {WASM_TARGET})");
     cargo(root, &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"], &[])?;
     cargo(&plugins, &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"], &[])?;
+    let outside_target = root.join("target").join("outside-plugin");
+    cargo(
+        &outside,
+        &["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"],
+        &[("CARGO_TARGET_DIR", outside_target.into_os_string())],
+    )?;
     // clippy for the wasm target needs rustup's target: the build-std
     // fallback (Debian's rustc-web) brings no clippy of its own
     if !rustup_has_target() {
@@ -349,7 +365,9 @@ fn plugin_crates(root: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn build_plugins(root: &Path) -> Result<PathBuf> {
+/// Builds every plugin into `target/plugins`; returns that folder and the
+/// toolchain used.
+fn build_plugins(root: &Path) -> Result<(PathBuf, Toolchain)> {
     let toolchain = pick_toolchain()?;
     let crates = plugin_crates(root)?;
     let target_dir = root.join("target");
@@ -378,6 +396,16 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
     }
     let out = plugin_out_dir(root);
     std::fs::create_dir_all(&out)?;
+    // a plugin that was renamed or removed (fs-store and s3-store became
+    // store) must not linger and keep being loaded under its old name
+    for entry in std::fs::read_dir(&out)? {
+        let path = entry?.path();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        if path.extension().is_some_and(|e| e == "wasm") && !crates.contains(&stem) {
+            eprintln!("    removing {} (no such plugin crate any more)", path.display());
+            std::fs::remove_file(&path)?;
+        }
+    }
     let built = target_dir.join(WASM_TARGET).join("release");
     for c in &crates {
         let module = built.join(format!("{}.wasm", c.replace('-', "_")));
@@ -393,5 +421,5 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
         }
         eprintln!("    {:<24} {:>8} KiB", format!("{c}.wasm"), component.len() / 1024);
     }
-    Ok(out)
+    Ok((out, toolchain))
 }

@@ -14,9 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 
 use ferry_plugin_sdk::types::{FileRef, PatientKey, StageError};
-use ferry_plugin_sdk::{fs, parse_config, permanent, serde, warn, Context, FileReader, Slot};
-
-use ferry_exports::resolver::{Guest, Resolution};
+use ferry_plugin_sdk::{fs, parse_config, permanent, serde, warn, Context, FileReader, Resolution, Resolver};
 
 /// The stage's `[config]` table.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -46,23 +44,29 @@ fn default_scheme() -> String {
 }
 
 impl Config {
+    /// Parses and validates the JSON config (what `configure` does).
     pub fn parse(json: &str) -> Result<Config, StageError> {
         let config: Config = parse_config(json)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), StageError> {
         for (key, value) in [
-            ("root", &config.root),
-            ("path", &config.path),
-            ("key_column", &config.key_column),
-            ("guid_column", &config.guid_column),
-            ("scheme", &config.scheme),
+            ("root", &self.root),
+            ("path", &self.path),
+            ("key_column", &self.key_column),
+            ("guid_column", &self.guid_column),
+            ("scheme", &self.scheme),
         ] {
             if value.trim().is_empty() {
                 return Err(permanent(format!("invalid [config] {key}: must not be empty")));
             }
         }
-        if config.key_column.trim() == config.guid_column.trim() {
+        if self.key_column.trim() == self.guid_column.trim() {
             return Err(permanent("invalid [config]: key_column and guid_column name the same column"));
         }
-        Ok(config)
+        Ok(())
     }
 
     /// `root:path`, for messages.
@@ -199,14 +203,6 @@ fn csv_error(e: &csv::Error) -> String {
 /// Largest file accepted (the whole file is held in memory).
 const MAX_BYTES: u64 = 256 << 20;
 
-struct State {
-    config: Config,
-    /// The loaded table and the file's (size, modified) when it was read.
-    table: Option<((u64, Option<u64>), Table)>,
-}
-
-static STATE: Slot<State> = Slot::new();
-
 fn load(config: &Config) -> Result<Table, StageError> {
     let file = config.file_name();
     let target = FileRef { root: config.root.clone(), path: config.path.clone() };
@@ -229,35 +225,38 @@ fn load(config: &Config) -> Result<Table, StageError> {
     Ok(table)
 }
 
-struct CsvResolver;
+/// The configured stage.
+struct CsvResolver {
+    config: Config,
+    /// The loaded table and the file's (size, modified) when it was read.
+    table: Option<((u64, Option<u64>), Table)>,
+}
 
-impl Guest for CsvResolver {
-    fn configure(config: String) -> Result<(), StageError> {
-        STATE.set(State { config: Config::parse(&config)?, table: None });
-        Ok(())
+impl Resolver for CsvResolver {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, StageError> {
+        config.validate()?;
+        Ok(CsvResolver { config, table: None })
     }
 
-    fn resolve(keys: Vec<PatientKey>) -> Result<Vec<Resolution>, StageError> {
-        STATE.with(|state| {
-            // Instances may live across runs: re-read the file when it changed.
-            let target = FileRef { root: state.config.root.clone(), path: state.config.path.clone() };
-            let entry = fs::stat(&target).context(format_args!("looking at {}", state.config.file_name()))?;
-            let stamp = (entry.size, entry.modified);
-            if state.table.as_ref().is_none_or(|(seen, _)| *seen != stamp) {
-                state.table = Some((stamp, load(&state.config)?));
-            }
-            let (_, table) = state.table.as_ref().expect("loaded above");
-            Ok(keys
-                .iter()
-                .map(
-                    |k| if k.scheme == state.config.scheme { table.resolve(&k.value) } else { Resolution::Unsupported },
-                )
-                .collect())
-        })?
+    fn resolve(&mut self, keys: Vec<PatientKey>) -> Result<Vec<Resolution>, StageError> {
+        // Instances may live across runs: re-read the file when it changed.
+        let target = FileRef { root: self.config.root.clone(), path: self.config.path.clone() };
+        let entry = fs::stat(&target).context(format_args!("looking at {}", self.config.file_name()))?;
+        let stamp = (entry.size, entry.modified);
+        if self.table.as_ref().is_none_or(|(seen, _)| *seen != stamp) {
+            self.table = Some((stamp, load(&self.config)?));
+        }
+        let (_, table) = self.table.as_ref().expect("loaded above");
+        Ok(keys
+            .iter()
+            .map(|k| if k.scheme == self.config.scheme { table.resolve(&k.value) } else { Resolution::Unsupported })
+            .collect())
     }
 }
 
-ferry_plugin_sdk::resolver_plugin!(CsvResolver, wit = "../../wit");
+ferry_plugin_sdk::resolver_plugin!(CsvResolver);
 
 #[cfg(test)]
 mod tests;

@@ -243,20 +243,20 @@ pub fn iso_date(da: &str) -> String {
 #[cfg(target_arch = "wasm32")]
 mod guest {
     use ferry_plugin_sdk::types::{Item, Metadata, StageError};
-    use ferry_plugin_sdk::{parse_config, permanent, Context, FileReader};
+    use ferry_plugin_sdk::{permanent, Context, Extractor, FileReader};
 
     use super::{extract_from, Config, ExtractError};
-    use ferry_exports::extractor::Guest;
 
     struct DicomMeta;
 
-    impl Guest for DicomMeta {
-        fn configure(config: String) -> Result<(), StageError> {
-            let _: Config = parse_config(&config)?;
-            Ok(())
+    impl Extractor for DicomMeta {
+        type Config = Config;
+
+        fn new(_config: Config) -> Result<Self, StageError> {
+            Ok(DicomMeta)
         }
 
-        fn extract(item: Item) -> Result<Metadata, StageError> {
+        fn extract(&mut self, item: Item) -> Result<Metadata, StageError> {
             let mut reader = FileReader::open(&item.file).context(format_args!("opening {}", item.file.path))?;
             let result = extract_from(&mut reader);
             let (fetched, size) = (reader.fetched(), reader.size());
@@ -278,7 +278,7 @@ mod guest {
         }
     }
 
-    ferry_plugin_sdk::extractor_plugin!(DicomMeta, wit = "../../wit");
+    ferry_plugin_sdk::extractor_plugin!(DicomMeta);
 }
 
 #[cfg(test)]

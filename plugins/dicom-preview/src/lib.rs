@@ -112,6 +112,12 @@ impl RenderLimits {
     pub fn from_config(json: &str) -> Result<RenderLimits, String> {
         let config: Config =
             ferry_plugin_sdk::serde_json::from_str(json).map_err(|e| format!("invalid [config]: {e}"))?;
+        RenderLimits::from_table(config)
+    }
+
+    /// The limits of a parsed `config` table (what `configure` does after
+    /// parsing it).
+    fn from_table(config: Config) -> Result<RenderLimits, String> {
         let mut limits = RenderLimits::default();
         let bounded = |key: &str, value: Option<u64>, default: u64, max: u64| match value {
             None => Ok(default),
@@ -327,25 +333,22 @@ pub(crate) fn transfer_syntax(obj: &DefaultDicomObject) -> Result<&'static Trans
 #[cfg(target_arch = "wasm32")]
 mod guest {
     use ferry_plugin_sdk::types::{FileRef, StageError};
-    use ferry_plugin_sdk::{permanent, Context, FileReader, Slot};
+    use ferry_plugin_sdk::{permanent, Context, FileReader, Picture, Renderer};
 
-    use super::{render, RenderLimits};
-    use ferry_exports::renderer::{Guest, Picture};
+    use super::{render, Config, RenderLimits};
 
-    static LIMITS: Slot<RenderLimits> = Slot::new();
+    struct DicomPreview(RenderLimits);
 
-    struct DicomPreview;
+    impl Renderer for DicomPreview {
+        type Config = Config;
 
-    impl Guest for DicomPreview {
-        fn configure(config: String) -> Result<(), StageError> {
-            LIMITS.set(RenderLimits::from_config(&config).map_err(permanent)?);
-            Ok(())
+        fn new(config: Config) -> Result<Self, StageError> {
+            Ok(DicomPreview(RenderLimits::from_table(config).map_err(permanent)?))
         }
 
-        fn render(file: FileRef, max_size: Option<u32>) -> Result<Picture, StageError> {
-            let limits = LIMITS.with(|l| l.clone())?;
+        fn render(&mut self, file: FileRef, max_size: Option<u32>) -> Result<Picture, StageError> {
             let mut reader = FileReader::open(&file).context("opening the file to preview")?;
-            let result = render(&mut reader, max_size, &limits);
+            let result = render(&mut reader, max_size, &self.0);
             match (result, reader.take_error()) {
                 (Ok(p), _) => {
                     Ok(Picture { content_type: "image/png".to_string(), width: p.width, height: p.height, body: p.png })
@@ -358,5 +361,5 @@ mod guest {
         }
     }
 
-    ferry_plugin_sdk::renderer_plugin!(DicomPreview, wit = "../../wit");
+    ferry_plugin_sdk::renderer_plugin!(DicomPreview);
 }

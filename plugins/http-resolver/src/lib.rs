@@ -57,9 +57,7 @@ use std::collections::{BTreeMap, HashMap};
 use ferry_plugin_sdk::http::{self, Request, Response};
 use ferry_plugin_sdk::serde_json::{self, Value};
 use ferry_plugin_sdk::types::{HostError, PatientKey, StageError};
-use ferry_plugin_sdk::{debug, parse_config, permanent, retryable, serde, warn, Context, Slot};
-
-use ferry_exports::resolver::{Guest, Resolution};
+use ferry_plugin_sdk::{debug, parse_config, permanent, retryable, serde, warn, Context, Resolution, Resolver};
 
 /// The stage's `[config]` table, as written.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -744,24 +742,24 @@ pub fn resolve_keys(s: &Settings, t: &mut dyn Transport, keys: &[PatientKey]) ->
         .collect())
 }
 
-static STATE: Slot<Settings> = Slot::new();
+/// The configured stage.
+struct HttpResolver(Settings);
 
-struct HttpResolver;
+impl Resolver for HttpResolver {
+    type Config = Config;
 
-impl Guest for HttpResolver {
-    fn configure(config: String) -> Result<(), StageError> {
-        let settings = Settings::parse(&config)?;
+    fn new(config: Config) -> Result<Self, StageError> {
+        let settings = Settings::new(config)?;
         debug(&settings.describe());
-        STATE.set(settings);
-        Ok(())
+        Ok(HttpResolver(settings))
     }
 
-    fn resolve(keys: Vec<PatientKey>) -> Result<Vec<Resolution>, StageError> {
-        STATE.with(|s| resolve_keys(s, &mut HostTransport, &keys))?
+    fn resolve(&mut self, keys: Vec<PatientKey>) -> Result<Vec<Resolution>, StageError> {
+        resolve_keys(&self.0, &mut HostTransport, &keys)
     }
 }
 
-ferry_plugin_sdk::resolver_plugin!(HttpResolver, wit = "../../wit");
+ferry_plugin_sdk::resolver_plugin!(HttpResolver);
 
 #[cfg(test)]
 mod tests;

@@ -15,9 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ferry_plugin_sdk::fs::{self, EntryKind};
 use ferry_plugin_sdk::sql::{self, SqlValue};
 use ferry_plugin_sdk::types::{FileRef, HostError, Item, PatientKey, StageError};
-use ferry_plugin_sdk::{parse_config, permanent, serde, Context, Slot};
-
-use ferry_exports::source::{Guest, Notice, NoticeOutcome, Page};
+use ferry_plugin_sdk::{parse_config, permanent, serde, Context, Notice, NoticeOutcome, Page, Source};
 
 /// The stage's `[config]` table.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -58,7 +56,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Parses and validates the JSON config.
+    /// Parses and validates the JSON config (what `configure` does).
     pub fn parse(json: &str) -> Result<Config, StageError> {
         let config: Config = parse_config(json)?;
         config.validate()?;
@@ -405,32 +403,29 @@ fn value_id(v: &SqlValue) -> Option<u64> {
     }
 }
 
-struct State {
+/// The configured stage.
+struct Sidexis {
     config: Config,
     /// The PDATA root's entries while a scan is under way, with the
     /// cursor of the next page.
     listing: Option<(String, Vec<DirEntry>)>,
 }
 
-static STATE: Slot<State> = Slot::new();
+impl Source for Sidexis {
+    type Config = Config;
 
-struct Sidexis;
-
-impl Guest for Sidexis {
-    fn configure(config: String) -> Result<(), StageError> {
-        STATE.set(State { config: Config::parse(&config)?, listing: None });
-        Ok(())
+    fn new(config: Config) -> Result<Self, StageError> {
+        config.validate()?;
+        Ok(Sidexis { config, listing: None })
     }
 
-    fn scan(cursor: Option<String>) -> Result<Page, StageError> {
-        STATE.with(|state| {
-            let State { config, listing } = state;
-            scan_page(config, &mut HostSite { config }, cursor.as_deref(), listing)
-        })?
+    fn scan(&mut self, cursor: Option<String>) -> Result<Page, StageError> {
+        let Sidexis { config, listing } = self;
+        scan_page(config, &mut HostSite { config }, cursor.as_deref(), listing)
     }
 }
 
-ferry_plugin_sdk::source_plugin!(Sidexis, wit = "../../wit");
+ferry_plugin_sdk::source_plugin!(Sidexis);
 
 #[cfg(test)]
 mod tests;

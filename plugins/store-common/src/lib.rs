@@ -3,8 +3,9 @@
 //! A store plugin puts each item into the object store the host grants (a
 //! local folder, an S3 bucket: the pipeline's `grants.object_store` decides,
 //! not the plugin) under a key built from a template, with an optional
-//! JSON sidecar. `fs-store` and `s3-store` are thin crates over this one:
-//! their own `[config]` defaults and the `store_plugin!` export.
+//! JSON sidecar. The `store` plugin is a thin crate over this one: its
+//! [`Store`](ferry_plugin_sdk::Store) implementation and the
+//! `store_plugin!` export.
 //!
 //! Idempotent: every object carries `ferry-item-id` metadata. An object
 //! already at the key for the same item with the same content is left
@@ -55,7 +56,7 @@ pub struct Config {
     pub max_key_bytes: Option<usize>,
 }
 
-/// What differs between store plugins built on this crate.
+/// The `[config]` defaults of a store plugin built on this crate.
 #[derive(Debug, Clone, Copy)]
 pub struct Profile {
     /// Key template when the config has none.
@@ -64,11 +65,8 @@ pub struct Profile {
     pub default_sidecar: bool,
 }
 
-/// `fs-store`: a folder (or any store the host grants).
-pub const FS_PROFILE: Profile = Profile { default_key: "images/{patientGuid}/{imageName}", default_sidecar: true };
-
-/// `s3-store`: an S3 bucket.
-pub const S3_PROFILE: Profile = Profile { default_key: "images/{patientGuid}/{imageName}", default_sidecar: true };
+/// `store`'s defaults, whatever the granted store (a folder, an S3 bucket).
+pub const PROFILE: Profile = Profile { default_key: "images/{patientGuid}/{imageName}", default_sidecar: true };
 
 /// Object keys are at most this long (S3's limit and the host's rule).
 pub const MAX_KEY: usize = 1024;
@@ -850,41 +848,3 @@ pub fn sidecar(
 
 #[cfg(test)]
 mod tests;
-
-/// Defines and exports a store plugin named `$name` over this crate with
-/// the `[config]` defaults of `$profile`. The whole of a store plugin:
-///
-/// ```ignore
-/// ferry_store_common::export_store!(S3Store, ferry_store_common::S3_PROFILE, wit = "../../wit");
-/// ```
-#[macro_export]
-macro_rules! export_store {
-    ($name:ident, $profile:expr, wit = $wit:literal) => {
-        static STATE: ::ferry_plugin_sdk::Slot<$crate::Settings> = ::ferry_plugin_sdk::Slot::new();
-
-        struct $name;
-
-        impl ferry_exports::store::Guest for $name {
-            fn configure(config: String) -> Result<(), ::ferry_plugin_sdk::types::StageError> {
-                STATE.set($crate::Settings::configure(&config, &$profile)?);
-                Ok(())
-            }
-
-            fn store(
-                item: ::ferry_plugin_sdk::types::Item,
-                metadata: ::ferry_plugin_sdk::types::Metadata,
-                patient_guid: String,
-            ) -> Result<ferry_exports::store::Stored, ::ferry_plugin_sdk::types::StageError> {
-                let placed = STATE
-                    .with(|s| $crate::store_item(s, &mut $crate::HostBackend, &item, &metadata, &patient_guid))??;
-                let outcome = match placed.outcome {
-                    $crate::Outcome::Stored => ferry_exports::store::StoreOutcome::Stored,
-                    $crate::Outcome::Unchanged => ferry_exports::store::StoreOutcome::Unchanged,
-                };
-                Ok(ferry_exports::store::Stored { location: placed.location, outcome })
-            }
-        }
-
-        ::ferry_plugin_sdk::store_plugin!($name, wit = $wit);
-    };
-}

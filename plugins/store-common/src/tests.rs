@@ -180,7 +180,7 @@ fn settings_of(json: &str, profile: &Profile) -> Settings {
 }
 
 fn fs_settings(json: &str) -> Settings {
-    settings_of(json, &FS_PROFILE)
+    settings_of(json, &PROFILE)
 }
 
 fn run(fake: &mut Fake, config: &Settings, item: &Item) -> (String, Outcome) {
@@ -281,30 +281,31 @@ fn other_templates() {
 fn config_errors() {
     let c = fs_settings("{}");
     assert!(c.sidecar && c.clinic_id.is_none() && c.max_key == MAX_KEY);
-    let s3 = settings_of("{}", &S3_PROFILE);
+    let s3 = settings_of("{}", &PROFILE);
     assert!(s3.sidecar && s3.template.uses(Placeholder::PatientGuid) && s3.template.uses(Placeholder::ImageName));
-    let e = Settings::configure(r#"{"sidecars": false}"#, &FS_PROFILE).unwrap_err();
+    let e = Settings::configure(r#"{"sidecars": false}"#, &PROFILE).unwrap_err();
     assert!(e.message.contains("sidecars"), "{}", e.message);
-    let e = Settings::configure(r#"{"key": "images/{patientGuid}/{imageNme}"}"#, &FS_PROFILE).unwrap_err();
+    let e = Settings::configure(r#"{"key": "images/{patientGuid}/{imageNme}"}"#, &PROFILE).unwrap_err();
     assert!(e.message.contains("{imageNme}") && e.message.contains("{clinicId}"), "{}", e.message);
-    let e = Settings::configure(r#"{"max_key_bytes": 20}"#, &FS_PROFILE).unwrap_err();
+    let e = Settings::configure(r#"{"max_key_bytes": 20}"#, &PROFILE).unwrap_err();
     assert!(e.message.contains("max_key_bytes"), "{}", e.message);
-    let e = Settings::configure(r#"{"max_key_bytes": 2000}"#, &FS_PROFILE).unwrap_err();
+    let e = Settings::configure(r#"{"max_key_bytes": 2000}"#, &PROFILE).unwrap_err();
     assert!(e.message.contains("max_key_bytes"), "{}", e.message);
 }
 
 #[test]
 fn clinic_id() {
     // Required when the template uses it, sanitised like other values.
-    let e = Settings::configure(r#"{"key": "{clinicId}/{patientGuid}/{imageName}"}"#, &S3_PROFILE).unwrap_err();
+    let e = Settings::configure(r#"{"key": "{clinicId}/{patientGuid}/{imageName}"}"#, &PROFILE).unwrap_err();
     assert!(e.message.contains("clinic_id"), "{}", e.message);
-    let e = Settings::configure(r#"{"key": "{clinicId}/{patientGuid}/{imageName}", "clinic_id": " "}"#, &S3_PROFILE)
+    let e = Settings::configure(r#"{"key": "{clinicId}/{patientGuid}/{imageName}", "clinic_id": " "}"#, &PROFILE)
         .unwrap_err();
     assert!(e.message.contains("clinic_id"), "{}", e.message);
     // Not enough on its own: every item would share a key.
-    assert!(Settings::configure(r#"{"key": "c/{clinicId}", "clinic_id": "c"}"#, &FS_PROFILE).is_err());
+    assert!(Settings::configure(r#"{"key": "c/{clinicId}", "clinic_id": "c"}"#, &PROFILE).is_err());
 
-    for profile in [FS_PROFILE, S3_PROFILE] {
+    {
+        let profile = PROFILE;
         let config =
             settings_of(r#"{"key": "{clinicId}/{patientGuid}/{imageName}", "clinic_id": "Praxis/Süd: 1"}"#, &profile);
         assert_eq!(config.clinic_id.as_deref(), Some("Praxis_Süd_ 1"));

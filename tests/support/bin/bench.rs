@@ -8,7 +8,7 @@
 //! 2. **baseline**: an in-process aws-sdk-s3 `PutObject` loop over the same
 //!    files with the same concurrency as the pipeline's store stage;
 //! 3. **ferry**: `ferry run` of the production pipeline (sidexis → dicom-meta
-//!    → http-resolver → s3-store) as a separate process;
+//!    → http-resolver → store) as a separate process;
 //! 4. a no-op re-run (nothing changed: the ledger answers);
 //! 5. peak RSS of `ferry run` moving one ~300 MB file (bytes stream from
 //!    disk in parts, so this should stay far below the file size).

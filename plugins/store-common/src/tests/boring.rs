@@ -63,7 +63,7 @@ fn h(value: &str) -> String {
     format!("~{}", &hex(value.as_bytes())[..8])
 }
 
-/// The key `fs-store`'s default template gives an item named `name`.
+/// The key `store`'s default template gives an item named `name`.
 fn default_key(name: &str) -> String {
     let mut fake = Fake::default();
     fake.files.insert("P_000017/0000_101.dcm".into(), b"one".to_vec());
@@ -293,7 +293,7 @@ fn placeholders_and_sidecar_are_boring_too() {
     fake.files.insert("P_1/../0000.dcm".into(), b"one".to_vec());
     let config = settings_of(
         r#"{"key": "{clinicId}/{modality}/{patientGuid}/{itemId}/{imageName}", "clinic_id": "AUX"}"#,
-        &S3_PROFILE,
+        &PROFILE,
     );
     assert_eq!(config.clinic_id, Some(format!("AUX_{}", h("AUX"))));
     let metadata = vec![("modality".to_string(), Value::Text("CON".into()))];
