@@ -51,7 +51,9 @@ pub use crate::caps::object_store::config::{ObjectStoreGrant, S3Grant};
 pub use crate::caps::sql::config::{ConnectionConfig, Encrypt, MssqlConfig};
 pub use crate::serve::config::{AuthConfig, PreviewConfig, ServeConfig};
 pub use crate::units::{bounds, parse_bytes, parse_duration, parse_duration_or_zero, Limits, Secret};
-use crate::units::{check_stage_numbers, de_duration, de_opt_duration_or_zero, show_d, show_n, within, Problem};
+use crate::units::{
+    check_stage_numbers, de_bytes, de_duration, de_opt_duration_or_zero, show_b, show_d, show_n, within, Problem,
+};
 
 /// Errors reading a pipeline file. Each names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,14 @@ pub struct PipelineSection {
     pub retry_after: Duration,
     #[serde(default = "default_retry_max", deserialize_with = "de_duration")]
     pub retry_max: Duration,
+    /// Largest response body `http.send-to-spool` writes to the spool
+    /// (`state_dir/spool`); a larger one is refused, nothing kept.
+    #[serde(default = "default_spool_max", deserialize_with = "de_bytes")]
+    pub spool_max: u64,
+}
+
+fn default_spool_max() -> u64 {
+    512 << 20
 }
 
 fn default_retry_after() -> Duration {
@@ -311,6 +321,8 @@ pub struct Pipeline {
     pub state_dir: PathBuf,
     pub retry_after: Duration,
     pub retry_max: Duration,
+    /// `[pipeline] spool_max`.
+    pub spool_max: u64,
     pub schedule: Option<Schedule>,
     pub cache: CacheConfig,
     /// `[serve]`, with paths resolved.
@@ -389,6 +401,11 @@ impl Pipeline {
     pub fn ledger_path(&self) -> PathBuf {
         self.state_dir.join("ledger.db")
     }
+
+    /// Where `http.send-to-spool` writes (fs root `spool`).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.state_dir.join("spool")
+    }
 }
 
 /// Turns the file as written into a [`Pipeline`], one method per
@@ -428,6 +445,8 @@ impl Compiler {
         let (lo, hi) = bounds::RETRY_AFTER;
         self.check(within("pipeline.retry_after", p.retry_after, lo, hi, show_d, ""));
         self.check(within("pipeline.retry_max", p.retry_max, Duration::ZERO, bounds::RETRY_MAX, show_d, ""));
+        let (lo, hi) = bounds::SPOOL_MAX;
+        self.check(within("pipeline.spool_max", p.spool_max, lo, hi, show_b, ""));
         if let Some(sc) = &raw.schedule {
             let (lo, hi) = bounds::EVERY;
             self.check(within("schedule.every", sc.every, lo, hi, show_d, ""));
@@ -476,6 +495,7 @@ impl Compiler {
             state_dir,
             retry_after: p.retry_after,
             retry_max: p.retry_max,
+            spool_max: p.spool_max,
             schedule: raw.schedule,
             cache,
             min_age,
@@ -542,6 +562,12 @@ impl Compiler {
         for (name, p) in &raw.fs {
             if let Err(m) = check_name(name) {
                 self.fail(format!("{sec}.grants.fs.{name}"), m);
+            }
+            if name == crate::caps::http::spool::ROOT {
+                self.fail(
+                    format!("{sec}.grants.fs.{name}"),
+                    "`spool` is the name of ferry's own spool; choose another",
+                );
             }
             let p = self.rel(p);
             if let Some((other, op)) = self.fs_names.get(name) {

@@ -21,8 +21,18 @@ use crate::config::Role;
 
 /// The WIT package every plugin is built against.
 pub const PACKAGE: &str = "ferry:pipeline";
-/// Versions of the package this host accepts.
-pub const VERSION: &str = "0.1.0";
+/// The version of the package this host implements (`wit/ferry.wit`).
+pub const VERSION: &str = "0.1.1";
+
+/// Whether a plugin built against `version` runs on this host: the same
+/// 0.1 series (the component model's rule for 0.x: patch releases are
+/// additive, and wasmtime links `@0.1.0` imports and exports to `@0.1.1`).
+pub fn compatible(version: &str) -> bool {
+    match semver::Version::parse(version) {
+        Ok(v) => v.major == 0 && v.minor == 1,
+        Err(_) => false,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -65,16 +75,19 @@ impl Plugin {
 
     /// Checks the plugin implements the world of `role`.
     pub fn check_role(&self, role: Role) -> Result<(), PluginError> {
-        let wanted = format!("{PACKAGE}/{}@{VERSION}", role.export());
-        if self.exports.contains(&wanted) {
+        let prefix = format!("{PACKAGE}/{}@", role.export());
+        if self.exports.iter().any(|e| e.strip_prefix(&prefix).is_some_and(compatible)) {
             return Ok(());
         }
+        let wanted = format!("{prefix}{VERSION}");
         let other = Role::ALL
             .into_iter()
             .find(|r| self.exports.iter().any(|e| e.starts_with(&format!("{PACKAGE}/{}@", r.export()))));
         let hint = match other {
             Some(r) if r != role => format!("it exports the {r} world: put it in the [{r}] section"),
-            Some(_) => format!("it was built against another version of {PACKAGE}; rebuild it against {VERSION}"),
+            Some(_) => format!(
+                "it was built against another version of {PACKAGE}; rebuild it against 0.1.x (this host: {VERSION})"
+            ),
             None => format!("build it with the ferry plugin SDK's `{}_plugin!` macro", role.export()),
         };
         Err(PluginError::WrongWorld {

@@ -52,6 +52,12 @@ struct Shared {
     state_dir: PathBuf,
 }
 
+/// `dir` as a real path, created if need be (the spool folder).
+fn real_path_of_dir(dir: &Path) -> PathBuf {
+    let _ = std::fs::create_dir_all(dir);
+    dir.canonicalize().unwrap_or_else(|_| crate::util::real_path(dir))
+}
+
 impl Shared {
     fn new(pipeline: &Pipeline) -> Result<Shared> {
         let engine = crate::stage::engine().context("starting the WebAssembly engine")?;
@@ -61,6 +67,9 @@ impl Shared {
             // path so the stage that has the grant gets the error
             all_fs_roots.insert(name, path.canonicalize().unwrap_or(path));
         }
+        // the spool: response bodies written host-side, read as items' files
+        let spool = pipeline.spool_dir();
+        all_fs_roots.insert(crate::caps::http::spool::ROOT.to_owned(), real_path_of_dir(&spool));
         Ok(Shared {
             engine,
             all_fs_roots,
@@ -99,6 +108,9 @@ impl Runtime {
     /// first item.
     pub async fn new(pipeline: Pipeline, options: &Options) -> Result<Runtime> {
         let shared = Shared::new(&pipeline)?;
+        // what a crashed run left in the spool belongs to no item any more
+        let spool = crate::caps::http::spool::Spool { dir: pipeline.spool_dir(), max: pipeline.spool_max };
+        spool.clear().with_context(|| format!("clearing the spool {}", spool.dir.display()))?;
         let mut plugins = BTreeMap::new();
         let mut pools: BTreeMap<Role, Arc<StagePool>> = BTreeMap::new();
         for stage in &pipeline.stages {

@@ -31,6 +31,7 @@ pub type Problem = (String, String);
 /// | mssql `pool` | 1 – 64; `connect_timeout` up to 5m |
 /// | `serve.preview.concurrency` | 1 – 64 renders at once |
 /// | `serve.preview.max_file` | 1MiB – 4GiB |
+/// | `pipeline.spool_max` | 1MiB – 64GiB per response body |
 pub mod bounds {
     use std::time::Duration;
 
@@ -49,6 +50,7 @@ pub mod bounds {
     pub const POOL: (usize, usize) = (1, 64);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
     pub const PREVIEW_FILE: (u64, u64) = (1 << 20, 4 << 30);
+    pub const SPOOL_MAX: (u64, u64) = (1 << 20, 64 << 30);
 }
 
 /// `Err((key, message))` unless `lo <= v <= hi`; `show` formats values.

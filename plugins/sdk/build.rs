@@ -46,6 +46,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
 
+    let version = package_version(&wit.join("ferry.wit"));
     let capabilities = generate(&wit, "capabilities", |opts| opts.generate_unused_types = true);
     std::fs::write(out.join("capabilities.rs"), capabilities).expect("writing capabilities.rs");
 
@@ -57,7 +58,7 @@ fn main() {
                 .iter()
                 .map(|i| {
                     let path = format!("{SDK}::bindings::ferry::pipeline::{}", i.replace('-', "_"));
-                    (format!("ferry:pipeline/{i}@0.1.0"), WithOption::Path(path))
+                    (format!("ferry:pipeline/{i}@{version}"), WithOption::Path(path))
                 })
                 .collect();
         });
@@ -71,6 +72,14 @@ fn main() {
         .unwrap();
     }
     std::fs::write(out.join("worlds.rs"), worlds).expect("writing worlds.rs");
+}
+
+/// The version in `package ferry:pipeline@X;`: the `with:` keys name it.
+fn package_version(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("package ferry:pipeline@")?.strip_suffix(';').map(str::to_owned))
+        .unwrap_or_else(|| panic!("{}: no `package ferry:pipeline@<version>;` line", file.display()))
 }
 
 /// wit-bindgen's Rust source for `world` of the package in `wit`.

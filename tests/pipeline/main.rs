@@ -6,11 +6,13 @@ mod harness;
 
 mod check_refusals;
 mod compile_cache;
+mod contract_versions;
 mod corrupt_input;
 mod crash_recovery;
 mod graceful_stop;
 mod grants;
 mod happy_path;
+mod http_bodies;
 mod outside_plugin;
 mod partial_files;
 mod patient_matching;

@@ -225,6 +225,8 @@ pub struct StageState {
     pub current_file: Option<FileRef>,
     /// When the current call must be over; host I/O is cut off then too.
     pub deadline: Instant,
+    /// Spool files this instance wrote (`http.send-to-spool`): it may read them.
+    pub spooled: std::collections::HashSet<String>,
 }
 
 impl StageState {
@@ -235,6 +237,7 @@ impl StageState {
             table: ResourceTable::new(),
             current_file: None,
             deadline: Instant::now(),
+            spooled: Default::default(),
         }
     }
 

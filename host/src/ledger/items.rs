@@ -13,6 +13,18 @@ use super::{now_ms, LedgerError, SqliteLedger};
 use crate::outcome::Outcome;
 use crate::retry::Backoff;
 
+/// `SELECT <the columns of an ItemRecord> FROM items <rest>`, in the
+/// order [`row_to_item`] reads them.
+macro_rules! select_items {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, updated_at \
+             FROM items ",
+            $rest
+        )
+    };
+}
+
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS items (
     id              TEXT PRIMARY KEY,
@@ -83,15 +95,7 @@ pub trait Items: Send + Sync {
 
 impl Items for SqliteLedger {
     fn item(&self, id: &str) -> Result<Option<ItemRecord>, LedgerError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, updated_at
-                 FROM items WHERE id = ?1",
-                params![id],
-                row_to_item,
-            )
-            .optional()
-        })
+        self.with(|c| c.query_row(select_items!("WHERE id = ?1"), params![id], row_to_item).optional())
     }
 
     /// Records an outcome and appends to the synchronization log. For
@@ -166,10 +170,7 @@ impl Items for SqliteLedger {
     /// The items attached to a patient (whatever their state), by id.
     fn items_of(&self, guid: &str) -> Result<Vec<ItemRecord>, LedgerError> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, updated_at
-                 FROM items WHERE patient_guid = ?1 ORDER BY id",
-            )?;
+            let mut stmt = c.prepare(select_items!("WHERE patient_guid = ?1 ORDER BY id"))?;
             let rows = stmt.query_map(params![guid], row_to_item)?;
             rows.collect()
         })
@@ -178,10 +179,7 @@ impl Items for SqliteLedger {
     /// Every item record (for tests and tools).
     fn items(&self) -> Result<Vec<ItemRecord>, LedgerError> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, updated_at
-                 FROM items ORDER BY id",
-            )?;
+            let mut stmt = c.prepare(select_items!("ORDER BY id"))?;
             let rows = stmt.query_map([], row_to_item)?;
             rows.collect()
         })
@@ -197,10 +195,9 @@ impl Items for SqliteLedger {
 
     fn oldest_problems(&self, limit: u32) -> Result<Vec<ItemRecord>, LedgerError> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, updated_at
-                 FROM items WHERE state IN ('failed', 'quarantined', 'unresolved') ORDER BY first_seen_at, id LIMIT ?1",
-            )?;
+            let mut stmt = c.prepare(select_items!(
+                "WHERE state IN ('failed', 'quarantined', 'unresolved') ORDER BY first_seen_at, id LIMIT ?1"
+            ))?;
             let rows = stmt.query_map(params![limit], row_to_item)?;
             rows.collect()
         })

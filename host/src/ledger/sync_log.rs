@@ -49,7 +49,9 @@ pub trait SyncLog: Send + Sync {
     ) -> Result<(), LedgerError>;
 
     /// The synchronization log, newest first.
-    fn log_entries(&self, patient_guid: Option<&str>, limit: u32) -> Result<Vec<LogEntry>, LedgerError>;
+    fn log_entries(&self, patient_guid: Option<&str>, limit: u32) -> Result<Vec<LogEntry>, LedgerError> {
+        self.log_page(patient_guid, None, limit)
+    }
 
     /// One entry of the synchronization log, by id.
     fn log_entry(&self, id: i64) -> Result<Option<LogEntry>, LedgerError>;
@@ -81,29 +83,6 @@ impl SyncLog for SqliteLedger {
                 params![now_ms(), run_id, item_id, patient_guid, action, status, details],
             )
             .map(|_| ())
-        })
-    }
-
-    /// The synchronization log, newest first.
-    fn log_entries(&self, patient_guid: Option<&str>, limit: u32) -> Result<Vec<LogEntry>, LedgerError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, at, run_id, item_id, patient_guid, action, status, details FROM sync_log
-                 WHERE (?1 IS NULL OR patient_guid = ?1) ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![patient_guid, limit], |r| {
-                Ok(LogEntry {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    run_id: r.get(2)?,
-                    item_id: r.get(3)?,
-                    patient_guid: r.get(4)?,
-                    action: r.get(5)?,
-                    status: r.get(6)?,
-                    details: r.get(7)?,
-                })
-            })?;
-            rows.collect()
         })
     }
 

@@ -28,6 +28,7 @@ use crate::bindings::resolver_world::exports::ferry::pipeline::resolver::Resolut
 use crate::bindings::source_world::exports::ferry::pipeline::source::NoticeOutcome;
 use crate::bindings::store_world::exports::ferry::pipeline::store::StoreOutcome;
 use crate::bindings::types::{Item, Metadata, PatientKey};
+use crate::caps::http::spool::{self, SpoolFile};
 use crate::config::CacheConfig;
 use crate::ledger::{Backoff, CachedAnswer, Items, Resolutions, Runs, SyncLog};
 use crate::outcome::{ImageFacts, StoredItem, StoredItemListener};
@@ -68,6 +69,14 @@ pub struct Work {
     pub item: Item,
     /// Size and modification time of its file, when it could be read.
     pub fingerprint: Option<String>,
+    /// Its file, when that is in the spool: removed when the work is dropped.
+    pub spool: SpoolFile,
+}
+
+/// The guard of an item's spool file (empty for any other file).
+fn spool_file(roots: &BTreeMap<String, PathBuf>, file: &crate::bindings::types::FileRef) -> SpoolFile {
+    let path = (file.root == spool::ROOT).then(|| roots.get(spool::ROOT)).flatten();
+    SpoolFile(path.and_then(|dir| spool::Spool::path_of(dir, &file.path)))
 }
 
 /// `size:mtime_ns` of an item's file: cheap, and changes when a clinic
@@ -482,6 +491,8 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                     );
                 }
                 for item in page.items {
+                    // a spooled file goes when its item does, however it ends
+                    let spool = spool_file(&roots, &item.file);
                     if let Some(only) = &only {
                         if !only.contains(&item.id) {
                             continue;
@@ -489,7 +500,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         wanted = wanted.map(|n| n.saturating_sub(1));
                     }
                     let fp = fingerprint(&roots, &item.file);
-                    let work = Work { item, fingerprint: fp };
+                    let work = Work { item, fingerprint: fp, spool };
                     let verdict = if force { Verdict::Process } else { verdict(&*ledger, &work) };
                     match verdict {
                         Verdict::Done(r) | Verdict::Parked(r) => {
@@ -499,7 +510,8 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         }
                         Verdict::Process => {}
                     }
-                    if !min_age.is_zero() {
+                    // the host wrote a spool file whole: nothing to wait for
+                    if !min_age.is_zero() && work.item.file.root != spool::ROOT {
                         if let Some(age) = file_age(&roots, &work.item.file, min_age).filter(|a| *a < min_age) {
                             summary.scanned.fetch_add(1, Ordering::Relaxed);
                             summary.item(

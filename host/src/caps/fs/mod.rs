@@ -94,6 +94,9 @@ pub fn resolve(state: &StageState, r: &FileRef) -> Result<PathBuf, HostError> {
     check_relative(&r.root, &r.path)?;
     let root = match ctx.caps.fs.as_ref().and_then(|f| f.roots.get(&r.root)) {
         Some(root) => root,
+        None if r.root == super::http::spool::ROOT && state.spooled.contains(&r.path) => {
+            ctx.all_fs_roots.get(&r.root).ok_or_else(|| HostError::NotFound("this stage has no spool".into()))?
+        }
         None if state.current_file.as_ref().is_some_and(|c| c.root == r.root && c.path == r.path) => ctx
             .all_fs_roots
             .get(&r.root)

@@ -10,8 +10,15 @@ use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 
+pub mod body;
+pub mod spool;
+
+use body::FileRequestBody;
+use spool::{Spool, SpoolFile, Written};
+
 use super::{Capability, Prepare, StageState};
-use crate::bindings::http::{Host, Request, Response};
+use crate::bindings::http::{FileBody, Host, Request, Response, Spooled};
+use crate::bindings::types::FileRef;
 use crate::bindings::types::HostError;
 use crate::retry::Backoff;
 
@@ -45,20 +52,34 @@ impl Default for Client {
 pub struct Http {
     pub allowed: Vec<String>,
     client: Client,
+    /// Where `send-to-spool` writes (none for the renderer).
+    spool: Option<Spool>,
+}
+
+/// What every stage of a pipeline shares: one client (connection pooling
+/// across instances) and the spool.
+pub struct HttpShared {
+    client: Client,
+    spool: Option<Spool>,
 }
 
 impl Capability for Http {
     const INTERFACE: &'static str = "http";
     const GRANT_HINT: &'static str = "grants.http = [\"<host>\"]";
-    type Shared = Client;
+    type Shared = HttpShared;
 
-    fn init(_: Option<&crate::config::Pipeline>) -> Client {
-        Client::new()
+    fn init(pipeline: Option<&crate::config::Pipeline>) -> HttpShared {
+        let spool = pipeline.map(|p| Spool { dir: p.spool_dir(), max: p.spool_max });
+        HttpShared { client: Client::new(), spool }
     }
 
-    fn prepare(client: &Client, cx: &Prepare<'_>) -> anyhow::Result<Option<Http>> {
+    fn prepare(shared: &HttpShared, cx: &Prepare<'_>) -> anyhow::Result<Option<Http>> {
         let hosts = &cx.stage.grants.http;
-        Ok((!hosts.is_empty()).then(|| Http { allowed: hosts.clone(), client: client.clone() }))
+        Ok((!hosts.is_empty()).then(|| Http {
+            allowed: hosts.clone(),
+            client: shared.client.clone(),
+            spool: shared.spool.clone(),
+        }))
     }
 
     /// Nothing to prove before the plugin asks (the hosts are its business).
@@ -101,8 +122,44 @@ pub fn retry_after(headers: &[(String, String)]) -> Option<Duration> {
         .and_then(|(_, v)| crate::retry::retry_after(v, std::time::SystemTime::now()))
 }
 
-impl Host for StageState {
-    async fn send(&mut self, req: Request) -> Result<Response, HostError> {
+/// What one attempt brought back.
+enum Answer {
+    Memory(Response),
+    /// The body is in the spool; `file` removes it unless it is kept.
+    Spooled {
+        status: u16,
+        headers: Vec<(String, String)>,
+        written: Written,
+        file: SpoolFile,
+    },
+}
+
+impl Answer {
+    fn status(&self) -> u16 {
+        match self {
+            Answer::Memory(r) => r.status,
+            Answer::Spooled { status, .. } => *status,
+        }
+    }
+
+    fn headers(&self) -> &[(String, String)] {
+        match self {
+            Answer::Memory(r) => &r.headers,
+            Answer::Spooled { headers, .. } => headers,
+        }
+    }
+}
+
+impl StageState {
+    /// One request, retried as `req.retry` says, within the call deadline:
+    /// the body from `req.body` or made from a file, the answer in memory
+    /// or (`to_spool`) in a spool file.
+    async fn exchange(
+        &mut self,
+        req: Request,
+        file_body: Option<FileBody>,
+        to_spool: bool,
+    ) -> Result<Answer, HostError> {
         let url = url::Url::parse(&req.url).map_err(|e| HostError::Invalid(format!("bad URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(HostError::Invalid(format!("scheme `{}` is not allowed (http or https)", url.scheme())));
@@ -113,16 +170,25 @@ impl Host for StageState {
             _ => return Err(HostError::Invalid("URL has no host".into())),
         };
         let grant = self.ctx.caps.http.as_ref();
-        if !grant.is_some_and(|g| allowed(&g.allowed, &url)) {
+        let Some(grant) = grant.filter(|g| allowed(&g.allowed, &url)) else {
             return Err(self.ctx.denied(
                 &format!("connect to `{host_port}`"),
                 &format!("add \"{}\" to `grants.http`", url.host_str().unwrap_or_default()),
             ));
-        }
+        };
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| HostError::Invalid(format!("bad HTTP method `{}`", req.method)))?;
+        if file_body.is_some() && req.body.is_some() {
+            return Err(HostError::Invalid("give the body either in the request or from a file, not both".into()));
+        }
+        let file_body = file_body.map(|b| FileRequestBody::prepare(self, &b)).transpose()?;
+        let spool = match (to_spool, &grant.spool) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s.clone()),
+            (true, None) => return Err(HostError::Denied(format!("{} has no spool to write to", self.ctx.who()))),
+        };
         let per_request = req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)).unwrap_or(DEFAULT_TIMEOUT);
-        let client = grant.expect("checked above").client.0.clone();
+        let client = grant.client.0.clone();
         let deadline = tokio::time::Instant::from_std(self.deadline);
         let attempts = if req.retry { MAX_ATTEMPTS } else { 1 };
         let fut = async move {
@@ -136,15 +202,27 @@ impl Host for StageState {
                 if let Some(body) = &req.body {
                     b = b.body(body.clone());
                 }
-                let result = send_once(b, &host_port).await;
+                if let Some(fb) = &file_body {
+                    let has_type = req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+                    if let (Some(ct), false) = (&fb.content_type, has_type) {
+                        b = b.header(reqwest::header::CONTENT_TYPE, ct);
+                    }
+                    b = b
+                        .header(reqwest::header::CONTENT_LENGTH, fb.content_length())
+                        .body(reqwest::Body::wrap_stream(fb.stream()));
+                }
+                let result = match &spool {
+                    None => send_once(b, &host_port).await.map(Answer::Memory),
+                    Some(spool) => send_to_spool(b, &host_port, spool).await,
+                };
                 attempt += 1;
                 // what to wait before trying again, if worth it
                 let wait = match &result {
                     Err(HostError::Unavailable(_)) => Some(BACKOFF.jittered(attempt)),
-                    Ok(r) if r.status == 429 => {
-                        Some(retry_after(&r.headers).unwrap_or_else(|| BACKOFF.jittered(attempt)))
+                    Ok(r) if r.status() == 429 => {
+                        Some(retry_after(r.headers()).unwrap_or_else(|| BACKOFF.jittered(attempt)))
                     }
-                    Ok(r) if matches!(r.status, 500 | 502 | 503 | 504) => Some(BACKOFF.jittered(attempt)),
+                    Ok(r) if matches!(r.status(), 500 | 502 | 503 | 504) => Some(BACKOFF.jittered(attempt)),
                     _ => None,
                 };
                 let Some(wait) = wait else { return result };
@@ -152,6 +230,8 @@ impl Host for StageState {
                 if attempt >= attempts || wait + Duration::from_millis(50) >= left {
                     return result;
                 }
+                // a spooled answer not kept is removed here (its guard drops)
+                drop(result);
                 tracing::debug!(host = %host_port, attempt, ?wait, "retrying HTTP request");
                 tokio::time::sleep(wait).await;
             }
@@ -160,14 +240,61 @@ impl Host for StageState {
     }
 }
 
+impl Host for StageState {
+    async fn send(&mut self, req: Request) -> Result<Response, HostError> {
+        match self.exchange(req, None, false).await? {
+            Answer::Memory(r) => Ok(r),
+            Answer::Spooled { .. } => Err(HostError::Failed("internal: a spooled answer to `send`".into())),
+        }
+    }
+
+    async fn send_file(&mut self, req: Request, body: FileBody) -> Result<Response, HostError> {
+        match self.exchange(req, Some(body), false).await? {
+            Answer::Memory(r) => Ok(r),
+            Answer::Spooled { .. } => Err(HostError::Failed("internal: a spooled answer to `send-file`".into())),
+        }
+    }
+
+    async fn send_to_spool(&mut self, req: Request, body: Option<FileBody>) -> Result<Spooled, HostError> {
+        match self.exchange(req, body, true).await? {
+            Answer::Spooled { status, headers, written, mut file } => {
+                // kept: the runner removes it with its item (or ferry at start)
+                file.0 = None;
+                self.spooled.insert(written.name.clone());
+                Ok(Spooled {
+                    status,
+                    headers,
+                    body: FileRef { root: spool::ROOT.into(), path: written.name },
+                    size: written.size,
+                    sha256: written.sha256,
+                })
+            }
+            Answer::Memory(_) => Err(HostError::Failed("internal: an in-memory answer to `send-to-spool`".into())),
+        }
+    }
+}
+
+/// One attempt whose body goes to the spool.
+async fn send_to_spool(b: reqwest::RequestBuilder, host_port: &str, spool: &Spool) -> Result<Answer, HostError> {
+    let resp = b.send().await.map_err(|e| transport_error(host_port, e))?;
+    let status = resp.status().as_u16();
+    let headers = header_list(&resp);
+    let written = spool.write(resp.bytes_stream(), host_port).await?;
+    let file = SpoolFile(Some(spool.dir.join(&written.name)));
+    Ok(Answer::Spooled { status, headers, written, file })
+}
+
+fn header_list(resp: &reqwest::Response) -> Vec<(String, String)> {
+    resp.headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
+}
+
 async fn send_once(b: reqwest::RequestBuilder, host_port: &str) -> Result<Response, HostError> {
     let resp = b.send().await.map_err(|e| transport_error(host_port, e))?;
     let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
+    let headers = header_list(&resp);
     let mut body = Vec::new();
     let mut resp = resp;
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(host_port, e))? {
