@@ -38,6 +38,7 @@ macro_rules! stage_world {
 }
 
 stage_world!(source_world, "source-plugin");
+stage_world!(document_source_world, "document-source-plugin");
 stage_world!(extractor_world, "extractor-plugin");
 stage_world!(resolver_world, "resolver-plugin");
 stage_world!(store_world, "store-plugin");

@@ -73,10 +73,19 @@ impl Plugin {
         self.imports.iter().any(|i| i.starts_with(&prefix))
     }
 
+    /// Does it export `document-source` (a `[source]` yielding documents)?
+    pub fn is_document_source(&self) -> bool {
+        let prefix = format!("{PACKAGE}/document-source@");
+        self.exports.iter().any(|e| e.strip_prefix(&prefix).is_some_and(compatible))
+    }
+
     /// Checks the plugin implements the world of `role`.
     pub fn check_role(&self, role: Role) -> Result<(), PluginError> {
         let prefix = format!("{PACKAGE}/{}@", role.export());
         if self.exports.iter().any(|e| e.strip_prefix(&prefix).is_some_and(compatible)) {
+            return Ok(());
+        }
+        if role == Role::Source && self.is_document_source() {
             return Ok(());
         }
         let wanted = format!("{prefix}{VERSION}");

@@ -19,15 +19,18 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
+use crate::bindings::document_source_world::exports::ferry::pipeline::document_source;
+use crate::bindings::document_source_world::{DocumentSourcePlugin, DocumentSourcePluginPre};
 use crate::bindings::extractor_world::{ExtractorPlugin, ExtractorPluginPre};
 use crate::bindings::renderer_world::exports::ferry::pipeline::renderer::Picture;
 use crate::bindings::renderer_world::{RendererPlugin, RendererPluginPre};
 use crate::bindings::resolver_world::exports::ferry::pipeline::resolver::Resolution;
 use crate::bindings::resolver_world::{ResolverPlugin, ResolverPluginPre};
-use crate::bindings::source_world::exports::ferry::pipeline::source::Page;
+use crate::bindings::source_world::exports::ferry::pipeline::source::{self, Page};
 use crate::bindings::source_world::{SourcePlugin, SourcePluginPre};
 use crate::bindings::store_world::exports::ferry::pipeline::store::Stored;
 use crate::bindings::store_world::{StorePlugin, StorePluginPre};
+use crate::bindings::types::DocumentFacts;
 use crate::bindings::types::{ErrorKind, FileRef, Item, Metadata, PatientKey, StageError};
 use crate::caps::{StageContext, StageState};
 use crate::config::{Limits, Role};
@@ -81,6 +84,7 @@ impl CallError {
 
 enum Guest {
     Source(SourcePlugin),
+    DocumentSource(DocumentSourcePlugin),
     Extractor(ExtractorPlugin),
     Resolver(ResolverPlugin),
     Store(StorePlugin),
@@ -89,6 +93,7 @@ enum Guest {
 
 enum Pre {
     Source(SourcePluginPre<StageState>),
+    DocumentSource(DocumentSourcePluginPre<StageState>),
     Extractor(ExtractorPluginPre<StageState>),
     Resolver(ResolverPluginPre<StageState>),
     Store(StorePluginPre<StageState>),
@@ -129,6 +134,7 @@ impl StagePool {
             .instantiate_pre(&plugin.component)
             .map_err(|e| anyhow::anyhow!("{}: cannot link {}: {e:#}", ctx.who(), plugin.path.display()))?;
         let pre = match ctx.role {
+            Role::Source if plugin.is_document_source() => Pre::DocumentSource(DocumentSourcePluginPre::new(ipre)?),
             Role::Source => Pre::Source(SourcePluginPre::new(ipre)?),
             Role::Extractor => Pre::Extractor(ExtractorPluginPre::new(ipre)?),
             Role::Resolver => Pre::Resolver(ResolverPluginPre::new(ipre)?),
@@ -185,6 +191,7 @@ impl StagePool {
         let setup = |e: wasmtime::Error| CallError::Setup(self.trap_message(&e, "starting"));
         let guest = match &self.pre {
             Pre::Source(p) => Guest::Source(p.instantiate_async(&mut store).await.map_err(setup)?),
+            Pre::DocumentSource(p) => Guest::DocumentSource(p.instantiate_async(&mut store).await.map_err(setup)?),
             Pre::Extractor(p) => Guest::Extractor(p.instantiate_async(&mut store).await.map_err(setup)?),
             Pre::Resolver(p) => Guest::Resolver(p.instantiate_async(&mut store).await.map_err(setup)?),
             Pre::Store(p) => Guest::Store(p.instantiate_async(&mut store).await.map_err(setup)?),
@@ -193,6 +200,7 @@ impl StagePool {
         let cfg = self.config_json.clone();
         let configured = match &guest {
             Guest::Source(g) => g.ferry_pipeline_source().call_configure(&mut store, &cfg).await,
+            Guest::DocumentSource(g) => g.ferry_pipeline_document_source().call_configure(&mut store, &cfg).await,
             Guest::Extractor(g) => g.ferry_pipeline_extractor().call_configure(&mut store, &cfg).await,
             Guest::Resolver(g) => g.ferry_pipeline_resolver().call_configure(&mut store, &cfg).await,
             Guest::Store(g) => g.ferry_pipeline_store().call_configure(&mut store, &cfg).await,
@@ -264,9 +272,16 @@ impl StagePool {
         inst.store.data_mut().current_file = file;
         let store = &mut inst.store;
         let r: wasmtime::Result<Result<Response, StageError>> = match (&inst.guest, req) {
-            (Guest::Source(g), Request::Scan(cursor)) => {
-                g.ferry_pipeline_source().call_scan(&mut *store, cursor.as_deref()).await.map(|r| r.map(Response::Page))
-            }
+            (Guest::Source(g), Request::Scan(cursor)) => g
+                .ferry_pipeline_source()
+                .call_scan(&mut *store, cursor.as_deref())
+                .await
+                .map(|r| r.map(|p| Response::Page(ScanPage::from(p)))),
+            (Guest::DocumentSource(g), Request::Scan(cursor)) => g
+                .ferry_pipeline_document_source()
+                .call_scan(&mut *store, cursor.as_deref())
+                .await
+                .map(|r| r.map(|p| Response::Page(ScanPage::from(p)))),
             (Guest::Extractor(g), Request::Extract(item)) => {
                 g.ferry_pipeline_extractor().call_extract(&mut *store, item).await.map(|r| r.map(Response::Metadata))
             }
@@ -296,7 +311,7 @@ impl StagePool {
         }
     }
 
-    pub async fn scan(&self, cursor: Option<String>) -> Result<Page, CallError> {
+    pub async fn scan(&self, cursor: Option<String>) -> Result<ScanPage, CallError> {
         match self.call(Request::Scan(cursor)).await? {
             Response::Page(p) => Ok(p),
             _ => unreachable!(),
@@ -333,6 +348,47 @@ impl StagePool {
     }
 }
 
+/// One page of a scan, whichever source world the plugin exports.
+#[derive(Debug, Clone)]
+pub struct ScanPage {
+    pub items: Vec<Scanned>,
+    pub notices: Vec<source::Notice>,
+    pub next_cursor: Option<String>,
+}
+
+/// An item as the source reported it; `document` for document sources.
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    pub item: Item,
+    pub document: Option<DocumentFacts>,
+}
+
+impl From<Page> for ScanPage {
+    fn from(p: Page) -> ScanPage {
+        let items = p.items.into_iter().map(|item| Scanned { item, document: None }).collect();
+        ScanPage { items, notices: p.notices, next_cursor: p.next_cursor }
+    }
+}
+
+impl From<document_source::Page> for ScanPage {
+    fn from(p: document_source::Page) -> ScanPage {
+        let items = p.documents.into_iter().map(|d| Scanned { item: d.item, document: Some(d.facts) }).collect();
+        let notices = p
+            .notices
+            .into_iter()
+            .map(|n| source::Notice {
+                subject: n.subject,
+                outcome: match n.outcome {
+                    document_source::NoticeOutcome::Skip => source::NoticeOutcome::Skip,
+                    document_source::NoticeOutcome::Fail => source::NoticeOutcome::Fail,
+                },
+                reason: n.reason,
+            })
+            .collect();
+        ScanPage { items, notices, next_cursor: p.next_cursor }
+    }
+}
+
 enum Request<'a> {
     Scan(Option<String>),
     Extract(&'a Item),
@@ -342,7 +398,7 @@ enum Request<'a> {
 }
 
 enum Response {
-    Page(Page),
+    Page(ScanPage),
     Metadata(Metadata),
     Resolutions(Vec<Resolution>),
     Stored(Stored),

@@ -31,8 +31,9 @@ const SDK: &str = "__ferry_plugin_sdk_crate";
 const IMPORTS: [&str; 6] = ["types", "log", "fs", "sql", "http", "object-store"];
 
 /// The stage worlds: (world, name of the glue macro).
-const WORLDS: [(&str, &str); 5] = [
+const WORLDS: [(&str, &str); 6] = [
     ("source-plugin", "__source_plugin_glue"),
+    ("document-source-plugin", "__document_source_plugin_glue"),
     ("extractor-plugin", "__extractor_plugin_glue"),
     ("resolver-plugin", "__resolver_plugin_glue"),
     ("store-plugin", "__store_plugin_glue"),

@@ -4,7 +4,9 @@
 //! server on 127.0.0.1 into the spool, uploads it back three ways (raw,
 //! base64 inside JSON, multipart) and emits it as an item the stock store
 //! stores: if the bytes crossed into the guest, the instance would hit its
-//! limit. The spool is empty once the item has its outcome.
+//! limit. The spool is empty once the item has its outcome. The source is
+//! a document source: its facts (type, date, title, author) reach the
+//! store as `document.*` metadata.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -137,6 +139,17 @@ async fn forty_megabytes_pass_through_a_sixteen_megabyte_guest_both_ways() {
     let key = format!("images/{}/downloaded.bin", demo_guid(1));
     let stored = fx.stored();
     assert_eq!(stored.get(&key), Some(&sha(&file)), "{stored:#?}");
+    // the document's facts reached the store as `document.*` metadata
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.store_dir().join(format!("{key}.json"))).unwrap()).unwrap();
+    let md = &sidecar["metadata"];
+    assert_eq!(md["document.type.system"], "http://loinc.org", "{sidecar:#}");
+    assert_eq!(md["document.type.code"], "11502-2");
+    assert_eq!(md["document.type.display"], "Laboratory report");
+    assert_eq!(md["document.content-type"], "application/pdf");
+    assert_eq!(md["document.date"], "2026-11-30");
+    assert_eq!(md["document.title"], "Blood panel");
+    assert_eq!(md["document.author"], "Praxis Dr. Beispiel");
 
     let seen = peer.seen.lock().unwrap();
     assert_eq!(seen.gets, 2, "the 503 was retried once");

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bindings::resolver_world::exports::ferry::pipeline::resolver::Resolution;
 use crate::bindings::source_world::exports::ferry::pipeline::source::NoticeOutcome;
 use crate::bindings::store_world::exports::ferry::pipeline::store::StoreOutcome;
-use crate::bindings::types::{Item, Metadata, PatientKey};
+use crate::bindings::types::{DocumentFacts, Item, Metadata, PatientKey, Value};
 use crate::caps::http::spool::{self, SpoolFile};
 use crate::config::CacheConfig;
 use crate::ledger::{Backoff, CachedAnswer, Items, Resolutions, Runs, SyncLog};
@@ -71,6 +71,23 @@ pub struct Work {
     pub fingerprint: Option<String>,
     /// Its file, when that is in the spool: removed when the work is dropped.
     pub spool: SpoolFile,
+    /// What a document source said of the document.
+    pub document: Option<DocumentFacts>,
+}
+
+/// A document's facts as metadata for the later stages (`document.*`).
+fn document_metadata(d: &DocumentFacts) -> Metadata {
+    let text = |k: &str, v: &str| (format!("document.{k}"), Value::Text(v.to_owned()));
+    let mut md = vec![text("content-type", &d.content_type)];
+    if let Some(c) = &d.kind {
+        md.extend([text("type.system", &c.system), text("type.code", &c.code), text("type.display", &c.display)]);
+    }
+    for (k, v) in [("date", &d.date), ("title", &d.title), ("author", &d.author)] {
+        if let Some(v) = v {
+            md.push(text(k, v));
+        }
+    }
+    md
 }
 
 /// The guard of an item's spool file (empty for any other file).
@@ -140,7 +157,6 @@ pub struct Settings {
 
 /// The facts the service shows for an image, from its metadata.
 fn image_facts(item: &Item, md: &Metadata) -> ImageFacts {
-    use crate::bindings::types::Value;
     let text = |k: &str| {
         md.iter().rev().find(|(key, _)| key == k).and_then(|(_, v)| match v {
             Value::Text(t) => Some(t.clone()),
@@ -375,9 +391,12 @@ async fn store_one(
     cancel: &CancellationToken,
     retries: u32,
     w: Work,
-    md: Metadata,
+    mut md: Metadata,
     guid: String,
 ) {
+    if let Some(d) = &w.document {
+        md.extend(document_metadata(d));
+    }
     // a file that changes under ferry is not stored this pass: what would
     // land is a half-written image
     if changed_since_scan(roots, &w) {
@@ -490,7 +509,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         None,
                     );
                 }
-                for item in page.items {
+                for crate::stage::Scanned { item, document } in page.items {
                     // a spooled file goes when its item does, however it ends
                     let spool = spool_file(&roots, &item.file);
                     if let Some(only) = &only {
@@ -500,7 +519,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         wanted = wanted.map(|n| n.saturating_sub(1));
                     }
                     let fp = fingerprint(&roots, &item.file);
-                    let work = Work { item, fingerprint: fp, spool };
+                    let work = Work { item, fingerprint: fp, spool, document };
                     let verdict = if force { Verdict::Process } else { verdict(&*ledger, &work) };
                     match verdict {
                         Verdict::Done(r) | Verdict::Parked(r) => {

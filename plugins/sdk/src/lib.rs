@@ -74,8 +74,8 @@ mod stage;
 pub use file_reader::FileReader;
 pub use log::{debug, error, info, trace, warn};
 pub use stage::{
-    Extractor, Notice, NoticeOutcome, Page, Picture, Renderer, Resolution, Resolver, Source, Store, StoreOutcome,
-    Stored,
+    Document, DocumentPage, DocumentSource, Extractor, Notice, NoticeOutcome, Page, Picture, Renderer, Resolution,
+    Resolver, Source, Store, StoreOutcome, Stored,
 };
 
 /// Parses the stage's `config` table (JSON, as the host passes it) into `T`,
@@ -247,6 +247,35 @@ macro_rules! source_plugin {
                 });
                 ::std::result::Result::Ok(world::Page {
                     items: page.items,
+                    notices: notices.collect(),
+                    next_cursor: page.next_cursor,
+                })
+            }
+        });
+    };
+}
+
+/// Exports `$ty`, a type implementing [`DocumentSource`], as the
+/// component's `document-source-plugin` world. Once per plugin, in any module.
+#[macro_export]
+macro_rules! document_source_plugin {
+    ($ty:ty) => {
+        $crate::__plugin!(__document_source_plugin_glue, document_source, $ty, DocumentSource, {
+            fn scan(
+                cursor: ::std::option::Option<::std::string::String>,
+            ) -> ::std::result::Result<world::Page, $crate::types::StageError> {
+                let page = $crate::__private::with(&INSTANCE, |s| <$ty as $crate::DocumentSource>::scan(s, cursor))?;
+                let notices = page.notices.into_iter().map(|n| world::Notice {
+                    subject: n.subject,
+                    outcome: match n.outcome {
+                        $crate::NoticeOutcome::Skip => world::NoticeOutcome::Skip,
+                        $crate::NoticeOutcome::Fail => world::NoticeOutcome::Fail,
+                    },
+                    reason: n.reason,
+                });
+                let documents = page.documents.into_iter().map(|d| world::Document { item: d.item, facts: d.facts });
+                ::std::result::Result::Ok(world::Page {
+                    documents: documents.collect(),
                     notices: notices.collect(),
                     next_cursor: page.next_cursor,
                 })

@@ -17,7 +17,7 @@
 //! [`types`](crate::types).
 use serde::de::DeserializeOwned;
 
-use crate::types::{FileRef, Item, Metadata, PatientKey, StageError};
+use crate::types::{DocumentFacts, FileRef, Item, Metadata, PatientKey, StageError};
 
 /// `source-plugin`: enumerate items, page by page.
 pub trait Source: Sized {
@@ -28,6 +28,32 @@ pub trait Source: Sized {
     /// One page of the scan, starting after `cursor` (none: from the top).
     /// Aim for pages that take well under the call deadline.
     fn scan(&mut self, cursor: Option<String>) -> Result<Page, StageError>;
+}
+
+/// `document-source-plugin`: a source whose items are healthcare
+/// documents, each with its [`DocumentFacts`] (type, date, title, author,
+/// content type). The host hands the facts to the later stages as
+/// `document.*` metadata.
+pub trait DocumentSource: Sized {
+    type Config: DeserializeOwned;
+    fn new(config: Self::Config) -> Result<Self, StageError>;
+    /// One page of documents, starting after `cursor` (none: from the top).
+    fn scan(&mut self, cursor: Option<String>) -> Result<DocumentPage, StageError>;
+}
+
+/// `document-source.document`: an item and what the source knows of it.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub item: Item,
+    pub facts: DocumentFacts,
+}
+
+/// `document-source.page`.
+#[derive(Debug, Clone)]
+pub struct DocumentPage {
+    pub documents: Vec<Document>,
+    pub notices: Vec<Notice>,
+    pub next_cursor: Option<String>,
 }
 
 /// `extractor-plugin`: metadata from the item's file.
