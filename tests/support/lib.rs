@@ -23,10 +23,15 @@
 //!   (card id → patient guid), with switchable [`Fault`]s;
 //! * [`S3Server`]: an S3 server (s3s-fs over a temp dir, SigV4 checked),
 //!   with outage and failed-upload injection and `aws-sdk-s3` assertion
-//!   helpers.
+//!   helpers;
+//! * [`FhirServer`]: a FHIR R4 server (an in-memory, versioned store of
+//!   `Patient`, `DocumentReference` and `Binary`, searches with paging,
+//!   conditional create, OAuth2 client credentials), with [`FhirFault`]s
+//!   and request counters.
 
 mod demo;
 mod dicom;
+pub mod fhir_server;
 pub mod guest;
 pub mod hostile;
 mod pipelines;
@@ -39,6 +44,7 @@ use std::path::PathBuf;
 
 pub use demo::{demo_guid, demo_site, DEMO_EXPECTED};
 pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};
+pub use fhir_server::{document_reference, FhirFault, FhirServer, FhirServerBuilder, LoggedRequest};
 pub use guest::build_guest;
 pub use pipelines::{production_toml, SQLITE_CONNECTION};
 pub use resolver_server::{Fault, ResolverServer};
@@ -69,6 +75,8 @@ pub fn plugin_dir() -> PathBuf {
     dir
 }
 
+#[cfg(test)]
+mod fhir_server_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]
