@@ -9,6 +9,7 @@ mod compile_cache;
 mod contract_versions;
 mod corrupt_input;
 mod crash_recovery;
+mod folder_documents;
 mod graceful_stop;
 mod grants;
 mod happy_path;
