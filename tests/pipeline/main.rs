@@ -9,6 +9,7 @@ mod compile_cache;
 mod contract_versions;
 mod corrupt_input;
 mod crash_recovery;
+mod fhir_store;
 mod folder_documents;
 mod graceful_stop;
 mod grants;
