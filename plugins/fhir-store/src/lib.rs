@@ -237,18 +237,8 @@ pub fn check_url(url: &str) -> Result<String, String> {
     Ok(authority.to_ascii_lowercase())
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Percent-encodes everything but RFC 3986 unreserved characters (the SDK's).
+pub use ferry_plugin_sdk::percent_encode;
 
 // ------------------------------------------------------------ the document
 

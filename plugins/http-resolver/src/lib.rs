@@ -399,18 +399,8 @@ fn check_json_template(rendered: &str, hint: &str) -> Result<(), String> {
         .map_err(|e| format!("not valid JSON once the card ids are filled in ({}); {hint}", json_error(&e)))
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Percent-encodes everything but RFC 3986 unreserved characters (the SDK's).
+pub use ferry_plugin_sdk::percent_encode;
 
 /// The JSON string literal of `s` without its quotes.
 pub fn json_escape(s: &str) -> String {

@@ -143,6 +143,20 @@ impl<T, E: Into<StageError>> Context<T> for Result<T, E> {
     }
 }
 
+/// Percent-encodes everything but RFC 3986 unreserved characters (for a
+/// value inside a URL's path or query).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Looks up an attribute of an item by key.
 pub fn attribute<'a>(item: &'a types::Item, key: &str) -> Option<&'a str> {
     item.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())

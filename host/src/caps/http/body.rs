@@ -230,6 +230,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn part_headers_refuse_quotes_and_line_breaks() {
+        for bad in ["a\"b", "a\r\nX-Injected: 1", "a\\b", "tab\there"] {
+            let e = check_header_text("part filename", bad).unwrap_err();
+            assert!(matches!(&e, HostError::Invalid(m) if m.contains("quote, backslash or control")), "{bad:?}: {e:?}");
+        }
+        assert!(check_header_text("part filename", "Röntgen 2024-03.pdf").is_ok());
+    }
+
     #[tokio::test]
     async fn a_file_that_changed_size_fails_the_body() {
         let dir = tempfile::tempdir().unwrap();
