@@ -59,6 +59,13 @@ fn shipped_pipelines_parse() {
     let env = |k: &str| match k {
         "FERRY_PLUGIN_DIR" => None,
         "PMS_RESOLVER_URL" => Some("https://pms.example.com/api/resolve".to_string()),
+        // a real key: the compiler checks that a private key signs
+        "PROVIDER_PRIVATE_KEY" => {
+            std::fs::read_to_string(ferry_tests::workspace_root().join("tests/pipeline/keys/ec384-private.pem")).ok()
+        }
+        "DEMO_PROVIDER_HOST" | "DEMO_PLATFORM_HOST" => Some("127.0.0.1:18080".to_string()),
+        "DEMO_PROVIDER_TOKEN_URL" => Some("http://127.0.0.1:18080/auth/token".to_string()),
+        "DEMO_PROVIDER_BASE" | "DEMO_PLATFORM_BASE" => Some("http://127.0.0.1:18080/fhir".to_string()),
         _ => Some(format!("value-of-{k}")),
     };
     let mut n = 0;
@@ -71,5 +78,5 @@ fn shipped_pipelines_parse() {
             n += 1;
         }
     }
-    assert!(n >= 2, "pipelines found: {n}");
+    assert!(n >= 4, "pipelines found: {n}");
 }

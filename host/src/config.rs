@@ -210,6 +210,7 @@ fn default_retries() -> u32 {
 /// fs = { pdata = "//server/PDATA" }      # read-only roots, by name
 /// sql = ["sidexis"]                      # names from [connections]
 /// http = ["pms.example.com", "127.0.0.1:8080"]  # allowed hosts (host or host:port)
+/// http_auth."pms.example.com" = { kind = "bearer", token = "${PMS_TOKEN}" }  # see HttpAuth
 /// object_store = { kind = "fs", path = "/srv/ferry/store" }
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -221,6 +222,10 @@ pub struct Grants {
     pub sql: Vec<String>,
     #[serde(default)]
     pub http: Vec<String>,
+    /// Credentials the host adds to requests to a host of `http`
+    /// ([`crate::caps::http::config::HttpAuth`]).
+    #[serde(default)]
+    pub http_auth: BTreeMap<String, crate::caps::http::config::HttpAuth>,
     #[serde(default)]
     pub object_store: Option<ObjectStoreGrant>,
 }
@@ -602,6 +607,18 @@ impl Compiler {
             }
             grants.http.push(h.to_ascii_lowercase());
         }
+        for (host, auth) in &raw.http_auth {
+            let key = format!("{sec}.grants.http_auth.\"{host}\"");
+            if !grants.http.contains(&host.to_ascii_lowercase()) {
+                let m = format!(
+                    "`{host}` is not in {sec}.grants.http: credentials go only to a granted host; \
+                     add it there or spell it the same way (host or host:port)"
+                );
+                self.fail(key.clone(), m);
+            }
+            self.problems.extend(auth.problems(&key));
+            grants.http_auth.insert(host.to_ascii_lowercase(), auth.clone());
+        }
         grants.object_store = raw.object_store.as_ref().map(|g| {
             let (g, problems) = g.compile(sec, &|p| self.rel(p));
             self.problems.extend(problems);
@@ -730,6 +747,17 @@ fn interpolate_value(
             for (k, x) in t.iter_mut() {
                 let sub = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
                 interpolate_value(x, &sub, env)?;
+            }
+            // the hosts of `grants.http_auth` are keys, and may come from
+            // the environment like the `grants.http` they must match
+            if key.ends_with("grants.http_auth") {
+                let old = std::mem::take(t);
+                for (k, x) in old {
+                    let host = interpolate(&k, env).map_err(|m| (format!("{key}.{k}"), m))?;
+                    if t.insert(host.clone(), x).is_some() {
+                        return Err((format!("{key}.{k}"), format!("`{host}` is given twice")));
+                    }
+                }
             }
         }
         _ => {}

@@ -125,8 +125,14 @@ impl Runtime {
             SqliteLedger::open(&pipeline.ledger_path())
                 .with_context(|| "opening the ledger (set [pipeline] state_dir to move it)".to_string())?,
         );
+        let source = pools.remove(&Role::Source).expect("source is required");
+        let resume_key = source.is_document_source().then(|| {
+            let s = pipeline.stage(Role::Source).expect("source is required");
+            crate::runner::resume::source_key(&s.plugin, &s.config_json)
+        });
         let stages = Stages {
-            source: pools.remove(&Role::Source).expect("source is required"),
+            source,
+            resume_key,
             extractor: pools.remove(&Role::Extractor),
             resolver: pools.remove(&Role::Resolver).expect("resolver is required"),
             store: pools.remove(&Role::Store).expect("store is required"),

@@ -153,6 +153,11 @@ impl StagePool {
         })
     }
 
+    /// Does the plugin export `document-source` (not `source`)?
+    pub fn is_document_source(&self) -> bool {
+        matches!(self.pre, Pre::DocumentSource(_))
+    }
+
     pub fn context(&self) -> &Arc<StageContext> {
         &self.ctx
     }

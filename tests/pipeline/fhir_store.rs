@@ -5,7 +5,8 @@
 //! file above `binary_threshold` as a Binary it references. Re-running
 //! (with the same ledger or a fresh one) stores nothing new and uploads no
 //! second Binary; a wrong token fails the items with a hint that does not
-//! contain it; a 503 is waited out.
+//! contain it; a 503 is waited out; a changed file updates its
+//! DocumentReference (a new version of the same resource), never a second.
 
 use std::path::Path;
 
@@ -259,4 +260,54 @@ async fn a_wrong_token_fails_the_items_without_showing_it() {
     }
     assert_eq!(server.count("DocumentReference"), 0);
     assert_eq!(server.count("Binary"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_document_updates_its_document_reference_instead_of_adding_one() {
+    let server = FhirServer::builder().static_token(TOKEN).start();
+    let p1 = server.add_patient(&[]);
+    let p2 = server.add_patient(&[]);
+    let fx = Fixture::new(SiteBuilder::new());
+    setup(&fx, &p1, &p2);
+    let rt = runtime(load(&fx, &pipeline(&server), TOKEN)).await;
+    let s = run(&rt).await;
+    assert_eq!(s.count(Outcome::Stored), 2, "{}", s.line());
+    let before = report(&s, "2024/blood-panel.pdf").location.unwrap();
+    let big_before = report(&s, "2024/discharge.txt").location.unwrap();
+
+    // the lab corrects the report; the discharge letter grows
+    let corrected = tiny_pdf("Blood panel (corrected: potassium 4.1)");
+    let mut longer = big_text();
+    longer.extend_from_slice(b"Nachtrag: Kontrolle vorgezogen.\n");
+    ferry_tests::write_settled(&fx.dir.path().join("drop/2024/blood-panel.pdf"), &corrected).unwrap();
+    ferry_tests::write_settled(&fx.dir.path().join("drop/2024/discharge.txt"), &longer).unwrap();
+    let s = run(&rt).await;
+    assert!(s.errors().is_empty(), "{:?}", s.errors());
+    assert_eq!(s.count(Outcome::Stored), 2, "{}", s.line());
+    assert_eq!(report(&s, "2024/blood-panel.pdf").location.as_deref(), Some(before.as_str()), "the same resource");
+    assert_eq!(report(&s, "2024/discharge.txt").location.as_deref(), Some(big_before.as_str()));
+    assert_eq!(server.count("DocumentReference"), 2, "updated, not duplicated");
+
+    let docs = server.resources("DocumentReference");
+    let d = doc_for(&docs, &corrected);
+    assert_eq!(format!("DocumentReference/{}", d["id"].as_str().unwrap()), before);
+    assert_eq!(d["meta"]["versionId"], "2");
+    assert_eq!(d["subject"]["reference"], format!("Patient/{p1}"));
+    let a = &d["content"][0]["attachment"];
+    assert_eq!(STANDARD.decode(a["data"].as_str().unwrap()).unwrap(), corrected);
+    assert_eq!(a["hash"], sha1_b64(&corrected));
+    assert_eq!(
+        server.history("DocumentReference", d["id"].as_str().unwrap()).len(),
+        2,
+        "the old version stays in the history"
+    );
+    let d = doc_for(&docs, &longer);
+    let binary = d["content"][0]["attachment"]["url"].as_str().unwrap().strip_prefix("Binary/").unwrap();
+    assert!(server.binary(binary).unwrap().1 == longer, "the new Binary holds the new bytes");
+
+    // nothing changed since: nothing written
+    server.reset_counts();
+    let s = run(&rt).await;
+    assert_eq!(s.count(Outcome::Unchanged), 2, "{}", s.line());
+    assert_eq!(server.request_count("PUT /DocumentReference/{id}"), 0, "{:#?}", server.route_counts());
 }

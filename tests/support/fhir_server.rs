@@ -1703,7 +1703,8 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
 }
 
 /// Checks a JWT client assertion's shape and claims (not its signature):
-/// `Ok({"header", "claims", "signature"})`.
+/// `Ok({"header", "claims", "signature", "jwt"})` (`jwt` as sent, so a
+/// test can verify the signature with the client's public key).
 fn check_assertion(jwt: &str, token_url: &str, clients: &[String], client_id: Option<&str>) -> Result<Value, String> {
     let parts: Vec<&str> = jwt.split('.').collect();
     let [header, claims, signature] = parts.as_slice() else {
@@ -1752,7 +1753,7 @@ fn check_assertion(jwt: &str, token_url: &str, clients: &[String], client_id: Op
     if !claims["jti"].is_string() {
         return Err("client_assertion has no jti".into());
     }
-    Ok(json!({ "header": header, "claims": claims, "signature": signature }))
+    Ok(json!({ "header": header, "claims": claims, "signature": signature, "jwt": jwt }))
 }
 
 // ---------------------------------------------------------------- time

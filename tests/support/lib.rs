@@ -34,6 +34,8 @@ mod dicom;
 pub mod fhir_server;
 pub mod guest;
 pub mod hostile;
+pub mod opendental_server;
+pub mod pdf;
 mod pipelines;
 pub mod resolver_server;
 mod runtime;
@@ -46,6 +48,7 @@ pub use demo::{demo_guid, demo_site, DEMO_EXPECTED};
 pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};
 pub use fhir_server::{document_reference, FhirFault, FhirServer, FhirServerBuilder, LoggedRequest};
 pub use guest::build_guest;
+pub use opendental_server::{OdDocument, OdFault, OdPatient, OdRequest, OpenDentalServer, OpenDentalServerBuilder};
 pub use pipelines::{production_toml, SQLITE_CONNECTION};
 pub use resolver_server::{Fault, ResolverServer};
 pub use s3_server::S3Server;
@@ -77,6 +80,8 @@ pub fn plugin_dir() -> PathBuf {
 
 #[cfg(test)]
 mod fhir_server_tests;
+#[cfg(test)]
+mod opendental_server_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]

@@ -35,7 +35,7 @@ fn main() -> Result<()> {
                  commands:\n  \
                  plugins   build every plugin in plugins/ into target/plugins/*.wasm\n  \
                  test      build plugins, then run every test (extra args go to cargo test)\n  \
-                 demo      build plugins, generate a synthetic Sidexis site, run pipelines/demo.toml\n  \
+                 demo      build plugins, generate a synthetic Sidexis site, run pipelines/demo.toml, then a documents pipeline\n  \
                  check     build plugins, then `ferry check pipelines/demo.toml`\n  \
                  bench     build plugins and ferry, print pipeline vs plain-upload figures (--quick: smaller site; --release)\n  \
                  lint      house rules: cargo fmt --check and clippy -D warnings in both workspaces (CI runs it)\n  \
@@ -135,6 +135,17 @@ fn demo(root: &Path) -> Result<()> {
     );
     if !status.success() {
         bail!("ferry run failed ({status})");
+    }
+    // the documents job: a hospital's FHIR server -> a practice platform
+    eprintln!("\n==> documents: pipelines/demo-documents.toml (two FHIR test servers on 127.0.0.1)");
+    let status = Command::new(bin.join("documents-demo"))
+        .current_dir(root)
+        .arg(bin.join("ferry"))
+        .env("FERRY_PLUGIN_DIR", &out)
+        .status()
+        .context("running documents-demo")?;
+    if !status.success() {
+        bail!("the documents demo failed ({status})");
     }
     Ok(())
 }

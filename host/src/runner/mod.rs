@@ -35,6 +35,7 @@ use crate::outcome::{ImageFacts, StoredItem, StoredItemListener};
 use crate::stage::StagePool;
 
 mod decide;
+pub mod resume;
 mod retry;
 mod summary;
 
@@ -56,6 +57,9 @@ pub struct Stages {
     pub on_stored: Vec<Arc<dyn StoredItemListener>>,
     /// Every fs root of the pipeline (to fingerprint item files).
     pub fs_roots: BTreeMap<String, PathBuf>,
+    /// The ledger key of the source's resume point, for a document source
+    /// ([`resume`]); none for other sources.
+    pub resume_key: Option<String>,
 }
 
 /// The parts of the ledger a pass uses: outcomes, runs, the sync log and
@@ -73,7 +77,24 @@ pub struct Work {
     pub spool: SpoolFile,
     /// What a document source said of the document.
     pub document: Option<DocumentFacts>,
+    /// The scan page it came on (for [`resume`]).
+    pub page: usize,
+    /// Where an earlier version of it was stored, and for whom.
+    pub previous: Option<Previous>,
 }
+
+/// An earlier stored version of an item whose file has changed since: the
+/// store is told (`ferry.previous-location`) so it can update that copy
+/// instead of adding a second one, when the patient is the same.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub location: String,
+    pub patient_guid: String,
+}
+
+/// The metadata key telling a store where the previous version of a
+/// changed item is (its earlier `stored.location`, same patient).
+pub const PREVIOUS_LOCATION: &str = "ferry.previous-location";
 
 /// A document's facts as metadata for the later stages (`document.*`).
 fn document_metadata(d: &DocumentFacts) -> Metadata {
@@ -100,6 +121,11 @@ fn spool_file(roots: &BTreeMap<String, PathBuf>, file: &crate::bindings::types::
 /// re-exports an image. The store still compares checksums.
 pub fn fingerprint(roots: &BTreeMap<String, PathBuf>, file: &crate::bindings::types::FileRef) -> Option<String> {
     let root = roots.get(&file.root)?;
+    if file.root == spool::ROOT {
+        // a download is new each pass: its content is what stays the same
+        let (sha, size) = crate::util::sha256_file(&root.join(&file.path)).ok()?;
+        return Some(format!("{size}:sha256:{sha}"));
+    }
     let md = std::fs::metadata(root.join(&file.path)).ok()?;
     let mtime = md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
     Some(format!("{}:{mtime}", md.len()))
@@ -125,7 +151,8 @@ pub fn file_age(
 
 /// Whether the item's file is no longer what the scan saw.
 fn changed_since_scan(roots: &BTreeMap<String, PathBuf>, w: &Work) -> bool {
-    w.fingerprint.is_some() && fingerprint(roots, &w.item.file) != w.fingerprint
+    // the host wrote a spool file whole and nothing writes it again
+    w.item.file.root != spool::ROOT && w.fingerprint.is_some() && fingerprint(roots, &w.item.file) != w.fingerprint
 }
 
 /// Run settings taken from the pipeline file.
@@ -181,8 +208,8 @@ fn image_facts(item: &Item, md: &Metadata) -> ImageFacts {
 
 /// What the ledger says to do with a scanned item.
 enum Verdict {
-    /// Process it.
-    Process,
+    /// Process it (with where an earlier version was stored, if any).
+    Process(Option<Previous>),
     /// Already stored, file unchanged: nothing to do.
     Done(Report),
     /// A parked problem whose backoff has not run out: report as is.
@@ -192,14 +219,14 @@ enum Verdict {
 fn verdict(ledger: &dyn RunLedger, w: &Work) -> Verdict {
     let rec = match ledger.item(&w.item.id) {
         Ok(Some(r)) => r,
-        Ok(None) => return Verdict::Process,
+        Ok(None) => return Verdict::Process(None),
         Err(e) => {
             tracing::warn!("ledger lookup failed, processing {}: {e}", w.item.id);
-            return Verdict::Process;
+            return Verdict::Process(None);
         }
     };
     if rec.fingerprint.is_none() || rec.fingerprint != w.fingerprint {
-        return Verdict::Process;
+        return Verdict::Process(previous(&rec));
     }
     let report = |outcome, detail: String| Report {
         subject: w.item.id.clone(),
@@ -224,8 +251,13 @@ fn verdict(ledger: &dyn RunLedger, w: &Work) -> Verdict {
                 ),
             ))
         }
-        _ => Verdict::Process,
+        _ => Verdict::Process(previous(&rec)),
     }
+}
+
+/// Where the item was stored before, when it was.
+fn previous(rec: &crate::ledger::ItemRecord) -> Option<Previous> {
+    Some(Previous { location: rec.location.clone()?, patient_guid: rec.patient_guid.clone()? })
 }
 
 fn answer_of(r: &Resolution) -> Option<CachedAnswer> {
@@ -333,10 +365,24 @@ pub async fn run_once(stages: &Stages, settings: &Settings, cancel: Cancellation
         }
     }
     run_stages(stages, settings, cancel, summary.clone()).await;
+    save_resume_point(stages, settings, &summary);
     if let Some(j) = summary.journal.get() {
         if let Err(e) = j.ledger.end_run(j.run_id, &summary.line()) {
             summary.error(format!("cannot close the run in the ledger: {e}"));
         }
+    }
+}
+
+/// Remembers where the next pass of a document source starts, once every
+/// item of this one has its outcome ([`resume`]).
+fn save_resume_point(stages: &Stages, settings: &Settings, summary: &Summary) {
+    let Some(key) = &stages.resume_key else { return };
+    if settings.force || settings.only.is_some() || summary.interrupted() || !summary.errors().is_empty() {
+        return;
+    }
+    let Some(point) = summary.pages.lock().unwrap().outcome() else { return };
+    if let Err(e) = stages.ledger.set_resume_point(key, point.as_deref()) {
+        summary.error(format!("cannot save the resume point (the next pass scans more than it must): {e}"));
     }
 }
 
@@ -396,6 +442,9 @@ async fn store_one(
 ) {
     if let Some(d) = &w.document {
         md.extend(document_metadata(d));
+    }
+    if let Some(p) = w.previous.as_ref().filter(|p| p.patient_guid == guid) {
+        md.push((PREVIOUS_LOCATION.to_owned(), Value::Text(p.location.clone())));
     }
     // a file that changes under ferry is not stored this pass: what would
     // land is a half-written image
@@ -457,7 +506,7 @@ async fn store_one(
             location: None,
         },
     };
-    summary.record(report, w.fingerprint.as_deref());
+    summary.record_work(&w, report);
 }
 
 async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationToken, summary: Arc<Summary>) {
@@ -478,8 +527,21 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
         let only = settings.only.clone();
         let force = settings.force;
         let min_age = settings.min_age;
+        // a document source may start where the last pass left off
+        let resumable = stages.resume_key.clone().filter(|_| !force && only.is_none());
+        let start = match &resumable {
+            Some(key) => stages.ledger.resume_point(key).unwrap_or_else(|e| {
+                tracing::warn!("cannot read the resume point, scanning from the top: {e}");
+                None
+            }),
+            None => None,
+        };
+        if start.is_some() {
+            tracing::debug!("the scan starts at the resume point of the last pass");
+        }
+        let document_source = stages.resume_key.is_some();
         tasks.spawn(async move {
-            let mut cursor: Option<String> = None;
+            let mut cursor: Option<String> = start;
             // with `only`, the scan ends once every wanted item was seen
             let mut wanted = only.as_ref().map(|o| o.len());
             loop {
@@ -487,6 +549,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                     summary.interrupted.store(true, Ordering::Relaxed);
                     break;
                 }
+                let page_no = summary.pages.lock().unwrap().begin(cursor.clone());
                 let page = with_retries(retries, &cancel, || source.scan(cursor.clone())).await;
                 let page = match page {
                     Ok(p) => p,
@@ -495,6 +558,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         break;
                     }
                 };
+                let empty = page.items.is_empty() && page.notices.is_empty();
                 for n in page.notices {
                     if only.is_some() {
                         continue;
@@ -504,6 +568,9 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         NoticeOutcome::Skip => Outcome::Skipped,
                         NoticeOutcome::Fail => Outcome::Failed,
                     };
+                    if !resume::settled(outcome) {
+                        summary.pages.lock().unwrap().unsettled(page_no);
+                    }
                     summary.record(
                         Report { subject: n.subject, outcome, detail: n.reason, patient_guid: None, location: None },
                         None,
@@ -519,15 +586,21 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         wanted = wanted.map(|n| n.saturating_sub(1));
                     }
                     let fp = fingerprint(&roots, &item.file);
-                    let work = Work { item, fingerprint: fp, spool, document };
-                    let verdict = if force { Verdict::Process } else { verdict(&*ledger, &work) };
+                    let mut work = Work { item, fingerprint: fp, spool, document, page: page_no, previous: None };
+                    let verdict = if force { Verdict::Process(None) } else { verdict(&*ledger, &work) };
                     match verdict {
-                        Verdict::Done(r) | Verdict::Parked(r) => {
+                        Verdict::Done(r) => {
                             summary.scanned.fetch_add(1, Ordering::Relaxed);
                             summary.remembered(r);
                             continue;
                         }
-                        Verdict::Process => {}
+                        Verdict::Parked(r) => {
+                            summary.scanned.fetch_add(1, Ordering::Relaxed);
+                            summary.pages.lock().unwrap().unsettled(page_no);
+                            summary.remembered(r);
+                            continue;
+                        }
+                        Verdict::Process(previous) => work.previous = previous,
                     }
                     // the host wrote a spool file whole: nothing to wait for
                     if !min_age.is_zero() && work.item.file.root != spool::ROOT {
@@ -564,7 +637,17 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         return;
                     }
                 }
-                if page.next_cursor.is_none() || wanted == Some(0) {
+                if wanted == Some(0) {
+                    break;
+                }
+                let Some(next) = &page.next_cursor else {
+                    summary.pages.lock().unwrap().end_full();
+                    break;
+                };
+                // a document source's empty page with a cursor: nothing
+                // more now, and the cursor is where to look next time
+                if document_source && empty {
+                    summary.pages.lock().unwrap().end_resumable(next.clone());
                     break;
                 }
                 if page.next_cursor == cursor {

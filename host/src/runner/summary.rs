@@ -31,6 +31,8 @@ pub struct Summary {
     keep: bool,
     /// Bytes of the files stored in this pass.
     pub(super) stored_bytes: AtomicU64,
+    /// The scan's pages, for the resume point of a document source.
+    pub(super) pages: Mutex<super::resume::Pages>,
 }
 
 /// Where outcomes are written down besides the summary.
@@ -155,6 +157,15 @@ impl Summary {
     pub(super) fn item(&self, w: &Work, outcome: Outcome, detail: impl Into<String>) {
         let r =
             Report { subject: w.item.id.clone(), outcome, detail: detail.into(), patient_guid: None, location: None };
+        self.record_work(w, r);
+    }
+
+    /// Records the outcome of `w` (and whether its page must be scanned
+    /// again).
+    pub(super) fn record_work(&self, w: &Work, r: Report) {
+        if !super::resume::settled(r.outcome) {
+            self.pages.lock().unwrap().unsettled(w.page);
+        }
         self.record(r, w.fingerprint.as_deref());
     }
 

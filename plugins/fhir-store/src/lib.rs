@@ -12,10 +12,11 @@
 //! [store]
 //! plugin = "fhir-store"
 //! grants.http = ["fhir.example.org"]
+//! # the host adds the credential; the plugin never sees it (oauth2, bearer, …):
+//! grants.http_auth."fhir.example.org" = { kind = "bearer", token = "${FHIR_TOKEN}" }
 //!
 //! [store.config]
 //! base_url = "https://fhir.example.org/fhir"   # the FHIR R4 base
-//! token = "${FHIR_TOKEN}"                      # the host fills in the environment variable
 //! # binary_threshold = 1048576                 # bytes; larger files go up as a Binary first
 //! # identifier_system = "urn:ferry:doc"
 //! # timeout_ms = 30000
@@ -24,7 +25,7 @@
 //! | key | default | meaning |
 //! |---|---|---|
 //! | `base_url` | required | the FHIR base, `http` or `https`, e.g. `http://127.0.0.1:8080/fhir` |
-//! | `token` | required | bearer token sent as `Authorization: Bearer …`; write `"${FHIR_TOKEN}"` so it stays out of the file. It is never logged nor put in an error |
+//! | `token` | none | a static bearer token the plugin sends itself (`"${FHIR_TOKEN}"`); prefer `grants.http_auth`, where the host holds the credential (bearer, or OAuth2 with tokens it renews). Never logged nor put in an error |
 //! | `binary_threshold` | `1048576` (1 MiB) | files larger than this many bytes are uploaded as a `Binary` and referenced; smaller ones are inlined (base64) |
 //! | `identifier_system` | `urn:ferry:doc` | the system of the `identifier` ferry gives each DocumentReference |
 //! | `timeout_ms` | `30000` | per request (the host also caps it at the call's deadline) |
@@ -68,6 +69,19 @@
 //! large file ferry first searches `DocumentReference?identifier=…` and
 //! uploads the Binary only when none exists, so a re-run uploads nothing.
 //!
+//! ## Changed documents
+//!
+//! When a document ferry stored before comes back with other bytes (the
+//! provider corrected a report), the host tells the store where its
+//! previous version went (`ferry.previous-location`, same patient only).
+//! That DocumentReference is read and updated in place (`PUT` with
+//! `If-Match` on the version read; a Binary first for a large file): the
+//! patient has one document with the new identifier and attachment, and
+//! the server's history keeps the old version. If it is gone, or now
+//! points at another patient, a new one is created as usual. An update
+//! that a crash left unrecorded is found on the next run (the resource
+//! already carries the new identifier) and reported unchanged.
+//!
 //! ## Errors and retries
 //!
 //! The search and the conditional create are idempotent and sent with the
@@ -109,7 +123,8 @@ use sha1::{Digest, Sha1};
 #[serde(crate = "ferry_plugin_sdk::serde", deny_unknown_fields)]
 pub struct Config {
     pub base_url: String,
-    pub token: String,
+    #[serde(default)]
+    pub token: Option<String>,
     pub binary_threshold: Option<u64>,
     pub identifier_system: Option<String>,
     pub timeout_ms: Option<u32>,
@@ -141,7 +156,8 @@ pub struct Settings {
     pub base_url: String,
     /// `host[:port]`, for messages.
     pub api: String,
-    token: String,
+    /// A token the plugin sends itself (none: the host's grant does).
+    token: Option<String>,
     pub binary_threshold: u64,
     pub identifier_system: String,
     pub timeout_ms: u32,
@@ -155,13 +171,18 @@ impl Settings {
     pub fn new(c: Config) -> Result<Settings, StageError> {
         let base_url = c.base_url.trim().trim_end_matches('/').to_string();
         let api = check_url(&base_url).map_err(|why| invalid("base_url", why))?;
-        let token = c.token.trim().to_string();
-        if token.is_empty() {
-            return Err(invalid("token", "is empty (write token = \"${FHIR_TOKEN}\" and set that variable)"));
-        }
-        // Never echo the value.
-        if token.bytes().any(|b| b.is_ascii_control() || b == b' ') || !token.is_ascii() {
-            return Err(invalid("token", "contains spaces, line breaks or non-ASCII characters"));
+        let token = c.token.map(|t| t.trim().to_string());
+        if let Some(token) = &token {
+            if token.is_empty() {
+                return Err(invalid(
+                    "token",
+                    "is empty (write token = \"${FHIR_TOKEN}\" and set that variable, or leave it out and use grants.http_auth)",
+                ));
+            }
+            // Never echo the value.
+            if token.bytes().any(|b| b.is_ascii_control() || b == b' ') || !token.is_ascii() {
+                return Err(invalid("token", "contains spaces, line breaks or non-ASCII characters"));
+            }
         }
         let binary_threshold = c.binary_threshold.unwrap_or(DEFAULT_BINARY_THRESHOLD);
         if binary_threshold > MAX_BINARY_THRESHOLD {
@@ -191,18 +212,17 @@ impl Settings {
 
     /// `message` with the token blanked out, should a server echo it.
     pub fn scrub(&self, message: &str) -> String {
-        if self.token.len() >= 4 {
-            message.replace(&self.token, "<token>")
-        } else {
-            message.to_string()
+        match &self.token {
+            Some(t) if t.len() >= 4 => message.replace(t.as_str(), "<token>"),
+            _ => message.to_string(),
         }
     }
 
     fn headers(&self, content_type: Option<&str>) -> Vec<(String, String)> {
-        let mut h = vec![
-            ("Authorization".to_string(), format!("Bearer {}", self.token)),
-            ("Accept".to_string(), FHIR_JSON.to_string()),
-        ];
+        let mut h = vec![("Accept".to_string(), FHIR_JSON.to_string())];
+        if let Some(t) = &self.token {
+            h.push(("Authorization".to_string(), format!("Bearer {t}")));
+        }
         if let Some(ct) = content_type {
             h.push(("Content-Type".to_string(), ct.to_string()));
         }
@@ -552,8 +572,9 @@ pub fn status_error(s: &Settings, status: u16, body: &[u8], what: &str) -> Stage
     let said = format!("FHIR server at {} answered {status}{} {what}", s.api, reason(status));
     let e = match status {
         401 | 403 => permanent(format!(
-            "{said}: the token was refused; check token in [store.config] (the value of the environment \
-             variable it names, e.g. FHIR_TOKEN), that it has not expired and may write DocumentReference and Binary"
+            "{said}: the token was refused; check the credential (grants.http_auth of [store], or token in \
+             [store.config]: the environment variable it names, e.g. FHIR_TOKEN), that it has not expired and \
+             may write DocumentReference and Binary"
         )),
         408 | 429 | 500..=599 => retryable(format!("{said} after the host's retries; will try again later")),
         412 if what.starts_with("creating the DocumentReference") => permanent(format!(
@@ -704,6 +725,12 @@ pub fn store_item(
     // the same bytes filed for another patient are another document: the
     // condition names the patient too, so they are never "unchanged" on
     // someone else's DocumentReference
+    // a changed document: its DocumentReference from before is updated
+    if let Some(old) = previous_id(metadata) {
+        if let Some(stored) = update_previous(s, host, item, &doc, &old, patient)? {
+            return Ok(stored);
+        }
+    }
     let condition =
         format!("{}&subject={}", s.identifier_query(&sha256), percent_encode(&format!("Patient/{patient}")));
     let create_url = format!("{}/DocumentReference", s.base_url);
@@ -730,17 +757,7 @@ pub fn store_item(
             Ok(Found::None) => {}
             Err(why) => return Err(retryable(format!("FHIR server at {}: {why}", s.api))),
         }
-        let what = "uploading the Binary";
-        let ct = doc.content_type();
-        // Not retried by the host: a retry after a lost answer would make a second Binary.
-        let upload = request(s, "POST", format!("{}/Binary", s.base_url), Some(&ct), false);
-        let r = host.send_file(upload, FileBody::Raw(item.file.clone())).map_err(|e| host_error(s, e, what))?;
-        if r.status != 201 && r.status != 200 {
-            return Err(status_error(s, r.status, &r.body, what));
-        }
-        let binary = created_id(&r, "Binary")
-            .ok_or_else(|| retryable(format!("FHIR server at {} created a Binary but did not say its id", s.api)))?;
-        debug(&format!("Binary/{binary} uploaded ({size} bytes, {})", item.id));
+        let binary = upload_binary(s, host, item, &doc)?;
         let body = serde_json::to_vec(&doc.to_json(&Payload::Binary(binary))).expect("JSON serialises");
         let mut create = request(s, "POST", create_url, Some(FHIR_JSON), true);
         create.headers.push(("If-None-Exist".into(), condition));
@@ -769,6 +786,108 @@ pub fn store_item(
     })?;
     debug(&format!("DocumentReference/{id} {outcome:?} for {}", item.id));
     Ok(Stored { location: format!("DocumentReference/{id}"), outcome })
+}
+
+/// Uploads the item's file as a raw `Binary`; its id.
+fn upload_binary(s: &Settings, host: &mut dyn Host, item: &Item, doc: &Document) -> Result<String, StageError> {
+    let what = "uploading the Binary";
+    let ct = doc.content_type();
+    // Not retried by the host: a retry after a lost answer would make a second Binary.
+    let upload = request(s, "POST", format!("{}/Binary", s.base_url), Some(&ct), false);
+    let r = host.send_file(upload, FileBody::Raw(item.file.clone())).map_err(|e| host_error(s, e, what))?;
+    if r.status != 201 && r.status != 200 {
+        return Err(status_error(s, r.status, &r.body, what));
+    }
+    let binary = created_id(&r, "Binary")
+        .ok_or_else(|| retryable(format!("FHIR server at {} created a Binary but did not say its id", s.api)))?;
+    debug(&format!("Binary/{binary} uploaded ({} bytes, {})", doc.size, item.id));
+    Ok(binary)
+}
+
+/// The id in `ferry.previous-location` (set by the host when a stored
+/// item's file changed), if it is a DocumentReference of this plugin's.
+pub fn previous_id(metadata: &Metadata) -> Option<String> {
+    let id = text(metadata, PREVIOUS_LOCATION)?.strip_prefix("DocumentReference/")?;
+    // FHIR ids: [A-Za-z0-9\-\.]{1,64}
+    let valid = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    valid.then(|| id.to_string())
+}
+
+/// The metadata key the host sets for a changed item.
+pub const PREVIOUS_LOCATION: &str = "ferry.previous-location";
+
+/// A changed document updates the DocumentReference its previous version
+/// made (same resource, new identifier and attachment), so the patient's
+/// record shows one document, not two. `None` when there is nothing to
+/// update: that resource is gone, or is not this patient's any more (then
+/// a new one is created, as for a new document).
+fn update_previous(
+    s: &Settings,
+    host: &mut dyn Host,
+    item: &Item,
+    doc: &Document,
+    old: &str,
+    patient: &str,
+) -> Result<Option<Stored>, StageError> {
+    let url = format!("{}/DocumentReference/{old}", s.base_url);
+    let what = "reading the DocumentReference of the document's previous version";
+    let r = host.send(request(s, "GET", url.clone(), None, true)).map_err(|e| host_error(s, e, what))?;
+    if matches!(r.status, 404 | 410) {
+        debug(&format!("DocumentReference/{old} is gone; {} becomes a new one", item.id));
+        return Ok(None);
+    }
+    if r.status != 200 {
+        return Err(status_error(s, r.status, &r.body, what));
+    }
+    let v: Value = serde_json::from_slice(&r.body)
+        .map_err(|_| retryable(format!("FHIR server at {} answered {what} with something that is not JSON", s.api)))?;
+    let subject = format!("Patient/{patient}");
+    if v.pointer("/subject/reference").and_then(Value::as_str) != Some(subject.as_str()) {
+        warn("the previous version's DocumentReference no longer points at this patient; a new one is created");
+        return Ok(None);
+    }
+    let location = format!("DocumentReference/{old}");
+    let ours = v
+        .get("identifier")
+        .and_then(Value::as_array)
+        .is_some_and(|ids| ids.iter().any(|i| i["system"] == s.identifier_system.as_str() && i["value"] == doc.sha256));
+    if ours {
+        // updated already (a run that stopped before ferry wrote it down)
+        return Ok(Some(Stored { location, outcome: StoreOutcome::Unchanged }));
+    }
+    let with_id = |mut j: Value| {
+        j["id"] = json!(old);
+        j
+    };
+    // If-Match: an edit made on the server since the read is not overwritten
+    let mut put = request(s, "PUT", url, Some(FHIR_JSON), true);
+    if let Some(vid) = v.pointer("/meta/versionId").and_then(Value::as_str) {
+        put.headers.push(("If-Match".into(), format!("W/\"{vid}\"")));
+    }
+    let what = "updating the DocumentReference of the document's previous version";
+    let response = if doc.size > s.binary_threshold {
+        let binary = upload_binary(s, host, item, doc)?;
+        put.body = Some(serde_json::to_vec(&with_id(doc.to_json(&Payload::Binary(binary)))).expect("JSON serialises"));
+        host.send(put).map_err(|e| host_error(s, e, what))?
+    } else {
+        let probe = serde_json::to_string(&with_id(doc.to_json(&Payload::Inline(String::new())))).expect("JSON");
+        let placeholder = placeholder_for(&probe);
+        let template =
+            serde_json::to_string(&with_id(doc.to_json(&Payload::Inline(placeholder.clone())))).expect("JSON");
+        let body = FileBody::Base64(Base64Body { template, placeholder, file: item.file.clone() });
+        host.send_file(put, body).map_err(|e| host_error(s, e, what))?
+    };
+    match response.status {
+        200 | 201 => {
+            debug(&format!("DocumentReference/{old} updated with a new version of {}", item.id));
+            Ok(Some(Stored { location, outcome: StoreOutcome::Stored }))
+        }
+        412 => Err(retryable(format!(
+            "FHIR server at {}: DocumentReference/{old} changed on the server while ferry updated it; tried again later",
+            s.api
+        ))),
+        status => Err(status_error(s, status, &response.body, what)),
+    }
 }
 
 /// The configured stage.

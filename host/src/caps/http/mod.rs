@@ -6,12 +6,17 @@
 //! Each request is bounded by the smaller of its own timeout and what is
 //! left of the calling plugin's deadline.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 
+pub mod auth;
 pub mod body;
+pub mod config;
 pub mod spool;
+
+use auth::{Credential, OAuthClients};
 
 use body::FileRequestBody;
 use spool::{Spool, SpoolFile, Written};
@@ -51,6 +56,8 @@ impl Default for Client {
 /// A stage's http grant: the hosts it may reach, and the shared client.
 pub struct Http {
     pub allowed: Vec<String>,
+    /// Credentials by allow-list entry (`grants.http_auth`).
+    credentials: Vec<(String, Arc<Credential>)>,
     client: Client,
     /// Where `send-to-spool` writes (none for the renderer).
     spool: Option<Spool>,
@@ -61,6 +68,8 @@ pub struct Http {
 pub struct HttpShared {
     client: Client,
     spool: Option<Spool>,
+    /// OAuth clients (and their tokens), shared by every stage.
+    oauth: OAuthClients,
 }
 
 impl Capability for Http {
@@ -70,21 +79,49 @@ impl Capability for Http {
 
     fn init(pipeline: Option<&crate::config::Pipeline>) -> HttpShared {
         let spool = pipeline.map(|p| Spool { dir: p.spool_dir(), max: p.spool_max });
-        HttpShared { client: Client::new(), spool }
+        HttpShared { client: Client::new(), spool, oauth: OAuthClients::default() }
     }
 
     fn prepare(shared: &HttpShared, cx: &Prepare<'_>) -> anyhow::Result<Option<Http>> {
         let hosts = &cx.stage.grants.http;
-        Ok((!hosts.is_empty()).then(|| Http {
+        if hosts.is_empty() {
+            return Ok(None);
+        }
+        let mut credentials = Vec::new();
+        for (host, auth) in &cx.stage.grants.http_auth {
+            let c = shared
+                .oauth
+                .credential(auth)
+                .map_err(|e| anyhow::anyhow!("[{}] grants.http_auth.\"{host}\": {e}", cx.section()))?;
+            credentials.push((host.clone(), Arc::new(c)));
+        }
+        Ok(Some(Http {
             allowed: hosts.clone(),
+            credentials,
             client: shared.client.clone(),
             spool: shared.spool.clone(),
         }))
     }
 
-    /// Nothing to prove before the plugin asks (the hosts are its business).
+    /// The hosts are the plugin's business; credentials are proven here
+    /// (an OAuth2 client gets a token).
     async fn probe(&self) -> anyhow::Result<Vec<String>> {
-        Ok(self.allowed.iter().map(|h| format!("http:{h}")).collect())
+        let mut out = Vec::new();
+        for h in &self.allowed {
+            match self.credentials.iter().find(|(e, _)| e == h).map(|(_, c)| &**c) {
+                None => out.push(format!("http:{h}")),
+                Some(Credential::Static { name, .. }) => out.push(format!("http:{h} (sends {name})")),
+                Some(Credential::OAuth(o)) => {
+                    let life = o.probe(&self.client.0).await.map_err(|e| anyhow::anyhow!("http:{h}: {e}"))?;
+                    out.push(format!(
+                        "http:{h} (oauth2 client `{}`: token issued, valid {})",
+                        o.client_id(),
+                        crate::util::humantime(life)
+                    ));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn add_to_linker(linker: &mut Linker<StageState>) -> wasmtime::Result<()> {
@@ -176,6 +213,15 @@ impl StageState {
                 &format!("add \"{}\" to `grants.http`", url.host_str().unwrap_or_default()),
             ));
         };
+        // credentials the grant holds for this host, never over plain http
+        let cred =
+            grant.credentials.iter().find(|(e, _)| allowed(std::slice::from_ref(e), &url)).map(|(_, c)| c.clone());
+        if cred.is_some() && url.scheme() == "http" && !url.host_str().is_some_and(config::is_loopback) {
+            return Err(HostError::Denied(format!(
+                "grants.http_auth has credentials for `{host_port}`; ferry sends them only over https \
+                 (plain http only to 127.0.0.1 / localhost): use an https URL"
+            )));
+        }
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| HostError::Invalid(format!("bad HTTP method `{}`", req.method)))?;
         if file_body.is_some() && req.body.is_some() {
@@ -193,11 +239,24 @@ impl StageState {
         let attempts = if req.retry { MAX_ATTEMPTS } else { 1 };
         let fut = async move {
             let mut attempt = 0;
+            // a refused OAuth2 token is replaced once per request
+            let mut renewed = false;
             loop {
+                let auth = match &cred {
+                    Some(c) => Some(c.value(&client, deadline).await?),
+                    None => None,
+                };
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let mut b = client.request(method.clone(), url.clone()).timeout(per_request.min(remaining));
                 for (k, v) in &req.headers {
+                    // the grant's credential replaces the plugin's
+                    if cred.as_ref().is_some_and(|c| c.header_name().as_str().eq_ignore_ascii_case(k)) {
+                        continue;
+                    }
                     b = b.header(k, v);
+                }
+                if let (Some(c), Some(v)) = (&cred, &auth) {
+                    b = b.header(c.header_name().clone(), v.clone());
                 }
                 if let Some(body) = &req.body {
                     b = b.body(body.clone());
@@ -215,6 +274,15 @@ impl StageState {
                     None => send_once(b, &host_port).await.map(Answer::Memory),
                     Some(spool) => send_to_spool(b, &host_port, spool).await,
                 };
+                if let (Some(Credential::OAuth(o)), Some(v), Ok(r)) = (cred.as_deref(), &auth, &result) {
+                    if r.status() == 401 && !renewed {
+                        tracing::debug!(host = %host_port, "token refused (401): getting a new one");
+                        o.refused(v).await;
+                        renewed = true;
+                        drop(result);
+                        continue;
+                    }
+                }
                 attempt += 1;
                 // what to wait before trying again, if worth it
                 let wait = match &result {
@@ -271,6 +339,30 @@ impl Host for StageState {
             }
             Answer::Memory(_) => Err(HostError::Failed("internal: an in-memory answer to `send-to-spool`".into())),
         }
+    }
+
+    async fn spool_bytes(&mut self, body: Vec<u8>) -> Result<Spooled, HostError> {
+        let spool = match self.ctx.caps.http.as_ref() {
+            Some(Http { spool: Some(s), .. }) => s.clone(),
+            Some(_) => return Err(HostError::Denied(format!("{} has no spool to write to", self.ctx.who()))),
+            None => return Err(self.ctx.denied("keep bytes in the spool", "grant the stage `grants.http` (any host)")),
+        };
+        if body.len() > MAX_BODY {
+            return Err(HostError::Invalid(format!(
+                "spool-bytes takes at most {MAX_BODY} bytes, not {}: download large files with send-to-spool",
+                body.len()
+            )));
+        }
+        let chunks = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from(body))]);
+        let written = spool.write(chunks, "the plugin").await?;
+        self.spooled.insert(written.name.clone());
+        Ok(Spooled {
+            status: 200,
+            headers: Vec::new(),
+            body: FileRef { root: spool::ROOT.into(), path: written.name },
+            size: written.size,
+            sha256: written.sha256,
+        })
     }
 }
 
