@@ -311,3 +311,79 @@ async fn a_changed_document_updates_its_document_reference_instead_of_adding_one
     assert_eq!(s.count(Outcome::Unchanged), 2, "{}", s.line());
     assert_eq!(server.request_count("PUT /DocumentReference/{id}"), 0, "{:#?}", server.route_counts());
 }
+
+/// A benchmark, not a check (`cargo test -p ferry --test pipeline --release
+/// -- --ignored --nocapture documents_per_second`): 300 small PDFs from a
+/// drop folder to the FHIR test server through ferry, next to a plain loop
+/// of conditional-create POSTs of the same DocumentReferences (4 at once,
+/// like the store's concurrency) in the same run. Prints both rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures"]
+async fn documents_per_second_next_to_a_plain_post_loop() {
+    const N: usize = 300;
+    let server = FhirServer::builder().static_token(TOKEN).start();
+    let p1 = server.add_patient(&[]);
+    let p2 = server.add_patient(&[]);
+    let fx = Fixture::new(SiteBuilder::new());
+    write(fx.dir.path(), "maps/patients.csv", format!("providerId,patientGuid\n4711,{p1}\n4712,{p2}\n").as_bytes());
+    let mut manifest = String::from("file,patient,type,title\n");
+    let mut bodies = Vec::new();
+    for i in 0..N {
+        let b = ferry_tests::pdf::pdf(&format!("Report {i}"), "D:20240317", 1, &format!("value {i}"));
+        write(&fx.dir.path().join("drop"), &format!("r/{i}.pdf"), &b);
+        manifest.push_str(&format!("r/{i}.pdf,4711,lab,Report {i}\n"));
+        bodies.push(b);
+    }
+    write(&fx.dir.path().join("drop"), "manifest.csv", manifest.as_bytes());
+    let text = pipeline(&server)
+        .replace("[store]\nplugin = \"fhir-store\"", "[store]\nplugin = \"fhir-store\"\nconcurrency = 4");
+    let rt = runtime(load(&fx, &text, TOKEN)).await;
+    let t = std::time::Instant::now();
+    let s = run(&rt).await;
+    let ferry = t.elapsed();
+    assert_eq!(s.count(Outcome::Stored) as usize, N, "{}", s.line());
+
+    // the baseline: the same JSON a client would send, conditional create, 4 at once
+    let client = reqwest::Client::new();
+    let url = format!("{}/DocumentReference", server.base_url());
+    let t = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    for (i, b) in bodies.into_iter().enumerate() {
+        let (client, url, sem, p2) = (client.clone(), url.clone(), sem.clone(), p2.clone());
+        tasks.spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            let sum = sha256_hex(&b);
+            let doc = serde_json::json!({
+                "resourceType": "DocumentReference", "status": "current",
+                "identifier": [{ "system": "urn:bench", "value": sum }],
+                "subject": { "reference": format!("Patient/{p2}") }, "description": format!("Report {i}"),
+                "content": [{ "attachment": { "contentType": "application/pdf", "data": STANDARD.encode(&b),
+                    "size": b.len(), "hash": sha1_b64(&b) } }],
+            });
+            let r = client
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .header("Content-Type", "application/fhir+json")
+                .header("If-None-Exist", format!("identifier=urn:bench|{sum}&subject=Patient/{p2}"))
+                .body(serde_json::to_vec(&doc).unwrap())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 201);
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let plain = t.elapsed();
+    let rate = |d: std::time::Duration| N as f64 / d.as_secs_f64();
+    println!(
+        "documents to the FHIR test server: ferry {:.0} docs/s ({:.2?} for {N}), plain POST loop {:.0} docs/s ({:.2?}); ferry / plain = {:.2}",
+        rate(ferry),
+        ferry,
+        rate(plain),
+        plain,
+        ferry.as_secs_f64() / plain.as_secs_f64()
+    );
+}
