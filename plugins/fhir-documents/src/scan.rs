@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use ferry_plugin_sdk::http::{Request, Response, Spooled};
 use ferry_plugin_sdk::serde_json::{self, Value};
+use ferry_plugin_sdk::status_reason as reason;
 use ferry_plugin_sdk::types::{DocumentFacts, HostError, Item, PatientKey, StageError};
 use ferry_plugin_sdk::{
     debug, percent_encode, permanent, retryable, warn, Document, DocumentPage, Notice, NoticeOutcome,
@@ -64,23 +65,6 @@ impl Out {
     }
     fn page(self, next: Option<Cursor>) -> DocumentPage {
         DocumentPage { documents: self.documents, notices: self.notices, next_cursor: next.map(|c| c.encode()) }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        400 => " Bad Request",
-        401 => " Unauthorized",
-        403 => " Forbidden",
-        404 => " Not Found",
-        408 => " Request Timeout",
-        410 => " Gone",
-        429 => " Too Many Requests",
-        500 => " Internal Server Error",
-        502 => " Bad Gateway",
-        503 => " Service Unavailable",
-        504 => " Gateway Timeout",
-        _ => "",
     }
 }
 

@@ -114,6 +114,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use ferry_plugin_sdk::http::{self, Base64Body, FileBody, Request, Response};
 use ferry_plugin_sdk::serde_json::{self, json, Map, Value};
+use ferry_plugin_sdk::status_reason as reason;
 use ferry_plugin_sdk::types::{FileRef, HostError, Item, Metadata, StageError, Value as MetaValue};
 use ferry_plugin_sdk::{debug, fs, permanent, retryable, serde, warn, FileReader, Store, StoreOutcome, Stored};
 use sha1::{Digest, Sha1};
@@ -524,29 +525,6 @@ pub fn sha1_base64(mut r: impl Read) -> std::io::Result<(String, u64)> {
 }
 
 // ---------------------------------------------------------------- answers
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        400 => " Bad Request",
-        401 => " Unauthorized",
-        403 => " Forbidden",
-        404 => " Not Found",
-        405 => " Method Not Allowed",
-        408 => " Request Timeout",
-        409 => " Conflict",
-        410 => " Gone",
-        412 => " Precondition Failed",
-        413 => " Content Too Large",
-        415 => " Unsupported Media Type",
-        422 => " Unprocessable Content",
-        429 => " Too Many Requests",
-        500 => " Internal Server Error",
-        502 => " Bad Gateway",
-        503 => " Service Unavailable",
-        504 => " Gateway Timeout",
-        _ => "",
-    }
-}
 
 /// The diagnostics of an OperationOutcome body, bounded, or none.
 pub fn diagnostics(body: &[u8]) -> Option<String> {

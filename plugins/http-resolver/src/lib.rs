@@ -56,6 +56,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use ferry_plugin_sdk::http::{self, Request, Response};
 use ferry_plugin_sdk::serde_json::{self, Value};
+use ferry_plugin_sdk::status_reason as reason;
 use ferry_plugin_sdk::types::{HostError, PatientKey, StageError};
 use ferry_plugin_sdk::{debug, parse_config, permanent, retryable, serde, warn, Context, Resolution, Resolver};
 
@@ -543,34 +544,6 @@ pub enum Verdict {
     Answer,
     /// The card is unknown.
     NotFound,
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        301 => " Moved Permanently",
-        302 => " Found",
-        303 => " See Other",
-        307 => " Temporary Redirect",
-        308 => " Permanent Redirect",
-        400 => " Bad Request",
-        401 => " Unauthorized",
-        403 => " Forbidden",
-        404 => " Not Found",
-        405 => " Method Not Allowed",
-        406 => " Not Acceptable",
-        408 => " Request Timeout",
-        409 => " Conflict",
-        410 => " Gone",
-        413 => " Content Too Large",
-        415 => " Unsupported Media Type",
-        422 => " Unprocessable Content",
-        429 => " Too Many Requests",
-        500 => " Internal Server Error",
-        502 => " Bad Gateway",
-        503 => " Service Unavailable",
-        504 => " Gateway Timeout",
-        _ => "",
-    }
 }
 
 /// Maps a response status: `not_found` statuses first, then 2xx; every

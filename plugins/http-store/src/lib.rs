@@ -199,6 +199,7 @@ use std::collections::BTreeMap;
 
 use ferry_plugin_sdk::http::{self, Base64Body, FileBody, FilePart, FormPart, PartValue, Request, Response};
 use ferry_plugin_sdk::serde_json::{self, Value};
+use ferry_plugin_sdk::status_reason as reason;
 use ferry_plugin_sdk::types::{FileRef, HostError, Item, Metadata, StageError, Value as MetaValue};
 use ferry_plugin_sdk::{debug, fs, permanent, retryable, serde, Store, StoreOutcome, Stored};
 
@@ -1225,28 +1226,6 @@ impl Settings {
 }
 
 // ---------------------------------------------------------------- answers
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        400 => " Bad Request",
-        401 => " Unauthorized",
-        403 => " Forbidden",
-        404 => " Not Found",
-        405 => " Method Not Allowed",
-        408 => " Request Timeout",
-        409 => " Conflict",
-        410 => " Gone",
-        413 => " Content Too Large",
-        415 => " Unsupported Media Type",
-        422 => " Unprocessable Content",
-        429 => " Too Many Requests",
-        500 => " Internal Server Error",
-        502 => " Bad Gateway",
-        503 => " Service Unavailable",
-        504 => " Gateway Timeout",
-        _ => "",
-    }
-}
 
 /// A short, printable excerpt of an answer's body for an error: the
 /// message fields of a JSON answer (else the text), control characters

@@ -159,6 +159,7 @@ use std::io::{BufReader, Read};
 
 use ferry_plugin_sdk::http::{self, Base64Body, FileBody, Request, Response};
 use ferry_plugin_sdk::serde_json::{self, Value};
+use ferry_plugin_sdk::status_reason as reason;
 use ferry_plugin_sdk::types::{FileRef, HostError, Item, Metadata, StageError, Value as MetaValue};
 use ferry_plugin_sdk::{debug, fs, permanent, retryable, serde, warn, FileReader, Store, StoreOutcome, Stored};
 
@@ -674,24 +675,6 @@ pub fn transient_400(explanation: &str) -> bool {
     ["econnector", "timed out", "timeout", "time out", "connection", "connectivity", "not running"]
         .iter()
         .any(|w| e.contains(w))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        400 => " Bad Request",
-        401 => " Unauthorized",
-        403 => " Forbidden",
-        404 => " Not Found",
-        408 => " Request Timeout",
-        410 => " Gone",
-        413 => " Content Too Large",
-        429 => " Too Many Requests",
-        500 => " Internal Server Error",
-        502 => " Bad Gateway",
-        503 => " Service Unavailable",
-        504 => " Gateway Timeout",
-        _ => "",
-    }
 }
 
 /// The error for a status that is not the answer hoped for.

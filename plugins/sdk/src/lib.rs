@@ -157,6 +157,38 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The reason phrase of an HTTP status with a leading space (`" Not
+/// Found"`), or nothing for a status without a well-known one: for error
+/// messages like `answered 404 Not Found`.
+pub fn status_reason(status: u16) -> &'static str {
+    match status {
+        301 => " Moved Permanently",
+        302 => " Found",
+        303 => " See Other",
+        307 => " Temporary Redirect",
+        308 => " Permanent Redirect",
+        400 => " Bad Request",
+        401 => " Unauthorized",
+        403 => " Forbidden",
+        404 => " Not Found",
+        405 => " Method Not Allowed",
+        406 => " Not Acceptable",
+        408 => " Request Timeout",
+        409 => " Conflict",
+        410 => " Gone",
+        412 => " Precondition Failed",
+        413 => " Content Too Large",
+        415 => " Unsupported Media Type",
+        422 => " Unprocessable Content",
+        429 => " Too Many Requests",
+        500 => " Internal Server Error",
+        502 => " Bad Gateway",
+        503 => " Service Unavailable",
+        504 => " Gateway Timeout",
+        _ => "",
+    }
+}
+
 /// Looks up an attribute of an item by key.
 pub fn attribute<'a>(item: &'a types::Item, key: &str) -> Option<&'a str> {
     item.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
