@@ -12,6 +12,7 @@
 //!   and a corrected one arrive, the corrected one updating its
 //!   DocumentReference on the platform;
 //! - a corrupt PDF fails in `doc-meta`, named, and blocks nothing else;
+//! - `kill -9` mid-run, then a re-run: each document on the platform once;
 //! - the provider's OAuth2 (client credentials) is the host's business.
 
 use base64::engine::general_purpose::STANDARD;
@@ -235,4 +236,63 @@ async fn the_next_pass_reads_only_what_changed_and_updates_what_was_corrected() 
     assert_eq!(d["subject"]["reference"], format!("Patient/{anna_there}"));
     assert_eq!(d["meta"]["versionId"], "2");
     assert!(attachment_bytes(&platform, &d) == corrected);
+}
+
+/// `kill -9` while documents go to the platform, then a re-run: every
+/// document is on the platform exactly once (the conditional create finds
+/// what the killed run stored but never wrote down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_mid_run_then_rerun_files_each_document_exactly_once() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    const N: usize = 30;
+    let provider = FhirServer::builder().client_secret(CLIENT, SECRET).start();
+    let platform = FhirServer::builder().no_auth().start();
+    let anna = patient(&provider, "A123456789", "Weber");
+    platform.add_patient(&[(KVNR, "A123456789")]);
+    let mut bodies = Vec::new();
+    for i in 0..N {
+        let b = pdf(&format!("Report {i}"), "D:20240317", 1, &format!("value {i}"));
+        document(&provider, &anna, "11502-2", &format!("Report {i}"), &b, i % 3 != 0);
+        bodies.push(b);
+    }
+    let fx = Fixture::new(SiteBuilder::new());
+    let text = pipeline(&provider, &platform, 5)
+        .replace("[store]\nplugin = \"fhir-store\"", "[store]\nplugin = \"fhir-store\"\nconcurrency = 1");
+    std::fs::write(fx.dir.path().join("pipeline.toml"), &text).unwrap();
+    let ferry = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        c.args(["run", "pipeline.toml", "--no-progress"])
+            .current_dir(fx.dir.path())
+            .env("FERRY_CACHE_DIR", ferry_tests::workspace_root().join("target/ferry-test-cache"))
+            .env("PROVIDER_SECRET", SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    // a slow platform, so there is a middle to kill in
+    platform.set_delay(Duration::from_millis(40));
+    let mut child = ferry().spawn().unwrap();
+    let started = Instant::now();
+    while platform.count("DocumentReference") < 6 {
+        assert!(started.elapsed() < Duration::from_secs(60), "ferry made no progress");
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!("ferry ended before it could be killed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let after_kill = platform.count("DocumentReference");
+    assert!(after_kill < N, "killed mid-run ({after_kill} documents)");
+
+    platform.set_delay(Duration::ZERO);
+    let out = ferry().output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(platform.count("DocumentReference"), N, "every document, none twice");
+    for b in &bodies {
+        let d = on_platform(&platform, b); // asserts exactly one
+        assert!(attachment_bytes(&platform, &d) == *b);
+    }
 }
