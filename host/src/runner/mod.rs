@@ -549,7 +549,8 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                     summary.interrupted.store(true, Ordering::Relaxed);
                     break;
                 }
-                let page_no = summary.pages.lock().unwrap().begin(cursor.clone());
+                // only a document source's pages can give a resume point
+                let page_no = if document_source { summary.pages.lock().unwrap().begin(cursor.clone()) } else { 0 };
                 let page = with_retries(retries, &cancel, || source.scan(cursor.clone())).await;
                 let page = match page {
                     Ok(p) => p,

@@ -742,12 +742,9 @@ pub fn store_item(
         create.body = Some(body);
         host.send(create).map_err(|e| host_error(s, e, "creating the DocumentReference"))?
     } else {
-        let probe = serde_json::to_string(&doc.to_json(&Payload::Inline(String::new()))).expect("JSON serialises");
-        let placeholder = placeholder_for(&probe);
-        let template = serde_json::to_string(&doc.to_json(&Payload::Inline(placeholder.clone()))).expect("JSON");
         let mut create = request(s, "POST", create_url, Some(FHIR_JSON), true);
         create.headers.push(("If-None-Exist".into(), condition));
-        let body = FileBody::Base64(Base64Body { template, placeholder, file: item.file.clone() });
+        let body = inline_body(|p| doc.to_json(p), item);
         host.send_file(create, body).map_err(|e| host_error(s, e, "creating the DocumentReference"))?
     };
     let what = "creating the DocumentReference";
@@ -764,6 +761,16 @@ pub fn store_item(
     })?;
     debug(&format!("DocumentReference/{id} {outcome:?} for {}", item.id));
     Ok(Stored { location: format!("DocumentReference/{id}"), outcome })
+}
+
+/// The body of a DocumentReference with the item's file inline: the JSON
+/// `json` makes, the host putting the file's base64 where the placeholder
+/// (one that occurs nowhere else in it) stands.
+fn inline_body(json: impl Fn(&Payload) -> Value, item: &Item) -> FileBody {
+    let probe = serde_json::to_string(&json(&Payload::Inline(String::new()))).expect("JSON serialises");
+    let placeholder = placeholder_for(&probe);
+    let template = serde_json::to_string(&json(&Payload::Inline(placeholder.clone()))).expect("JSON serialises");
+    FileBody::Base64(Base64Body { template, placeholder, file: item.file.clone() })
 }
 
 /// Uploads the item's file as a raw `Binary`; its id.
@@ -848,11 +855,7 @@ fn update_previous(
         put.body = Some(serde_json::to_vec(&with_id(doc.to_json(&Payload::Binary(binary)))).expect("JSON serialises"));
         host.send(put).map_err(|e| host_error(s, e, what))?
     } else {
-        let probe = serde_json::to_string(&with_id(doc.to_json(&Payload::Inline(String::new())))).expect("JSON");
-        let placeholder = placeholder_for(&probe);
-        let template =
-            serde_json::to_string(&with_id(doc.to_json(&Payload::Inline(placeholder.clone())))).expect("JSON");
-        let body = FileBody::Base64(Base64Body { template, placeholder, file: item.file.clone() });
+        let body = inline_body(|p| with_id(doc.to_json(p)), item);
         host.send_file(put, body).map_err(|e| host_error(s, e, what))?
     };
     match response.status {

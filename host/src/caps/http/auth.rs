@@ -134,6 +134,15 @@ struct Token {
     renew_at: Instant,
 }
 
+impl Token {
+    /// A token that lives `lifetime` from now, renewed a minute (at most a
+    /// tenth of its life) before it ends.
+    fn new(value: HeaderValue, lifetime: Duration) -> Token {
+        let margin = Duration::from_secs(60).min(lifetime / 10);
+        Token { value, renew_at: Instant::now() + lifetime.saturating_sub(margin) }
+    }
+}
+
 pub struct OAuthClient {
     config: OAuth2Config,
     key: Option<(EncodingKey, Algorithm)>,
@@ -148,10 +157,8 @@ impl OAuthClient {
             return Ok(t.value.clone());
         }
         let (token, lifetime) = self.fetch(client, deadline).await?;
-        let margin = Duration::from_secs(60).min(lifetime / 10);
-        let value = token.clone();
-        *slot = Some(Token { value: token, renew_at: Instant::now() + lifetime.saturating_sub(margin) });
-        Ok(value)
+        *slot = Some(Token::new(token.clone(), lifetime));
+        Ok(token)
     }
 
     /// Forgets `refused` (if it is still the cached token), after a 401.
@@ -166,8 +173,7 @@ impl OAuthClient {
     pub async fn probe(&self, client: &reqwest::Client) -> Result<Duration, HostError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let (token, lifetime) = self.fetch(client, deadline).await?;
-        let margin = Duration::from_secs(60).min(lifetime / 10);
-        *self.token.lock().await = Some(Token { value: token, renew_at: Instant::now() + lifetime - margin });
+        *self.token.lock().await = Some(Token::new(token, lifetime));
         Ok(lifetime)
     }
 
