@@ -239,6 +239,11 @@ async fn check_gets_a_token_and_says_so_in_one_line_per_stage() {
     let store = lines.iter().find(|l| l.section == "store").unwrap();
     assert!(store.ok, "{store}");
     assert!(store.message.contains(&format!("oauth2 client `{CLIENT}`: token issued")), "{store}");
+    // the host itself is reached too
+    assert!(
+        store.message.contains(&format!("http:{} (port {} answers;", server.host(), server.addr().port())),
+        "{store}"
+    );
     assert_eq!(server.tokens_issued(), 1);
 
     // a wrong secret: the store's line fails, naming the client, not the secret

@@ -17,6 +17,7 @@ mod grants;
 mod happy_path;
 mod http_auth;
 mod http_bodies;
+mod http_store;
 mod opendental;
 mod outside_plugin;
 mod partial_files;

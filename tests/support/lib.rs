@@ -31,6 +31,7 @@
 
 mod demo;
 mod dicom;
+pub mod docs_platform;
 pub mod fhir_server;
 pub mod guest;
 pub mod hostile;
@@ -46,6 +47,7 @@ use std::path::PathBuf;
 
 pub use demo::{demo_guid, demo_site, DEMO_EXPECTED};
 pub use dicom::{DicomFacts, IO_DEFAULT_PIXELS, PX_DEFAULT_PIXELS, UID_ROOT};
+pub use docs_platform::{DocsPlatform, PlatformDoc};
 pub use fhir_server::{document_reference, FhirFault, FhirServer, FhirServerBuilder, LoggedRequest};
 pub use guest::build_guest;
 pub use opendental_server::{OdDocument, OdFault, OdPatient, OdRequest, OpenDentalServer, OpenDentalServerBuilder};

@@ -103,18 +103,20 @@ impl Capability for Http {
         }))
     }
 
-    /// The hosts are the plugin's business; credentials are proven here
-    /// (an OAuth2 client gets a token).
+    /// Each host is reached (a TCP connection: the name resolves and
+    /// the port answers; which path the plugin asks for is its business)
+    /// and each credential proven (an OAuth2 client gets a token).
     async fn probe(&self) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
         for h in &self.allowed {
+            let reached = reach(h).await.map_err(|e| anyhow::anyhow!("http:{h}: {e}"))?;
             match self.credentials.iter().find(|(e, _)| e == h).map(|(_, c)| &**c) {
-                None => out.push(format!("http:{h}")),
-                Some(Credential::Static { name, .. }) => out.push(format!("http:{h} (sends {name})")),
+                None => out.push(format!("http:{h} ({reached})")),
+                Some(Credential::Static { name, .. }) => out.push(format!("http:{h} ({reached}; sends {name})")),
                 Some(Credential::OAuth(o)) => {
                     let life = o.probe(&self.client.0).await.map_err(|e| anyhow::anyhow!("http:{h}: {e}"))?;
                     out.push(format!(
-                        "http:{h} (oauth2 client `{}`: token issued, valid {})",
+                        "http:{h} ({reached}; oauth2 client `{}`: token issued, valid {})",
                         o.client_id(),
                         crate::util::humantime(life)
                     ));
@@ -143,6 +145,52 @@ pub fn allowed(allow: &[String], url: &url::Url) -> bool {
             _ => a.trim_end_matches(']') == host,
         }
     })
+}
+
+/// An allow-list entry as host and port (none: any port).
+fn split_entry(entry: &str) -> (&str, Option<u16>) {
+    let bracketed = entry.starts_with('[');
+    match entry.rsplit_once(':') {
+        Some((h, p)) if (!bracketed && !h.contains(':')) || (bracketed && h.ends_with(']')) => match p.parse::<u16>() {
+            Ok(port) => (h.trim_start_matches('[').trim_end_matches(']'), Some(port)),
+            Err(_) => (entry, None),
+        },
+        _ => (entry.trim_start_matches('[').trim_end_matches(']'), None),
+    }
+}
+
+/// How long `ferry check` waits for a host to answer.
+const REACH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Can this machine open a connection to an allow-list entry? An entry
+/// with a port is tried on that port; one without on 443, then 80 (the
+/// ports a URL without one uses). A loopback entry without a port means
+/// any port on this machine: nothing to try.
+async fn reach(entry: &str) -> Result<String, String> {
+    let (host, port) = split_entry(entry);
+    if port.is_none() && config::is_loopback(host) {
+        return Ok("this machine, any port".into());
+    }
+    let ports: &[u16] = match &port {
+        Some(p) => std::slice::from_ref(p),
+        None => &[443, 80],
+    };
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout(REACH_TIMEOUT, tokio::net::lookup_host((host, 0))).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => return Err(format!("the name does not resolve ({e}): is it spelled right?")),
+            Err(_) => return Err("the name did not resolve in time: is DNS reachable?".into()),
+        };
+    let mut last = String::new();
+    for &p in ports {
+        let at: Vec<_> = addrs.iter().map(|a| std::net::SocketAddr::new(a.ip(), p)).collect();
+        match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(&at[..])).await {
+            Ok(Ok(_)) => return Ok(format!("port {p} answers")),
+            Ok(Err(e)) => last = format!("cannot connect to port {p}: {e}"),
+            Err(_) => last = format!("port {p} did not answer in {}", crate::util::humantime(REACH_TIMEOUT)),
+        }
+    }
+    Err(format!("{last} (is the host up, and does the firewall let this machine out?)"))
 }
 
 /// Attempts for a request with `retry` set (the first included).
@@ -410,7 +458,28 @@ fn transport_error(host: &str, e: reqwest::Error) -> HostError {
 
 #[cfg(test)]
 mod tests {
-    use super::allowed;
+    use super::{allowed, reach, split_entry};
+
+    #[test]
+    fn entries_split_into_host_and_port() {
+        assert_eq!(split_entry("fhir.example"), ("fhir.example", None));
+        assert_eq!(split_entry("fhir.example:8443"), ("fhir.example", Some(8443)));
+        assert_eq!(split_entry("[::1]:8080"), ("::1", Some(8080)));
+        assert_eq!(split_entry("[::1]"), ("::1", None));
+        assert_eq!(split_entry("::1"), ("::1", None));
+    }
+
+    #[tokio::test]
+    async fn check_reaches_an_open_port_and_names_a_closed_one() {
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = open.local_addr().unwrap().port();
+        assert_eq!(reach(&format!("127.0.0.1:{port}")).await.unwrap(), format!("port {port} answers"));
+        // a port nobody listens on (bound, then released)
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let e = reach(&format!("127.0.0.1:{closed}")).await.unwrap_err();
+        assert!(e.contains(&format!("cannot connect to port {closed}")), "{e}");
+        assert!(reach("127.0.0.1").await.unwrap().contains("any port"));
+    }
 
     #[test]
     fn allow_list() {
