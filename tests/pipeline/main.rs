@@ -15,6 +15,7 @@ mod folder_documents;
 mod graceful_stop;
 mod grants;
 mod happy_path;
+mod hostile_peers;
 mod http_auth;
 mod http_bodies;
 mod http_store;

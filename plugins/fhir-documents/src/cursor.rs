@@ -6,11 +6,12 @@
 //!   means the same thing on any later day, which is what lets the host
 //!   keep it as a resume point. `{"v":1}` is the top (from the configured
 //!   `since`, if any).
-//! - A **paging** cursor `{"v":1,"next":"<url>","skip":n}`: the server's
-//!   `next` link (and how many of its entries were handed out already),
-//!   for servers whose answers cannot be resumed (see the crate docs). It
-//!   is only good within one pass; a scan in paging mode ends with no
-//!   cursor.
+//! - A **paging** cursor `{"v":1,"next":"<url>","skip":n,"pages":p}`: the
+//!   server's `next` link (and how many of its entries were handed out
+//!   already, and how many pages this pass has followed, so that links
+//!   going round in a circle end the pass), for servers whose answers
+//!   cannot be resumed (see the crate docs). It is only good within one
+//!   pass; a scan in paging mode ends with no cursor.
 use ferry_plugin_sdk::serde_json;
 use ferry_plugin_sdk::types::StageError;
 use ferry_plugin_sdk::{permanent, serde};
@@ -26,7 +27,12 @@ pub const MAX_CURSOR: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cursor {
     Position(Position),
-    Paging { url: String, skip: usize },
+    /// `pages`: search pages this pass has followed in paging mode.
+    Paging {
+        url: String,
+        skip: usize,
+        pages: usize,
+    },
 }
 
 /// Where a resumable scan stands.
@@ -50,6 +56,8 @@ struct Json {
     next: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     skip: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pages: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -84,9 +92,12 @@ impl Cursor {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(bad("its paging link is not an http(s) URL"));
                 }
-                Ok(Cursor::Paging { url, skip: j.skip })
+                Ok(Cursor::Paging { url, skip: j.skip, pages: j.pages })
             }
             None => {
+                if j.skip != 0 || j.pages != 0 {
+                    return Err(bad("skip or pages without a paging link"));
+                }
                 let since = match j.since {
                     Some(s) => {
                         let ns =
@@ -112,9 +123,10 @@ impl Cursor {
                 seen: p.seen.clone(),
                 next: None,
                 skip: 0,
+                pages: 0,
             },
-            Cursor::Paging { url, skip } => {
-                Json { v: 1, since: None, seen: Vec::new(), next: Some(url.clone()), skip: *skip }
+            Cursor::Paging { url, skip, pages } => {
+                Json { v: 1, since: None, seen: Vec::new(), next: Some(url.clone()), skip: *skip, pages: *pages }
             }
         };
         serde_json::to_string(&j).expect("a cursor serialises")

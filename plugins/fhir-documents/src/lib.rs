@@ -136,7 +136,12 @@
 //!   downloads are checked by size (the host keeps their SHA-256).
 //! - One attachment per DocumentReference; `relatesTo`, `context` and
 //!   `category` are not read.
-//! - JSON answers are at most 16 MiB (the host's limit for `http.send`).
+//! - JSON answers are at most 16 MiB (the host's limit for `http.send`),
+//!   nested at most 128 deep (the JSON parser's limit); anything else is
+//!   a retryable error naming the server.
+//! - Paging mode follows at most 10,000 pages in one pass, and never a
+//!   `next` link back to the page itself: links that go round end the
+//!   pass with a failed notice (`DocumentReference search`) saying so.
 //!
 //! The logic (settings, cursors, the search and its pages, the
 //! DocumentReference and Patient) is unit-tested natively; capability

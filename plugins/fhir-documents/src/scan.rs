@@ -22,6 +22,9 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 pub const MAX_COUNT: usize = 1000;
 /// Search pages followed in one call when none of them yields anything.
 pub const MAX_HOPS: usize = 50;
+/// Search pages one pass follows in paging mode: a server whose `next`
+/// links go round in a circle cannot keep a pass going for ever.
+pub const MAX_PAGES: usize = 10_000;
 /// Patients whose keys are kept per instance.
 pub const PATIENT_CACHE: usize = 10_000;
 /// Largest inline attachment (decoded).
@@ -209,7 +212,7 @@ impl Scanner {
     pub fn scan(&mut self, t: &mut dyn Transport, cursor: Option<&str>) -> Result<DocumentPage, StageError> {
         let page = match Cursor::decode(cursor)? {
             Cursor::Position(pos) => self.scan_from(t, pos)?,
-            Cursor::Paging { url, skip } => self.scan_paging(t, url, skip)?,
+            Cursor::Paging { url, skip, pages } => self.scan_paging(t, url, skip, pages)?,
         };
         if let Some(c) = &page.next_cursor {
             if c.len() > MAX_CURSOR {
@@ -251,7 +254,7 @@ impl Scanner {
                 } else {
                     "the search answer is not sorted by _lastUpdated (the server ignores _sort)"
                 });
-                return self.scan_paging(t, url, 0);
+                return self.scan_paging(t, url, 0, 0);
             }
             for (i, (doc, st)) in bundle.entries.iter().zip(&stamps).enumerate() {
                 if out.len() >= self.s.page_size as usize {
@@ -269,12 +272,10 @@ impl Scanner {
                         self.s.api,
                         crate::cursor::SEEN_CAP
                     ));
-                    let paging = Cursor::Paging { url, skip: i };
                     if out.len() > 0 {
-                        return Ok(out.page(Some(paging)));
+                        return Ok(out.page(Some(Cursor::Paging { url, skip: i, pages: 0 })));
                     }
-                    let Cursor::Paging { url, skip } = paging else { unreachable!() };
-                    return self.scan_paging(t, url, skip);
+                    return self.scan_paging(t, url, i, 0);
                 }
                 if let Some(h) = self.entry(t, doc, st, &raw)? {
                     out.push(h);
@@ -298,7 +299,7 @@ impl Scanner {
                              before; this pass pages through the server's links from here",
                             self.s.api
                         ));
-                        return self.scan_paging(t, next, 0);
+                        return self.scan_paging(t, next, 0, 0);
                     }
                     url = next;
                 }
@@ -306,12 +307,14 @@ impl Scanner {
         }
     }
 
-    /// A scan through the server's links: never resumable, ends with no cursor.
+    /// A scan through the server's links: never resumable, ends with no
+    /// cursor. `pages`: pages this pass followed before this call.
     fn scan_paging(
         &mut self,
         t: &mut dyn Transport,
         mut url: String,
         mut skip: usize,
+        mut pages: usize,
     ) -> Result<DocumentPage, StageError> {
         let mut out = Out::default();
         let mut hops = 0;
@@ -319,7 +322,7 @@ impl Scanner {
             let bundle = self.bundle(t, &url)?;
             for (i, doc) in bundle.entries.iter().enumerate().skip(skip) {
                 if out.len() >= self.s.page_size as usize {
-                    return Ok(out.page(Some(Cursor::Paging { url, skip: i })));
+                    return Ok(out.page(Some(Cursor::Paging { url, skip: i, pages })));
                 }
                 let st = fhir::stamp(doc);
                 let raw = st.last_updated.as_ref().map(|(r, _)| r.clone()).unwrap_or_default();
@@ -333,8 +336,27 @@ impl Scanner {
                 }
             }
             let Some(next) = bundle.next else { return Ok(out.page(None)) };
+            pages += 1;
+            // a link back to the page itself, or more pages than any real
+            // search has: the server's links go round; the pass ends here
+            let looping = if next == url {
+                Some("the search answer's next link is the page itself".to_string())
+            } else if pages >= MAX_PAGES {
+                Some(format!("{MAX_PAGES} search pages in one pass (do the server's next links go round?)"))
+            } else {
+                None
+            };
+            if let Some(why) = looping {
+                warn(&format!("FHIR server at {}: {why}; this pass ends here", self.s.api));
+                out.notices.push(Notice {
+                    subject: "DocumentReference search".into(),
+                    outcome: NoticeOutcome::Fail,
+                    reason: format!("{why}; the pass ended there, so later documents may be missing"),
+                });
+                return Ok(out.page(None));
+            }
             if out.len() > 0 {
-                return Ok(out.page(Some(Cursor::Paging { url: next, skip: 0 })));
+                return Ok(out.page(Some(Cursor::Paging { url: next, skip: 0, pages })));
             }
             hops += 1;
             if hops > MAX_HOPS {
@@ -344,7 +366,7 @@ impl Scanner {
                     outcome: NoticeOutcome::Skip,
                     reason: format!("{MAX_HOPS} search pages without a wanted document; paging on"),
                 });
-                return Ok(out.page(Some(Cursor::Paging { url: next, skip: 0 })));
+                return Ok(out.page(Some(Cursor::Paging { url: next, skip: 0, pages })));
             }
             url = next;
             skip = 0;

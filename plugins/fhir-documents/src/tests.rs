@@ -47,6 +47,9 @@ struct Fake {
     search_status: u16,
     requests: Vec<Request>,
     spooled: Vec<Vec<u8>>,
+    /// Answers every search with these bytes instead (hostile servers):
+    /// given the search URL.
+    raw_search: Option<fn(&str) -> Vec<u8>>,
 }
 
 fn doc(id: &str, last: &str) -> Value {
@@ -159,6 +162,9 @@ impl Transport for Fake {
         if let Some(q) = path.strip_prefix("/DocumentReference?") {
             if self.search_status != 0 {
                 return Ok(Response { status: self.search_status, headers: vec![], body: vec![] });
+            }
+            if let Some(raw) = self.raw_search {
+                return Ok(Response { status: 200, headers: vec![], body: raw(&r.url) });
             }
             return ok(self.search(q));
         }
@@ -281,7 +287,7 @@ fn cursor_round_trips_and_rejects_strangers() {
     assert_eq!(raw, r#"{"v":1,"since":"2024-01-01T00:00:01.000Z","seen":["a"]}"#);
     assert_eq!(Cursor::decode(Some(&raw)).unwrap(), c);
     assert_eq!(Cursor::top().encode(), r#"{"v":1}"#);
-    let p = Cursor::Paging { url: format!("{BASE}/DocumentReference?_cursor=1_a"), skip: 2 };
+    let p = Cursor::Paging { url: format!("{BASE}/DocumentReference?_cursor=1_a"), skip: 2, pages: 7 };
     assert_eq!(Cursor::decode(Some(&p.encode())).unwrap(), p);
     for bad in [
         r#"{"v":2}"#,
@@ -676,4 +682,104 @@ fn an_empty_server_ends_at_once_with_the_top_position() {
     let page = scanner(|_| {}).scan(&mut t, None).unwrap();
     assert!(page.documents.is_empty() && page.notices.is_empty());
     assert_eq!(page.next_cursor.as_deref(), Some(r#"{"v":1}"#));
+}
+
+/// A search answer as a hostile (or broken) server might send it.
+fn hostile(body: fn(&str) -> Vec<u8>) -> Fake {
+    let mut t = Fake::with(vec![doc("a", &ts(0))]);
+    t.raw_search = Some(body);
+    t
+}
+
+#[test]
+fn answers_that_are_not_bundles_are_refused_without_harm() {
+    let refused = |body: fn(&str) -> Vec<u8>| {
+        let mut t = hostile(body);
+        let e = scanner(|_| {}).scan(&mut t, None).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Retryable, "{}", e.message);
+        assert!(e.message.contains("fhir.test"), "{}", e.message);
+        e.message
+    };
+    // nested 100,000 deep: the JSON parser's depth limit, not the stack
+    let m = refused(|_| {
+        let mut b = br#"{"resourceType":"Bundle","entry":"#.to_vec();
+        b.extend(std::iter::repeat_n(b'[', 100_000));
+        b.extend(std::iter::repeat_n(b']', 100_000));
+        b.push(b'}');
+        b
+    });
+    assert!(m.contains("not JSON"), "{m}");
+    assert!(refused(|_| b"{\"resourceType\":\"Bundle\",\"entry\":[".to_vec()).contains("not JSON"));
+    assert!(refused(|_| b"\xff\xfe{}".to_vec()).contains("not JSON"));
+    assert!(refused(|_| br#"{"resourceType":"OperationOutcome"}"#.to_vec()).contains("not a Bundle"));
+    assert!(refused(|_| br#"{"resourceType":"Bundle","entry":{"resource":{}}}"#.to_vec()).contains("not a list"));
+}
+
+#[test]
+fn entries_that_lie_become_notices_never_items() {
+    let mut t = hostile(|_| {
+        let bad_ids = [json!("../../etc/passwd"), json!("x".repeat(65)), json!(7), json!("")];
+        let mut entries: Vec<Value> = bad_ids
+            .iter()
+            .map(|id| {
+                let mut d = doc("a", &ts(0));
+                d["id"] = id.clone();
+                json!({ "resource": d })
+            })
+            .collect();
+        // not DocumentReferences, included resources, garbage entries: passed over
+        entries.push(json!({ "resource": { "resourceType": "Patient", "id": "p1" } }));
+        entries.push(json!({ "resource": doc("b", &ts(0)), "search": { "mode": "include" } }));
+        entries.push(json!("just a string"));
+        entries.push(json!({ "resource": [1, 2, 3] }));
+        serde_json::to_vec(&json!({ "resourceType": "Bundle", "entry": entries })).unwrap()
+    });
+    let page = scanner(|_| {}).scan(&mut t, None).unwrap();
+    assert!(page.documents.is_empty(), "{:?}", page.documents.iter().map(|d| &d.item.id).collect::<Vec<_>>());
+    assert_eq!(page.notices.len(), 4, "{:?}", page.notices);
+    assert!(page.notices.iter().all(|n| n.outcome == NoticeOutcome::Fail && !n.subject.contains("passwd")));
+    // nothing was downloaded for them
+    assert!(t.spooled.is_empty());
+}
+
+#[test]
+fn next_links_that_go_round_end_the_pass() {
+    // a page whose next link is the page itself (entries without
+    // meta.lastUpdated: paging mode)
+    let mut t = hostile(|url| {
+        let mut d = doc("a", &ts(0));
+        d["meta"].as_object_mut().unwrap().remove("lastUpdated");
+        let links = [json!({ "relation": "next", "url": url })];
+        serde_json::to_vec(&json!({ "resourceType": "Bundle", "link": links, "entry": [{ "resource": d }] })).unwrap()
+    });
+    let pages = pass(&mut scanner(|_| {}), &mut t, None);
+    let last = &pages.last().unwrap().1;
+    assert_eq!(last.next_cursor, None, "the pass ends");
+    assert!(last.notices.iter().any(|n| n.reason.contains("next link is the page itself")), "{:?}", last.notices);
+    assert!(t.requests.len() < 10, "{} requests", t.requests.len());
+
+    // two pages pointing at each other: the pass ends after MAX_PAGES pages
+    let mut t = hostile(|url| {
+        let mut d = doc(if url.contains("page=b") { "b" } else { "a" }, &ts(0));
+        d["meta"].as_object_mut().unwrap().remove("lastUpdated");
+        let other = if url.contains("page=b") { "a" } else { "b" };
+        let links = [json!({ "relation": "next", "url": format!("{BASE}/DocumentReference?page={other}") })];
+        serde_json::to_vec(&json!({ "resourceType": "Bundle", "link": links, "entry": [{ "resource": d }] })).unwrap()
+    });
+    t.files.insert(format!("{BASE}/Binary/b"), (200, b"pdf".to_vec()));
+    let mut s = scanner(|_| {});
+    let mut cursor = None;
+    let mut calls = 0;
+    let last = loop {
+        let page = s.scan(&mut t, cursor.as_deref()).unwrap();
+        match page.next_cursor.clone() {
+            Some(c) => cursor = Some(c),
+            None => break page,
+        }
+        calls += 1;
+        assert!(calls < 2 * crate::scan::MAX_PAGES, "the pass does not end");
+    };
+    assert!(last.notices.iter().any(|n| n.reason.contains("search pages in one pass")), "{:?}", last.notices);
+    let searches = t.requests.iter().filter(|r| r.url.contains("/DocumentReference?")).count();
+    assert_eq!(searches, crate::scan::MAX_PAGES + 1, "the first page and MAX_PAGES links");
 }
