@@ -38,8 +38,39 @@ pub fn humantime(d: Duration) -> String {
     }
 }
 
-/// Hex SHA-256 of a file and its size, streamed (256 KiB at a time).
+/// SHA-256s the host already knows, of files it wrote whole and that
+/// nothing writes again (the http spool: [`remember_sha256`] when a
+/// download is complete, [`forget_sha256`] when the file is removed), so
+/// that the stages after a download (the runner's fingerprint, `fs.sha256`,
+/// the object store's checksum) do not read a 50 MB PDF three more times.
+/// Keyed by real path; an entry whose size is not the file's is not used.
+static KNOWN_SHA256: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, (String, u64)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn known() -> std::sync::MutexGuard<'static, std::collections::HashMap<PathBuf, (String, u64)>> {
+    KNOWN_SHA256.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `path` was written whole with these bytes and will not change until it
+/// is removed.
+pub fn remember_sha256(path: &Path, sha256: &str, size: u64) {
+    known().insert(real_path(path), (sha256.to_owned(), size));
+}
+
+/// `path` is removed (or may change).
+pub fn forget_sha256(path: &Path) {
+    known().remove(&real_path(path));
+}
+
+/// Hex SHA-256 of a file and its size, streamed (256 KiB at a time), or
+/// as remembered for a file the host wrote ([`remember_sha256`]).
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let remembered = known().get(&real_path(path)).cloned();
+    if let Some((sha, size)) = remembered {
+        if std::fs::metadata(path)?.len() == size {
+            return Ok((sha, size));
+        }
+    }
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -53,6 +84,28 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
         h.update(&buf[..n]);
     }
     Ok((hex::encode(h.finalize()), n_total))
+}
+
+#[cfg(test)]
+mod sha256_tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_digest_is_used_until_forgotten_or_the_size_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("http-abc");
+        std::fs::write(&path, b"hello").unwrap();
+        let real = sha256_file(&path).unwrap();
+        assert_eq!(real.1, 5);
+        // a value nobody could compute proves the file was not read
+        remember_sha256(&path, "remembered", 5);
+        assert_eq!(sha256_file(&dir.path().join(".").join("http-abc")).unwrap(), ("remembered".into(), 5));
+        std::fs::write(&path, b"hello!").unwrap();
+        assert_ne!(sha256_file(&path).unwrap().0, "remembered", "another size: read again");
+        std::fs::write(&path, b"hello").unwrap();
+        forget_sha256(&path);
+        assert_eq!(sha256_file(&path).unwrap(), real);
+    }
 }
 
 /// `p` with symlinks resolved as far as it exists, the rest appended:

@@ -217,17 +217,13 @@ impl OAuthClient {
             let answer = async {
                 let resp = b.send().await.map_err(|e| self.unavailable(&e))?;
                 let status = resp.status().as_u16();
-                let mut body = Vec::new();
-                let mut resp = resp;
-                while let Some(chunk) = resp.chunk().await.map_err(|e| self.unavailable(&e))? {
-                    if body.len() + chunk.len() > MAX_TOKEN_ANSWER {
-                        return Err(HostError::Failed(format!(
-                            "the token endpoint {} answered more than {MAX_TOKEN_ANSWER} bytes",
-                            c.token_url
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
+                let body = super::read_capped(resp, MAX_TOKEN_ANSWER).await.map_err(|e| match e {
+                    super::Capped::Transport(e) => self.unavailable(&e),
+                    super::Capped::TooLarge => HostError::Failed(format!(
+                        "the token endpoint {} answered more than {MAX_TOKEN_ANSWER} bytes",
+                        c.token_url
+                    )),
+                })?;
                 Ok((status, body))
             }
             .await;

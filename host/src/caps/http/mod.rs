@@ -435,15 +435,33 @@ async fn send_once(b: reqwest::RequestBuilder, host_port: &str) -> Result<Respon
     let resp = b.send().await.map_err(|e| transport_error(host_port, e))?;
     let status = resp.status().as_u16();
     let headers = header_list(&resp);
+    let body = read_capped(resp, MAX_BODY).await.map_err(|e| match e {
+        Capped::Transport(e) => transport_error(host_port, e),
+        Capped::TooLarge => HostError::Failed(format!("response from {host_port} is larger than {MAX_BODY} bytes")),
+    })?;
+    Ok(Response { status, headers, body })
+}
+
+/// Why [`read_capped`] gave up.
+pub(crate) enum Capped {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+/// A response body in memory, at most `max` bytes: a declared length over
+/// it is refused before reading, an undeclared one as soon as it runs over.
+pub(crate) async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Capped> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(Capped::TooLarge);
+    }
     let mut body = Vec::new();
-    let mut resp = resp;
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(host_port, e))? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(HostError::Failed(format!("response from {host_port} is larger than {MAX_BODY} bytes")));
+    while let Some(chunk) = resp.chunk().await.map_err(Capped::Transport)? {
+        if body.len() + chunk.len() > max {
+            return Err(Capped::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Response { status, headers, body })
+    Ok(body)
 }
 
 fn transport_error(host: &str, e: reqwest::Error) -> HostError {
@@ -458,7 +476,52 @@ fn transport_error(host: &str, e: reqwest::Error) -> HostError {
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed, reach, split_entry};
+    use super::{allowed, reach, read_capped, split_entry, Capped};
+
+    /// A one-shot HTTP server on 127.0.0.1 answering `body`, with its
+    /// length declared or chunked.
+    async fn answer(body: usize, declared: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let head = if declared {
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {body}\r\n\r\n")
+            } else {
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_string()
+            };
+            let _ = c.write_all(head.as_bytes()).await;
+            let chunk = vec![b'x'; 1024];
+            for _ in 0..body / 1024 {
+                let r = if declared {
+                    c.write_all(&chunk).await
+                } else {
+                    c.write_all(format!("400\r\n{}\r\n", "x".repeat(1024)).as_bytes()).await
+                };
+                if r.is_err() {
+                    return;
+                }
+            }
+            if !declared {
+                let _ = c.write_all(b"0\r\n\r\n").await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_the_cap_declared_or_not() {
+        let client = reqwest::Client::new();
+        for declared in [true, false] {
+            let resp = client.get(answer(64 << 10, declared).await).send().await.unwrap();
+            assert_eq!(read_capped(resp, 64 << 10).await.ok().map(|b| b.len()), Some(64 << 10), "{declared}");
+            let resp = client.get(answer(1 << 20, declared).await).send().await.unwrap();
+            assert!(matches!(read_capped(resp, 64 << 10).await, Err(Capped::TooLarge)), "{declared}");
+        }
+    }
 
     #[test]
     fn entries_split_into_host_and_port() {

@@ -40,6 +40,7 @@ impl Spool {
         for e in std::fs::read_dir(&self.dir)? {
             let e = e?;
             if e.file_type()?.is_file() {
+                crate::util::forget_sha256(&e.path());
                 std::fs::remove_file(e.path())?;
             }
         }
@@ -81,7 +82,9 @@ impl Spool {
         file.flush().await.map_err(|e| CapError::io("a spool file", e))?;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         guard.0 = None;
-        Ok(Written { name, size, sha256: hex::encode(hash.finalize()) })
+        let sha256 = hex::encode(hash.finalize());
+        crate::util::remember_sha256(&path, &sha256, size);
+        Ok(Written { name, size, sha256 })
     }
 
     /// The path of spool file `name`, if `name` is one (a plain file name
@@ -103,6 +106,7 @@ pub struct SpoolFile(pub Option<PathBuf>);
 impl Drop for SpoolFile {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
+            crate::util::forget_sha256(&p);
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!("cannot remove spool file {}: {e}", p.display());
