@@ -49,7 +49,7 @@ use serde::Deserialize;
 
 pub use crate::caps::object_store::config::{ObjectStoreGrant, S3Grant};
 pub use crate::caps::sql::config::{ConnectionConfig, Encrypt, MssqlConfig};
-pub use crate::serve::config::{AuthConfig, PreviewConfig, ServeConfig};
+pub use crate::serve::config::{AuthConfig, PreviewConfig, RecordsConfig, ServeConfig};
 pub use crate::units::{bounds, parse_bytes, parse_duration, parse_duration_or_zero, Limits, Secret};
 use crate::units::{
     check_stage_numbers, de_bytes, de_duration, de_opt_duration_or_zero, show_b, show_d, show_n, within, Problem,

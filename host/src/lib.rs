@@ -30,6 +30,7 @@ pub mod plugin;
 pub mod retry;
 pub mod runner;
 pub mod runtime;
+pub mod seal;
 pub mod serve;
 pub mod stage;
 pub mod units;

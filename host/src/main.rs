@@ -104,6 +104,9 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 50)]
         limit: u32,
     },
+    /// Seal the patient records' PHI again with [serve.records] key, after
+    /// a key rotation (then the old key can leave previous_keys).
+    Reseal { pipeline: PathBuf },
     /// Validate the pipeline file, load every plugin, test every grant.
     Check {
         /// The pipeline file.
@@ -258,6 +261,22 @@ async fn real_main(cli: Cli) -> Result<i32> {
             let p = runtime::load_pipeline(&pipeline)?;
             let ttl = ferry::config::parse_duration(&ttl).map_err(anyhow::Error::msg)?;
             println!("{}", ferry::serve::auth::token_command(&p, &role, ttl, &subject, clinic.as_deref())?);
+            Ok(0)
+        }
+        Command::Reseal { pipeline } => {
+            init_logging(cli.log_format, None);
+            let p = runtime::load_pipeline(&pipeline)?;
+            let cfg =
+                p.serve.as_ref().and_then(|s| s.records.as_ref()).ok_or_else(|| {
+                    anyhow::anyhow!("{} has no [serve.records]: nothing is sealed", pipeline.display())
+                })?;
+            let records = ferry::serve::records::Records::new(cfg)?;
+            let ledger = open_ledger(&p)?;
+            let (rewritten, current) = records.reseal_all(&ledger)?;
+            println!(
+                "resealed {rewritten} patient record(s) with key {}; {current} already were",
+                records.key_ids()[0]
+            );
             Ok(0)
         }
         Command::Log { pipeline, patient, limit } => {

@@ -16,5 +16,6 @@ mod load;
 mod logs;
 mod openapi;
 mod problems;
+mod records;
 mod search;
 mod sync;

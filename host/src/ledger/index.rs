@@ -68,8 +68,13 @@ fn person_name(pn: &str) -> (String, String) {
         [last] => (*last).to_owned(),
         [last, rest @ ..] => format!("{last}, {}", rest.join(" ")),
     };
-    // each word folded, plus its German transliteration (ü → ue ...), so
-    // that "Mueller" finds "Müller" as well as "Muller" does
+    (display, search_words(&parts))
+}
+
+/// The search form of a name's parts: each word folded, plus its German
+/// transliteration (ü → ue ...), so that "Mueller" finds "Müller" as well
+/// as "Muller" does; words split at spaces and hyphens.
+pub(crate) fn search_words(parts: &[&str]) -> String {
     let mut words: Vec<String> = Vec::new();
     for t in parts.iter().flat_map(|p| p.split(|c: char| c.is_whitespace() || c == '-')).filter(|t| !t.is_empty()) {
         let german = fold(&t.to_lowercase().replace('ä', "ae").replace('ö', "oe").replace('ü', "ue"));
@@ -79,7 +84,7 @@ fn person_name(pn: &str) -> (String, String) {
         }
         words.push(plain);
     }
-    (display, words.join(" "))
+    words.join(" ")
 }
 
 /// The image/patient index the service lists and searches.

@@ -36,6 +36,25 @@ pub struct ServeConfig {
     pub preview_cache: Option<PathBuf>,
     #[serde(default)]
     pub preview: PreviewConfig,
+    /// The records API's patient records (absent: no patient records).
+    #[serde(default)]
+    pub records: Option<RecordsConfig>,
+}
+
+/// `[serve.records]`: patient records (`POST /api/v1/patients`, …), their
+/// PHI fields sealed with AES-256-GCM (`crate::seal`).
+///
+/// ```toml
+/// [serve.records]
+/// key = "${FERRY_RECORDS_KEY}"                    # 32 bytes, base64: openssl rand -base64 32
+/// previous_keys = ["${FERRY_RECORDS_KEY_OLD}"]    # after a rotation, until `ferry reseal PIPELINE` ran
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsConfig {
+    pub key: Secret,
+    #[serde(default)]
+    pub previous_keys: Vec<Secret>,
 }
 
 fn default_listen() -> String {
@@ -147,6 +166,12 @@ impl ServeConfig {
         problems.extend(check_stage_numbers("serve.preview", c, 0, &pv.limits).err());
         let (lo, hi) = bounds::PREVIEW_FILE;
         problems.extend(within("serve.preview.max_file", pv.max_file, lo, hi, show_b, "").err());
+        if let Some(r) = &self.records {
+            let previous: Vec<&str> = r.previous_keys.iter().map(|k| k.0.as_str()).collect();
+            if let Err(e) = crate::seal::Sealer::new(&r.key.0, &previous) {
+                problems.push(("serve.records".into(), e.to_string()));
+            }
+        }
         self.auth.public_key = self.auth.public_key.as_deref().map(rel);
         self.auth.jwks = self.auth.jwks.as_deref().map(rel);
         self.preview_cache = self.preview_cache.as_deref().map(rel);

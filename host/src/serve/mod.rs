@@ -25,11 +25,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod metrics;
 pub mod passes;
 pub mod preview;
 pub mod problem;
+pub mod records;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -94,6 +96,8 @@ pub struct AppState {
     pub(crate) openapi: OnceLock<String>,
     /// Cancelled when the service stops.
     pub(crate) stopping: CancellationToken,
+    /// `[serve.records]`: patient records (none: not enabled).
+    pub(crate) records: Option<records::Records>,
 }
 
 /// A started service.
@@ -200,8 +204,20 @@ pub async fn check(pipeline: &Pipeline, engine: &wasmtime::Engine, options: &Opt
     let renderer =
         crate::runtime::renderer(engine, pipeline, &cfg.preview, (preview::DOWNLOAD_ROOT, dir.path()), options)?;
     renderer.warm_up().await?;
+    let records = match &cfg.records {
+        None => "off".to_string(),
+        Some(r) => {
+            let r = records::Records::new(r).map_err(|e| anyhow::anyhow!("[serve.records]: {e}"))?;
+            let ids = r.key_ids();
+            format!(
+                "sealed with key {}{}",
+                ids[0],
+                if ids.len() > 1 { format!(" (+{} previous)", ids.len() - 1) } else { String::new() }
+            )
+        }
+    };
     Ok(format!(
-        "listen {}; auth: {}; previews: {} ({} at once, {} MiB each)",
+        "listen {}; auth: {}; previews: {} ({} at once, {} MiB each); patient records: {records}",
         cfg.listen,
         auth.describe(),
         renderer.context().plugin_name,
@@ -252,6 +268,10 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
     dev_mode_on_loopback(&auth, &[addr])?;
 
     let stop = CancellationToken::new();
+    let records = match &cfg.records {
+        None => None,
+        Some(r) => Some(records::Records::new(r).map_err(|e| ServeError::Config(format!("[serve.records]: {e}")))?),
+    };
     let passes = Arc::new(Passes::new(runtime.clone(), metrics.clone(), ledger.clone(), stop.clone()));
     let jobs = Arc::new(Jobs::new(passes.clone()));
     tracing::info!(auth = auth.describe(), store = %store.describe(), presign = cfg.presign, "API ready");
@@ -266,6 +286,7 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
         metrics,
         openapi: OnceLock::new(),
         stopping: stop.clone(),
+        records,
     });
     let app = app(state);
     let server = {

@@ -105,8 +105,7 @@ pub(super) async fn list_images(
     ApiPath(guid): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<ImagePage>> {
-    authorize(&state, &headers, Role::Viewer)?;
-    check_guid(&guid)?;
+    allow(&state, &headers, Action::ReadImages, Some(&guid)).await?;
     if let Some(c) = &q.cursor {
         check_name(c).map_err(|_| Problem::bad_request("invalid-cursor", "`cursor` is not one this API gave out"))?;
     }
@@ -227,7 +226,7 @@ pub(super) async fn get_image(
     headers: HeaderMap,
     ApiPath((guid, name)): ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, Role::Viewer)?;
+    allow(&state, &headers, Action::ReadImages, Some(&guid)).await?;
     let key = image_key(&guid, &name)?;
     let missing = || Problem::not_found(format!("patient {guid} has no image named `{name}`"));
     if is_sidecar(&name) {
@@ -348,7 +347,7 @@ pub(super) async fn preview(
     ApiPath((guid, name)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<PreviewQuery>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, Role::Viewer)?;
+    allow(&state, &headers, Action::ReadImages, Some(&guid)).await?;
     let key = image_key(&guid, &name)?;
     let missing = || Problem::not_found(format!("patient {guid} has no image named `{name}`"));
     if is_sidecar(&name) {

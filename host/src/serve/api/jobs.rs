@@ -41,8 +41,7 @@ pub(super) async fn sync_patient(
     headers: HeaderMap,
     ApiPath(guid): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let who = authorize(&state, &headers, Role::Operator)?;
-    check_guid(&guid)?;
+    let who = allow(&state, &headers, Action::Sync, Some(&guid)).await?;
     if state.stopping.is_cancelled() {
         return Err(Problem::unavailable("the service is stopping"));
     }
@@ -54,7 +53,7 @@ pub(super) async fn sync_patient(
         return Err(Problem::not_found(format!("no source items are attached to patient {guid}")));
     }
     let job = state.jobs.submit(&guid, items);
-    tracing::info!(job = %job.job_id, subject = %who.subject, "sync requested");
+    tracing::info!(job = %job.job_id, subject = %who.subject(), "sync requested");
     let body =
         JobAccepted { job_id: job.job_id, state: job.state, items_total: job.items_total, href: job.href.clone() };
     let mut res = (StatusCode::ACCEPTED, Json(body)).into_response();
@@ -80,10 +79,16 @@ pub(super) async fn job(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<crate::serve::passes::JobStatus>> {
-    authorize(&state, &headers, Role::Operator)?;
-    state
-        .jobs
-        .status(&id)
-        .map(Json)
-        .ok_or_else(|| Problem::not_found("no such job (jobs are forgotten when the service restarts)"))
+    let who = caller(&state, &headers).await?;
+    let gone = || Problem::not_found("no such job (jobs are forgotten when the service restarts)");
+    let status = state.jobs.status(&id).ok_or_else(gone)?;
+    // a job the caller may not see is one that does not exist, to them
+    permit(&state, &who, Action::Sync, Some(&status.patient_guid)).await.map_err(|e| {
+        if e.status == 404 {
+            gone()
+        } else {
+            e
+        }
+    })?;
+    Ok(Json(status))
 }

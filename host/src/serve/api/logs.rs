@@ -84,8 +84,7 @@ pub(super) async fn patient_logs(
     ApiPath(guid): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<Json<LogPage>> {
-    authorize(&state, &headers, Role::Operator)?;
-    check_guid(&guid)?;
+    allow(&state, &headers, Action::ReadLogs, Some(&guid)).await?;
     let before = match &q.cursor {
         None => None,
         Some(c) => Some(
@@ -132,9 +131,18 @@ pub(super) async fn log_entry(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<LogEntry>> {
-    authorize(&state, &headers, Role::Operator)?;
+    let who = caller(&state, &headers).await?;
     let id: i64 = id.parse().map_err(|_| Problem::bad_request("invalid-id", "a log entry id is a number"))?;
     let ledger = state.ledger.clone();
-    let entry = blocking(move || ledger.log_entry(id).map_err(Problem::ledger)).await?;
-    entry.map(|e| Json(e.into())).ok_or_else(|| Problem::not_found(format!("no log entry {id}")))
+    let gone = || Problem::not_found(format!("no log entry {id}"));
+    let entry = blocking(move || ledger.log_entry(id).map_err(Problem::ledger)).await?.ok_or_else(gone)?;
+    // an entry the caller may not see is one that does not exist, to them
+    permit(&state, &who, Action::ReadLogs, entry.patient_guid.as_deref()).await.map_err(|e| {
+        if e.status == 404 {
+            gone()
+        } else {
+            e
+        }
+    })?;
+    Ok(Json(entry.into()))
 }

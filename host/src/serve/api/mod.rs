@@ -3,9 +3,16 @@
 //! `/api/v1/openapi.json`, which is generated from these handlers (utoipa),
 //! so it cannot drift from the routes.
 //!
+//! Who may call what is decided in one place, [`super::authz`] (its table
+//! is the whole truth; "role" below is what staff — callers without a
+//! registry entry — need).
+//!
 //! | route | role | what |
 //! |---|---|---|
-//! | `GET /patients?name=` | viewer | patients by first/last name prefix (case- and accent-insensitive) |
+//! | `GET /users/me` | viewer | the caller: token role, registry type and entry |
+//! | `GET, POST /users`, `GET, PUT, DELETE /users/{sub}` | admin | the registry of users |
+//! | `GET /patients?name=` | viewer | the caller's patients by first/last name prefix (case- and accent-insensitive) |
+//! | `POST /patients`, `GET, PUT, DELETE /patients/{patientGuid}` | practitioner | patient records |
 //! | `GET /patients/{patientGuid}/images` | viewer | the patient's images, paginated |
 //! | `GET /patients/{patientGuid}/images/{name}` | viewer | the DICOM bytes (ranges; or a 307 to a presigned URL) |
 //! | `GET /patients/{patientGuid}/images/{name}/preview` | viewer | a PNG preview |
@@ -40,6 +47,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Role;
+use super::authz::{self, Action, Caller, Decision, Kind, PatientScope};
 use super::passes::rfc3339;
 use super::problem::{ApiResult, Problem};
 use super::AppState;
@@ -51,12 +59,14 @@ mod images;
 mod jobs;
 mod logs;
 mod patients;
+mod users;
 
 use http::*;
 use images::*;
 use jobs::*;
 use logs::*;
 use patients::*;
+use users::*;
 
 /// Where the store plugins file images: `images/{patientGuid}/{name}`.
 pub const IMAGES_PREFIX: &str = "images/";
@@ -71,16 +81,19 @@ type St = State<Arc<AppState>>;
 #[openapi(
     info(
         title = "ferry API",
-        description = "Dental X-rays moved from Sidexis to the practice's storage, by patient. \
+        description = "Dental X-rays and healthcare documents by patient, and the records around them. \
                        Every route needs a bearer JWT (`Authorization: Bearer …`) with a role: \
                        `viewer` for images, previews and search; `operator` for logs, sync and jobs; \
-                       `admin` can do everything. Errors are RFC 7807 problem documents.",
+                       `admin` can do everything. Registered practitioners work on the patients they own, \
+                       patient users on their own record. Errors are RFC 7807 problem documents.",
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
         (name = "patients", description = "Patients and their images"),
+        (name = "records", description = "Patient records: contact details, history, preferences (PHI sealed at rest)"),
+        (name = "users", description = "The service's users and what they are"),
         (name = "sync", description = "The synchronization log and re-syncs"),
         (name = "meta", description = "This document")
     )
@@ -108,7 +121,11 @@ pub fn doc() -> utoipa::openapi::OpenApi {
 /// The API routes (relative to `/api/v1`), each with its OpenAPI path.
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
-        .routes(routes!(search_patients))
+        .routes(routes!(search_patients, create_patient))
+        .routes(routes!(get_patient, put_patient, delete_patient))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(me))
+        .routes(routes!(get_user, put_user, delete_user))
         .routes(routes!(list_images))
         .routes(routes!(get_image))
         .routes(routes!(preview))
@@ -160,14 +177,79 @@ where
 
 // ---------------------------------------------------------------- checks
 
-fn authorize(state: &AppState, headers: &HeaderMap, needed: Role) -> ApiResult<super::auth::Principal> {
+/// Who is calling: the token (any known role) and the registry's kind.
+/// Every route starts here, then asks [`allow`] (or [`super::authz`]).
+async fn caller(state: &AppState, headers: &HeaderMap) -> ApiResult<Caller> {
     let value = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
             Problem::from(super::auth::AuthError::Unauthenticated("the Authorization header is not valid text".into()))
         })?),
     };
-    Ok(state.auth.authorize(value, needed)?)
+    let principal = state.auth.authorize(value, Role::Viewer)?;
+    let ledger = state.ledger.clone();
+    let sub = principal.subject.clone();
+    let user = blocking(move || ledger.user(&sub).map_err(Problem::ledger)).await?;
+    let kind = user.map(|u| super::records::User::from_row(u).kind()).unwrap_or(Kind::Staff);
+    Ok(Caller { principal, kind })
+}
+
+/// The caller, if [`authz::decide`] lets them do `action` to patient
+/// `guid` (checked first, so a bad guid is a 400): the one place routes
+/// are authorized.
+async fn allow(state: &AppState, headers: &HeaderMap, action: Action, guid: Option<&str>) -> ApiResult<Caller> {
+    let who = caller(state, headers).await?;
+    permit(state, &who, action, guid).await?;
+    Ok(who)
+}
+
+/// [`allow`] for a caller already known (a route that must read a record
+/// to learn its patient, after authenticating).
+async fn permit(state: &AppState, who: &Caller, action: Action, guid: Option<&str>) -> ApiResult<()> {
+    if let Some(g) = guid {
+        check_guid(g)?;
+    }
+    let owner = match guid {
+        Some(g) if !who.is_admin() && who.kind == Kind::Practitioner => {
+            let ledger = state.ledger.clone();
+            let g = g.to_owned();
+            blocking(move || ledger.patient(&g).map_err(Problem::ledger)).await?.map(|p| p.owner_sub)
+        }
+        _ => None,
+    };
+    let scope = guid.map(|g| PatientScope { guid: g, owner: owner.as_deref() });
+    match authz::decide(who, action, scope) {
+        Decision::Allow => Ok(()),
+        Decision::Forbidden(why) => Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", why)),
+        Decision::Hidden => Err(Problem::not_found(match guid {
+            Some(g) => format!("no patient {g}"),
+            None => "no such record".to_string(),
+        })),
+    }
+}
+
+/// A JSON body with rejections as problem documents.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Problem;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Problem> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(e) => {
+                let status = e.status();
+                let slug = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    "unsupported-media-type"
+                } else {
+                    "invalid-body"
+                };
+                Err(Problem::new(status, slug, e.body_text()))
+            }
+        }
+    }
 }
 
 /// A patient guid usable in a key and a URL.
@@ -224,7 +306,7 @@ fn is_sidecar(name: &str) -> bool {
 }
 
 /// Percent-encodes one path segment for links.
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
     const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
     utf8_percent_encode(s, SEGMENT).to_string()

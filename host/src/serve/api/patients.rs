@@ -1,7 +1,10 @@
-//! `GET /patients?name=`: patient search by name (prefix, case- and
-//! accent-insensitive), from the index the pipeline keeps.
+//! `GET /patients?name=`: the caller's patients, by name (prefix, case-
+//! and accent-insensitive), from the records or the image index the
+//! pipeline keeps; and the patient records (`POST /patients`,
+//! `GET|PUT|DELETE /patients/{patientGuid}`).
 
 use super::*;
+use crate::serve::records::{Patient, Records};
 
 // ---------------------------------------------------------------- search
 
@@ -25,17 +28,23 @@ pub struct PatientHit {
     pub image_count: u64,
     /// The patient's images.
     pub images_href: String,
+    /// The patient's record, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub href: Option<String>,
 }
 
-/// Search patients by name.
+/// The caller's patients: an admin's are all patient records, a
+/// practitioner's those they own, a patient user's their own; staff
+/// search the image index by name (`name` required), as before the
+/// records API.
 #[utoipa::path(
     get,
     path = "/patients",
     tag = "patients",
     params(SearchQuery),
     responses(
-        (status = 200, description = "Matching patients, by name", body = [PatientHit]),
-        (status = 400, description = "No name given", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The caller's patients, by name", body = [PatientHit]),
+        (status = 400, description = "No name given (staff), or a bad one", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token may not do this", body = Problem, content_type = "application/problem+json"),
     )
@@ -45,12 +54,9 @@ pub(super) async fn search_patients(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<Vec<PatientHit>>> {
-    authorize(&state, &headers, Role::Viewer)?;
+    let who = allow(&state, &headers, Action::ListPatients, None).await?;
     let name = q.name.unwrap_or_default();
     let name = name.trim().to_owned();
-    if name.is_empty() {
-        return Err(Problem::bad_request("missing-name", "give `name`: the start of a first or last name"));
-    }
     if name.chars().count() > 200 {
         return Err(Problem::bad_request("invalid-name", "`name` is at most 200 characters"));
     }
@@ -58,16 +64,265 @@ pub(super) async fn search_patients(
     // the index splits names at hyphens (`Hans-Peter`) and the display
     // form has a comma (`Müller, Anna`): so does the query
     let name = name.replace(['-', ',', '^'], " ");
+    let scope = authz::list_scope(&who);
+    if scope == authz::ListScope::ImageIndex && name.trim().is_empty() {
+        return Err(Problem::bad_request("missing-name", "give `name`: the start of a first or last name"));
+    }
     let ledger = state.ledger.clone();
-    let hits = blocking(move || ledger.search_patients(&name, limit).map_err(Problem::ledger)).await?;
-    Ok(Json(
-        hits.into_iter()
-            .map(|h| PatientHit {
-                images_href: format!("/api/v1/patients/{}/images", seg(&h.guid)),
-                patient_guid: h.guid,
-                name: h.name,
-                image_count: h.image_count,
+    let hits = blocking(move || {
+        let err = Problem::ledger;
+        let query = (!name.trim().is_empty()).then_some(name.as_str());
+        let record_hit = |p: crate::ledger::PatientRow| -> ApiResult<PatientHit> {
+            let images = ledger.images_of(&p.guid).map_err(err)?.len() as u64;
+            Ok(PatientHit {
+                images_href: format!("/api/v1/patients/{}/images", seg(&p.guid)),
+                href: Some(format!("/api/v1/patients/{}", seg(&p.guid))),
+                name: format!("{}, {}", p.family, p.given),
+                patient_guid: p.guid,
+                image_count: images,
             })
-            .collect(),
-    ))
+        };
+        let index_hit = |h: crate::ledger::PatientHit| PatientHit {
+            images_href: format!("/api/v1/patients/{}/images", seg(&h.guid)),
+            href: None,
+            patient_guid: h.guid,
+            name: h.name,
+            image_count: h.image_count,
+        };
+        match scope {
+            authz::ListScope::ImageIndex => Ok(ledger
+                .search_patients(query.unwrap_or_default(), limit)
+                .map_err(err)?
+                .into_iter()
+                .map(index_hit)
+                .collect()),
+            authz::ListScope::Owned(owner) => {
+                ledger.patients(Some(&owner), query, None, limit).map_err(err)?.into_iter().map(record_hit).collect()
+            }
+            authz::ListScope::Own(guid) => {
+                let own = ledger.patient(&guid).map_err(err)?.into_iter();
+                own.map(record_hit).collect()
+            }
+            authz::ListScope::All => {
+                // records first, then patients only the image index knows
+                let mut hits: Vec<PatientHit> = ledger
+                    .patients(None, query, None, limit)
+                    .map_err(err)?
+                    .into_iter()
+                    .map(record_hit)
+                    .collect::<ApiResult<_>>()?;
+                if let Some(q) = query {
+                    for h in ledger.search_patients(q, limit).map_err(err)? {
+                        if hits.len() >= limit as usize {
+                            break;
+                        }
+                        if !hits.iter().any(|x| x.patient_guid == h.guid) {
+                            hits.push(index_hit(h));
+                        }
+                    }
+                }
+                Ok(hits)
+            }
+        }
+    })
+    .await?;
+    Ok(Json(hits))
+}
+
+// ---------------------------------------------------------------- records
+
+fn records(state: &AppState) -> ApiResult<&crate::serve::records::Records> {
+    state.records.as_ref().ok_or_else(|| {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "records-disabled",
+            "patient records are not enabled on this service: add [serve.records] with `key = \"${FERRY_RECORDS_KEY}\"`",
+        )
+    })
+}
+
+/// Create a patient record (practitioners; the creator owns it).
+#[utoipa::path(
+    post,
+    path = "/patients",
+    tag = "records",
+    request_body = Patient,
+    responses(
+        (status = 201, description = "Created", body = Patient, headers(("Location" = String))),
+        (status = 400, description = "A field is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only practitioners (and admins) create patients", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The patient guid is taken", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn create_patient(
+    State(state): St,
+    headers: HeaderMap,
+    ApiJson(mut p): ApiJson<Patient>,
+) -> ApiResult<Response> {
+    let who = allow(&state, &headers, Action::CreatePatient, None).await?;
+    let records = records(&state)?;
+    Records::validate(&p)?;
+    if p.patient_guid.is_empty() {
+        p.patient_guid = crate::serve::records::new_guid();
+    }
+    check_guid(&p.patient_guid)?;
+    p.owner = owner_for(&state, &who, &p.owner).await?;
+    let row = records.to_row(&p);
+    let ledger = state.ledger.clone();
+    let created = blocking(move || {
+        if !ledger.create_patient(&row).map_err(Problem::ledger)? {
+            return Ok(None);
+        }
+        ledger.patient(&row.guid).map_err(Problem::ledger)
+    })
+    .await?;
+    let Some(row) = created else {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "guid-taken",
+            format!("patient guid {} already has a record (deleted records keep theirs)", p.patient_guid),
+        ));
+    };
+    let out = records.from_row(row)?;
+    tracing::info!(patient = %out.patient_guid, subject = %who.subject(), "patient record created");
+    let mut res = (StatusCode::CREATED, Json(out.clone())).into_response();
+    res.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&out.href).expect("ascii"));
+    Ok(res)
+}
+
+/// The owner a write names: the caller, unless an admin names a
+/// registered practitioner.
+async fn owner_for(state: &AppState, who: &Caller, asked: &str) -> ApiResult<String> {
+    if asked.is_empty() || asked == who.subject() {
+        return Ok(who.subject().to_owned());
+    }
+    if !who.is_admin() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin gives a patient to another practitioner",
+        ));
+    }
+    let ledger = state.ledger.clone();
+    let sub = asked.to_owned();
+    let user = blocking(move || ledger.user(&sub).map_err(Problem::ledger)).await?;
+    match user.map(crate::serve::records::User::from_row) {
+        Some(u) if u.kind() == Kind::Practitioner => Ok(asked.to_owned()),
+        _ => Err(Problem::bad_request("invalid-field", "`owner` is not a registered practitioner (POST /users first)")),
+    }
+}
+
+async fn load_record(state: &AppState, guid: &str) -> ApiResult<crate::ledger::PatientRow> {
+    let ledger = state.ledger.clone();
+    let g = guid.to_owned();
+    blocking(move || ledger.patient(&g).map_err(Problem::ledger))
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no patient {guid}")))
+}
+
+/// A patient record.
+#[utoipa::path(
+    get,
+    path = "/patients/{patientGuid}",
+    tag = "records",
+    params(("patientGuid" = String, Path, description = "The patient guid")),
+    responses(
+        (status = 200, description = "The record", body = Patient),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller may not read records", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such record (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn get_patient(
+    State(state): St,
+    headers: HeaderMap,
+    ApiPath(guid): ApiPath<String>,
+) -> ApiResult<Json<Patient>> {
+    allow(&state, &headers, Action::ReadPatient, Some(&guid)).await?;
+    let records = records(&state)?;
+    Ok(Json(records.from_row(load_record(&state, &guid).await?)?))
+}
+
+/// Replace a patient record's fields (the guid stays; the owner changes
+/// only by an admin).
+#[utoipa::path(
+    put,
+    path = "/patients/{patientGuid}",
+    tag = "records",
+    params(("patientGuid" = String, Path, description = "The patient guid")),
+    request_body = Patient,
+    responses(
+        (status = 200, description = "The record as stored", body = Patient),
+        (status = 400, description = "A field is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller may not change it", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such record (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn put_patient(
+    State(state): St,
+    headers: HeaderMap,
+    ApiPath(guid): ApiPath<String>,
+    ApiJson(mut p): ApiJson<Patient>,
+) -> ApiResult<Json<Patient>> {
+    let who = allow(&state, &headers, Action::ChangePatient, Some(&guid)).await?;
+    let records = records(&state)?;
+    Records::validate(&p)?;
+    if !p.patient_guid.is_empty() && p.patient_guid != guid {
+        return Err(Problem::bad_request(
+            "invalid-field",
+            "`patientGuid` cannot change (it is what pipelines resolve to)",
+        ));
+    }
+    let current = load_record(&state, &guid).await?;
+    p.patient_guid = guid.clone();
+    p.owner = if p.owner.is_empty() || p.owner == current.owner_sub {
+        current.owner_sub.clone()
+    } else {
+        owner_for(&state, &who, &p.owner).await?
+    };
+    let row = records.to_row(&p);
+    let ledger = state.ledger.clone();
+    let g = guid.clone();
+    let stored = blocking(move || {
+        if !ledger.update_patient(&row).map_err(Problem::ledger)? {
+            return Ok(None);
+        }
+        ledger.patient(&g).map_err(Problem::ledger)
+    })
+    .await?
+    .ok_or_else(|| Problem::not_found(format!("no patient {guid}")))?;
+    tracing::info!(patient = %guid, subject = %who.subject(), "patient record changed");
+    Ok(Json(records.from_row(stored)?))
+}
+
+/// Delete a patient record (soft: the guid stays taken, the sync log
+/// keeps its entries; images and documents stay where they are).
+#[utoipa::path(
+    delete,
+    path = "/patients/{patientGuid}",
+    tag = "records",
+    params(("patientGuid" = String, Path, description = "The patient guid")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller may not delete it", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such record (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn delete_patient(
+    State(state): St,
+    headers: HeaderMap,
+    ApiPath(guid): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let who = allow(&state, &headers, Action::ChangePatient, Some(&guid)).await?;
+    records(&state)?;
+    let ledger = state.ledger.clone();
+    let g = guid.clone();
+    if !blocking(move || ledger.delete_patient(&g).map_err(Problem::ledger)).await? {
+        return Err(Problem::not_found(format!("no patient {guid}")));
+    }
+    tracing::info!(patient = %guid, subject = %who.subject(), "patient record deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,214 @@
+//! The records API over real HTTP: users registered by an admin, patient
+//! records owned by the practitioner who made them, and the authorization
+//! table of `serve::authz` walked as a matrix — every route × caller kind ×
+//! owner or not → the status it must answer. PHI fields are sealed in the
+//! SQLite file (read raw).
+
+use std::time::Duration;
+
+use ferry::serve::auth::{self, Role};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::harness::{mueller, problem, Service, Setup, CLINIC};
+
+/// 32 bytes in base64, for the tests only.
+const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const HISTORY: &str = "Zöliakie seit 2019, Laktoseintoleranz";
+
+fn records_setup() -> Setup {
+    Setup { extra: format!("[serve.records]\nkey = \"{KEY}\"\n"), ..Setup::default() }
+}
+
+fn token(svc: &Service, sub: &str, role: Role) -> String {
+    auth::mint(&svc.auth_config(), sub, role, Duration::from_secs(3600), Some(CLINIC)).unwrap()
+}
+
+async fn send(svc: &Service, method: Method, path: &str, token: &str, body: Option<&Value>) -> reqwest::Response {
+    let mut req = svc.http.request(method, svc.url(path)).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(serde_json::to_vec(b).unwrap());
+    }
+    req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+async fn body(res: reqwest::Response) -> Value {
+    let text = res.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+async fn status(svc: &Service, method: Method, path: &str, token: &str, body: Option<&Value>) -> u16 {
+    send(svc, method, path, token, body).await.status().as_u16()
+}
+
+fn user(sub: &str, kind: &str, extra: Value) -> Value {
+    let mut u = json!({ "sub": sub, "email": format!("{sub}@praxis.example"), "name": sub, "type": kind });
+    u.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    u
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_table_route_by_route() {
+    let svc = Service::start_with(ferry_tests::demo_site(), records_setup()).await;
+    let admin = token(&svc, "admin-1", Role::Admin);
+    let dr_a = token(&svc, "dr-a", Role::Viewer);
+    let dr_b = token(&svc, "dr-b", Role::Viewer);
+    let pat = token(&svc, "pat-u", Role::Viewer);
+    let staff_v = token(&svc, "front-desk", Role::Viewer);
+    let staff_o = token(&svc, "it-person", Role::Operator);
+
+    // the registry: two practitioners and a patient user (admins only)
+    let own = mueller(); // a demo patient with X-rays: images, logs and sync are real
+    for (u, want) in [
+        (
+            user(
+                "dr-a",
+                "practitioner",
+                json!({ "profession": "Dietician", "externalIds": { "carepatron": "cp-77" } }),
+            ),
+            201,
+        ),
+        (user("dr-b", "practitioner", json!({ "profession": "Dentist" })), 201),
+        (user("pat-u", "patient", json!({ "patientGuid": own })), 201),
+        (user("dr-a", "practitioner", json!({})), 409),
+        (user("x", "patient", json!({})), 400),
+        (user("y", "wizard", json!({})), 422),
+    ] {
+        let res = send(&svc, Method::POST, "/api/v1/users", &admin, Some(&u)).await;
+        assert_eq!(res.status().as_u16(), want, "{u}: {}", res.text().await.unwrap());
+    }
+    assert_eq!(status(&svc, Method::POST, "/api/v1/users", &dr_a, Some(&user("z", "staff", json!({})))).await, 403);
+
+    // records: dr-a owns the demo patient's record, dr-b one of their own
+    let record = json!({
+        "patientGuid": own, "family": "Müller", "given": "Anna", "email": "anna@example.test",
+        "contactDetails": "+49 30 1234567", "medicalHistory": HISTORY, "dietaryPreferences": "glutenfrei",
+        "externalIds": { "opendental": "4711" },
+    });
+    let res = send(&svc, Method::POST, "/api/v1/patients", &dr_a, Some(&record)).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["location"], format!("/api/v1/patients/{own}"));
+    let created: Value = body(res).await;
+    assert_eq!(created["owner"], "dr-a");
+    assert_eq!(created["medicalHistory"], HISTORY);
+    let res =
+        send(&svc, Method::POST, "/api/v1/patients", &dr_b, Some(&json!({ "family": "Kaya", "given": "Cem" }))).await;
+    assert_eq!(res.status(), 201);
+    let other: Value = body(res).await;
+    let other_guid = other["patientGuid"].as_str().unwrap().to_owned();
+    assert_eq!(other_guid.len(), 36, "a UUID made by the server: {other_guid}");
+    // taken guid, a practitioner naming another owner, bad fields
+    assert_eq!(status(&svc, Method::POST, "/api/v1/patients", &dr_b, Some(&record)).await, 409);
+    let mut given_away = json!({ "family": "A", "given": "B", "owner": "dr-b" });
+    assert_eq!(status(&svc, Method::POST, "/api/v1/patients", &dr_a, Some(&given_away)).await, 403);
+    given_away["owner"] = json!("nobody");
+    assert_eq!(status(&svc, Method::POST, "/api/v1/patients", &admin, Some(&given_away)).await, 400);
+    for bad in [
+        json!({ "family": "", "given": "B" }),
+        json!({ "family": "A", "given": "B", "email": "nope" }),
+        json!({ "family": "A" }),
+    ] {
+        let res = send(&svc, Method::POST, "/api/v1/patients", &dr_a, Some(&bad)).await;
+        problem(res, if bad.get("given").is_none() { 422 } else { 400 }).await;
+    }
+
+    let bare = svc.stored_guids().into_iter().find(|g| *g != own).expect("another stored patient");
+    // the matrix on dr-a's patient: (method, path, body) × [admin, dr-a, dr-b, patient, staff viewer, staff operator]
+    let put = json!({ "family": "Müller", "given": "Anna Maria", "medicalHistory": HISTORY });
+    let rows: Vec<(Method, String, Option<Value>, [u16; 6])> = vec![
+        (Method::GET, format!("/api/v1/patients/{own}"), None, [200, 200, 404, 200, 403, 403]),
+        (Method::PUT, format!("/api/v1/patients/{own}"), Some(put.clone()), [200, 200, 404, 403, 403, 403]),
+        (Method::GET, format!("/api/v1/patients/{own}/images"), None, [200, 200, 404, 200, 200, 200]),
+        (Method::GET, format!("/api/v1/patients/{own}/logs"), None, [200, 200, 404, 403, 403, 200]),
+        (Method::POST, format!("/api/v1/patients/{own}/sync"), None, [202, 202, 404, 403, 403, 202]),
+        (Method::GET, "/api/v1/users".into(), None, [200, 403, 403, 403, 403, 403]),
+        (Method::GET, "/api/v1/users/dr-a".into(), None, [200, 403, 403, 403, 403, 403]),
+        (Method::GET, "/api/v1/users/me".into(), None, [200, 200, 200, 200, 200, 200]),
+        // a patient without a record (X-rays only): staff and admins as before, practitioners not at all
+        (Method::GET, format!("/api/v1/patients/{bare}/images"), None, [200, 404, 404, 404, 200, 200]),
+        (Method::GET, format!("/api/v1/patients/{bare}"), None, [404, 404, 404, 404, 403, 403]),
+    ];
+    let callers = [
+        ("admin", &admin),
+        ("dr-a", &dr_a),
+        ("dr-b", &dr_b),
+        ("patient", &pat),
+        ("staff viewer", &staff_v),
+        ("staff operator", &staff_o),
+    ];
+    for (method, path, body, want) in &rows {
+        for ((who, t), want) in callers.iter().zip(want) {
+            let res = send(&svc, method.clone(), path, t, body.as_ref()).await;
+            let got = res.status().as_u16();
+            let text = res.text().await.unwrap();
+            assert_eq!(got, *want, "{method} {path} as {who}: {text}");
+        }
+    }
+    // a sync job and a log entry of dr-a's patient: dr-b cannot see them either
+    let job: Value = body(send(&svc, Method::POST, &format!("/api/v1/patients/{own}/sync"), &dr_a, None).await).await;
+    let job_path = job["href"].as_str().unwrap().to_owned();
+    assert_eq!(status(&svc, Method::GET, &job_path, &dr_a, None).await, 200);
+    assert_eq!(status(&svc, Method::GET, &job_path, &dr_b, None).await, 404);
+    assert_eq!(status(&svc, Method::GET, &job_path, &staff_v, None).await, 403);
+    let logs: Value = body(send(&svc, Method::GET, &format!("/api/v1/patients/{own}/logs"), &dr_a, None).await).await;
+    let entry = format!("/api/v1/logs/{}", logs["entries"][0]["id"]);
+    assert_eq!(status(&svc, Method::GET, &entry, &dr_a, None).await, 200);
+    assert_eq!(status(&svc, Method::GET, &entry, &dr_b, None).await, 404);
+
+    // the lists: each caller their own
+    let list = |t: &str, q: &str| {
+        let path = format!("/api/v1/patients{q}");
+        let t = t.to_owned();
+        let svc = &svc;
+        async move {
+            let res = send(svc, Method::GET, &path, &t, None).await;
+            assert_eq!(res.status(), 200, "{path}");
+            let v: Value = body(res).await;
+            v.as_array().unwrap().iter().map(|h| h["patientGuid"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(&dr_a, "").await, std::slice::from_ref(&own));
+    assert_eq!(list(&dr_a, "?name=mül").await, std::slice::from_ref(&own));
+    assert!(list(&dr_a, "?name=kaya").await.is_empty());
+    assert_eq!(list(&dr_b, "").await, std::slice::from_ref(&other_guid));
+    assert_eq!(list(&pat, "").await, std::slice::from_ref(&own));
+    let all = list(&admin, "").await;
+    assert!(all.contains(&own) && all.contains(&other_guid), "{all:?}");
+    assert!(list(&staff_v, "?name=mul").await.contains(&own), "staff search the image index as before");
+    problem(send(&svc, Method::GET, "/api/v1/patients", &staff_v, None).await, 400).await;
+
+    // the stored record after the PUT: the owner kept, the name changed
+    let got: Value = body(send(&svc, Method::GET, &format!("/api/v1/patients/{own}"), &pat, None).await).await;
+    assert_eq!((got["given"].as_str(), got["owner"].as_str()), (Some("Anna Maria"), Some("dr-a")));
+    assert_eq!(got.get("email"), None, "the PUT replaced the record's fields");
+
+    // PHI at rest: sealed in the SQLite file; names (what search works on) are not
+    let raw = std::fs::read(svc.pipeline.ledger_path()).unwrap();
+    let wal = std::fs::read(svc.pipeline.ledger_path().with_extension("db-wal")).unwrap_or_default();
+    for bytes in [&raw, &wal] {
+        let hay = String::from_utf8_lossy(bytes);
+        assert!(
+            !hay.contains("Zöliakie") && !hay.contains("glutenfrei") && !hay.contains("+49 30"),
+            "PHI in the clear"
+        );
+    }
+
+    // delete: soft, then gone for everyone; the guid stays taken
+    assert_eq!(status(&svc, Method::DELETE, &format!("/api/v1/patients/{own}"), &dr_b, None).await, 404);
+    assert_eq!(status(&svc, Method::DELETE, &format!("/api/v1/patients/{own}"), &dr_a, None).await, 204);
+    assert_eq!(status(&svc, Method::GET, &format!("/api/v1/patients/{own}"), &admin, None).await, 404);
+    assert_eq!(status(&svc, Method::POST, "/api/v1/patients", &dr_a, Some(&record)).await, 409);
+    assert_eq!(status(&svc, Method::DELETE, "/api/v1/users/dr-b", &admin, None).await, 204);
+    assert_eq!(status(&svc, Method::DELETE, "/api/v1/users/dr-b", &admin, None).await, 404);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_serve_records_there_are_no_patient_records() {
+    let svc = Service::start_with(ferry_tests::demo_site(), Setup { no_wait: true, ..Setup::default() }).await;
+    let admin = token(&svc, "admin-1", Role::Admin);
+    let res = send(&svc, Method::POST, "/api/v1/patients", &admin, Some(&json!({ "family": "A", "given": "B" }))).await;
+    let p = problem(res, 403).await;
+    assert!(p["detail"].as_str().unwrap().contains("[serve.records]"), "{p}");
+    svc.stop().await;
+}
