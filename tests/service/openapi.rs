@@ -47,6 +47,7 @@ async fn the_document_lists_every_route() {
         "GET /api/v1/users/{sub}",
         "PUT /api/v1/users/{sub}",
         "DELETE /api/v1/users/{sub}",
+        "GET /api/v1/access-log",
     ];
     let expected: BTreeSet<String> = xray.iter().cloned().chain(records.iter().map(|r| r.to_string())).collect();
     assert_eq!(got, expected);

@@ -193,6 +193,27 @@ async fn the_authorization_table_route_by_route() {
         );
     }
 
+    // the access log: every decision about the patient, refusals too, ids only (admins)
+    assert_eq!(status(&svc, Method::GET, "/api/v1/access-log", &dr_a, None).await, 403);
+    let log =
+        body(send(&svc, Method::GET, &format!("/api/v1/access-log?patient={own}&limit=1000"), &admin, None).await)
+            .await;
+    let entries = log["entries"].as_array().unwrap();
+    let seen = |sub: &str, action: &str, method: &str, code: u16| {
+        entries
+            .iter()
+            .any(|e| e["subject"] == sub && e["action"] == action && e["method"] == method && e["status"] == code)
+    };
+    assert!(seen("dr-a", "change-patient", "PUT", 200), "{log}");
+    assert!(seen("dr-b", "read-patient", "GET", 404), "a refused read is logged: {log}");
+    assert!(seen("pat-u", "read-images", "GET", 200), "{log}");
+    assert!(seen("front-desk", "read-logs", "GET", 403), "{log}");
+    assert!(entries.iter().all(|e| e["patientGuid"] == own.as_str()), "{log}");
+    let text = log.to_string();
+    assert!(!text.contains("Müller") && !text.contains("Zöliakie"), "no names or PHI in the access log");
+    let mine = body(send(&svc, Method::GET, "/api/v1/access-log?subject=dr-b&limit=1000", &admin, None).await).await;
+    assert!(mine["entries"].as_array().unwrap().iter().all(|e| e["subject"] == "dr-b"), "{mine}");
+
     // delete: soft, then gone for everyone; the guid stays taken
     assert_eq!(status(&svc, Method::DELETE, &format!("/api/v1/patients/{own}"), &dr_b, None).await, 404);
     assert_eq!(status(&svc, Method::DELETE, &format!("/api/v1/patients/{own}"), &dr_a, None).await, 204);

@@ -34,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 
+pub mod access_log;
 pub mod index;
 pub mod items;
 pub mod registry;
@@ -46,8 +47,11 @@ pub use crate::retry::Backoff;
 /// Every store trait, for callers that use the whole ledger:
 /// `use ferry::ledger::prelude::*;`.
 pub mod prelude {
-    pub use super::{Index as _, Items as _, Ledger as _, Registry as _, Resolutions as _, Runs as _, SyncLog as _};
+    pub use super::{
+        AccessLog as _, Index as _, Items as _, Ledger as _, Registry as _, Resolutions as _, Runs as _, SyncLog as _,
+    };
 }
+pub use access_log::{AccessEntry, AccessLog};
 pub use index::{fold, ImageFacts, Index, IndexedImage, Indexer, PatientHit};
 pub use items::{ItemRecord, Items};
 pub use registry::{PatientRow, Registry, UserRow};
@@ -79,7 +83,7 @@ pub struct Status {
 
 /// Every store together (the CLI, the service). Calls are synchronous and
 /// short; callers on async threads keep them brief.
-pub trait Ledger: Items + Runs + SyncLog + Resolutions + Index + Registry {
+pub trait Ledger: Items + Runs + SyncLog + Resolutions + Index + Registry + AccessLog {
     /// Does the ledger know this patient at all (items, images or log)?
     fn knows_patient(&self, guid: &str) -> Result<bool, LedgerError>;
 
@@ -120,9 +124,15 @@ impl SqliteLedger {
         // power cut may lose the last commits, never consistency.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        for schema in
-            [items::SCHEMA, runs::SCHEMA, sync_log::SCHEMA, resolutions::SCHEMA, index::SCHEMA, registry::SCHEMA]
-        {
+        for schema in [
+            items::SCHEMA,
+            runs::SCHEMA,
+            sync_log::SCHEMA,
+            resolutions::SCHEMA,
+            index::SCHEMA,
+            registry::SCHEMA,
+            access_log::SCHEMA,
+        ] {
             conn.execute_batch(schema).map_err(err)?;
         }
         Ok(SqliteLedger { path: path.to_owned(), conn: Mutex::new(conn) })

@@ -150,6 +150,25 @@ fn patient_row(r: &Row<'_>) -> rusqlite::Result<PatientRow> {
     })
 }
 
+/// `?1`…`?11` of a record's insert and update: guid, family, given, search,
+/// the four sealed fields, owner, external ids, the time.
+#[allow(clippy::ptr_arg)] // a &String is what coerces to &dyn ToSql
+fn patient_params<'a>(p: &'a PatientRow, search: &'a String, now: &'a i64) -> [&'a dyn rusqlite::ToSql; 11] {
+    [
+        &p.guid,
+        &p.family,
+        &p.given,
+        search,
+        &p.email_sealed,
+        &p.contact_sealed,
+        &p.history_sealed,
+        &p.diet_sealed,
+        &p.owner_sub,
+        &p.external_ids,
+        now,
+    ]
+}
+
 impl Registry for SqliteLedger {
     fn user(&self, sub: &str) -> Result<Option<UserRow>, LedgerError> {
         self.with(|c| {
@@ -247,27 +266,15 @@ impl Registry for SqliteLedger {
     }
 
     fn create_patient(&self, p: &PatientRow) -> Result<bool, LedgerError> {
-        let now = now_ms();
         let search = search_words(&[&p.family, &p.given]);
+        let now = now_ms();
         self.with(|c| {
             c.execute(
                 "INSERT INTO registry_patients (guid, family, given, search, email_sealed, contact_sealed, history_sealed,
                     diet_sealed, owner_sub, external_ids, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
                  ON CONFLICT(guid) DO NOTHING",
-                params![
-                    p.guid,
-                    p.family,
-                    p.given,
-                    search,
-                    p.email_sealed,
-                    p.contact_sealed,
-                    p.history_sealed,
-                    p.diet_sealed,
-                    p.owner_sub,
-                    p.external_ids,
-                    now
-                ],
+                &patient_params(p, &search, &now)[..],
             )
             .map(|n| n > 0)
         })
@@ -275,24 +282,13 @@ impl Registry for SqliteLedger {
 
     fn update_patient(&self, p: &PatientRow) -> Result<bool, LedgerError> {
         let search = search_words(&[&p.family, &p.given]);
+        let now = now_ms();
         self.with(|c| {
             c.execute(
                 "UPDATE registry_patients SET family = ?2, given = ?3, search = ?4, email_sealed = ?5, contact_sealed = ?6,
                     history_sealed = ?7, diet_sealed = ?8, owner_sub = ?9, external_ids = ?10, updated_at = ?11
                  WHERE guid = ?1 AND deleted_at IS NULL",
-                params![
-                    p.guid,
-                    p.family,
-                    p.given,
-                    search,
-                    p.email_sealed,
-                    p.contact_sealed,
-                    p.history_sealed,
-                    p.diet_sealed,
-                    p.owner_sub,
-                    p.external_ids,
-                    now_ms()
-                ],
+                &patient_params(p, &search, &now)[..],
             )
             .map(|n| n > 0)
         })

@@ -28,6 +28,7 @@
 //! | action | admin | practitioner: own / other | patient: self / other | staff viewer | staff operator |
 //! |---|---|---|---|---|---|
 //! | users: list, read, create, change, delete | ✓ | ✗ | ✗ | ✗ | ✗ |
+//! | `GET /access-log` | ✓ | ✗ | ✗ | ✗ | ✗ |
 //! | `GET /users/me` | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | `GET /patients` (list) | all records | own records | own record | search by name (image index) | search by name |
 //! | `POST /patients` | ✓ | ✓ (becomes owner) | ✗ | ✗ | ✗ |
@@ -86,6 +87,8 @@ impl Caller {
 pub enum Action {
     /// `/users` (everything but `me`).
     ManageUsers,
+    /// `GET /access-log`.
+    ReadAccessLog,
     /// `GET /users/me`.
     ReadSelf,
     /// `GET /patients`.
@@ -151,6 +154,7 @@ pub fn decide(caller: &Caller, action: Action, patient: Option<PatientScope<'_>>
     let forbid = |why: &str| Decision::Forbidden(why.to_owned());
     match action {
         ManageUsers => return forbid("only admins manage users"),
+        ReadAccessLog => return forbid("only admins read the access log"),
         ReadSelf | ListPatients => return Decision::Allow,
         CreatePatient => {
             return match caller.kind {
@@ -235,8 +239,13 @@ mod tests {
                 assert_eq!(&got, want, "{action:?} by {who} on own/other/bare");
             }
         }
-        let no_patient: &[(Action, &str)] =
-            &[(ManageUsers, "AFFFF"), (ReadSelf, "AAAAA"), (ListPatients, "AAAAA"), (CreatePatient, "AAFFF")];
+        let no_patient: &[(Action, &str)] = &[
+            (ManageUsers, "AFFFF"),
+            (ReadAccessLog, "AFFFF"),
+            (ReadSelf, "AAAAA"),
+            (ListPatients, "AAAAA"),
+            (CreatePatient, "AAFFF"),
+        ];
         for (action, want) in no_patient {
             let got: String = callers.iter().map(|(_, c)| code(decide(c, *action, None))).collect();
             assert_eq!(&got, want, "{action:?}");

@@ -23,6 +23,7 @@
 //! with its bound address; [`Running::shutdown`] stops it the way Ctrl-C
 //! does — no new pass, in-flight items finish, open requests complete.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod authz;
@@ -310,6 +311,7 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
 fn app(state: Arc<AppState>) -> Router {
     let (api, doc) = OpenApiRouter::with_openapi(api::doc()).nest("/api/v1", api::router()).split_for_parts();
     let _ = state.openapi.set(doc.to_pretty_json().expect("the OpenAPI document serialises"));
+    let api = api.layer(axum::middleware::from_fn_with_state(state.clone(), access::record));
     let metrics_state = state.metrics.clone();
     Router::new()
         .merge(api)

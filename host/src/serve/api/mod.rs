@@ -13,6 +13,7 @@
 //! | `GET, POST /users`, `GET, PUT, DELETE /users/{sub}` | admin | the registry of users |
 //! | `GET /patients?name=` | viewer | the caller's patients by first/last name prefix (case- and accent-insensitive) |
 //! | `POST /patients`, `GET, PUT, DELETE /patients/{patientGuid}` | practitioner | patient records |
+//! | `GET /access-log?patient=&subject=` | admin | who read or changed which patient, and the answer |
 //! | `GET /patients/{patientGuid}/images` | viewer | the patient's images, paginated |
 //! | `GET /patients/{patientGuid}/images/{name}` | viewer | the DICOM bytes (ranges; or a 307 to a presigned URL) |
 //! | `GET /patients/{patientGuid}/images/{name}/preview` | viewer | a PNG preview |
@@ -54,6 +55,7 @@ use super::AppState;
 use crate::caps::object_store::{check_key, range_span, ByteRange};
 use crate::ledger::ImageFacts;
 
+mod access_log;
 mod http;
 mod images;
 mod jobs;
@@ -61,6 +63,7 @@ mod logs;
 mod patients;
 mod users;
 
+use access_log::*;
 use http::*;
 use images::*;
 use jobs::*;
@@ -126,6 +129,7 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_users, create_user))
         .routes(routes!(me))
         .routes(routes!(get_user, put_user, delete_user))
+        .routes(routes!(access_log))
         .routes(routes!(list_images))
         .routes(routes!(get_image))
         .routes(routes!(preview))
@@ -206,6 +210,7 @@ async fn allow(state: &AppState, headers: &HeaderMap, action: Action, guid: Opti
 /// [`allow`] for a caller already known (a route that must read a record
 /// to learn its patient, after authenticating).
 async fn permit(state: &AppState, who: &Caller, action: Action, guid: Option<&str>) -> ApiResult<()> {
+    super::access::note(who, action, guid);
     if let Some(g) = guid {
         check_guid(g)?;
     }
