@@ -137,13 +137,8 @@ pub fn allowed(allow: &[String], url: &url::Url) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
     let port = url.port_or_known_default();
     allow.iter().any(|a| {
-        let a = a.trim_start_matches('[');
-        match a.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') || a.contains("]:") => {
-                h.trim_end_matches(']') == host && p.parse::<u16>().ok() == port
-            }
-            _ => a.trim_end_matches(']') == host,
-        }
+        let (h, p) = split_entry(a);
+        h == host && p.is_none_or(|p| Some(p) == port)
     })
 }
 

@@ -63,13 +63,7 @@ pub(super) async fn access_log(
     if let Some(g) = &q.patient {
         check_guid(g)?;
     }
-    let before = match &q.cursor {
-        None => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| Problem::bad_request("invalid-cursor", "`cursor` is not one this API gave out"))?,
-        ),
-    };
+    let before = id_cursor(q.cursor.as_deref())?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let ledger = state.ledger.clone();
     let mut rows = blocking(move || {

@@ -82,13 +82,6 @@ pub(super) async fn job(
     let who = caller(&state, &headers).await?;
     let gone = || Problem::not_found("no such job (jobs are forgotten when the service restarts)");
     let status = state.jobs.status(&id).ok_or_else(gone)?;
-    // a job the caller may not see is one that does not exist, to them
-    permit(&state, &who, Action::Sync, Some(&status.patient_guid)).await.map_err(|e| {
-        if e.status == 404 {
-            gone()
-        } else {
-            e
-        }
-    })?;
+    permit_or_gone(&state, &who, Action::Sync, Some(&status.patient_guid), gone).await?;
     Ok(Json(status))
 }

@@ -85,13 +85,7 @@ pub(super) async fn patient_logs(
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<Json<LogPage>> {
     allow(&state, &headers, Action::ReadLogs, Some(&guid)).await?;
-    let before = match &q.cursor {
-        None => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| Problem::bad_request("invalid-cursor", "`cursor` is not one this API gave out"))?,
-        ),
-    };
+    let before = id_cursor(q.cursor.as_deref())?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let ledger = state.ledger.clone();
     let g = guid.clone();
@@ -136,13 +130,6 @@ pub(super) async fn log_entry(
     let ledger = state.ledger.clone();
     let gone = || Problem::not_found(format!("no log entry {id}"));
     let entry = blocking(move || ledger.log_entry(id).map_err(Problem::ledger)).await?.ok_or_else(gone)?;
-    // an entry the caller may not see is one that does not exist, to them
-    permit(&state, &who, Action::ReadLogs, entry.patient_guid.as_deref()).await.map_err(|e| {
-        if e.status == 404 {
-            gone()
-        } else {
-            e
-        }
-    })?;
+    permit_or_gone(&state, &who, Action::ReadLogs, entry.patient_guid.as_deref(), gone).await?;
     Ok(Json(entry.into()))
 }

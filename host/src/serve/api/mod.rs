@@ -184,6 +184,11 @@ where
 /// Who is calling: the token (any known role) and the registry's kind.
 /// Every route starts here, then asks [`allow`] (or [`super::authz`]).
 async fn caller(state: &AppState, headers: &HeaderMap) -> ApiResult<Caller> {
+    Ok(caller_and_user(state, headers).await?.0)
+}
+
+/// [`caller`] and the registry entry it was made from, if any.
+async fn caller_and_user(state: &AppState, headers: &HeaderMap) -> ApiResult<(Caller, Option<super::records::User>)> {
     let value = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
@@ -193,9 +198,9 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> ApiResult<Caller> {
     let principal = state.auth.authorize(value, Role::Viewer)?;
     let ledger = state.ledger.clone();
     let sub = principal.subject.clone();
-    let user = blocking(move || ledger.user(&sub).map_err(Problem::ledger)).await?;
-    let kind = user.map(|u| super::records::User::from_row(u).kind()).unwrap_or(Kind::Staff);
-    Ok(Caller { principal, kind })
+    let user = blocking(move || ledger.user(&sub).map_err(Problem::ledger)).await?.map(super::records::User::from_row);
+    let kind = user.as_ref().map(|u| u.kind()).unwrap_or(Kind::Staff);
+    Ok((Caller { principal, kind }, user))
 }
 
 /// The caller, if [`authz::decide`] lets them do `action` to patient
@@ -231,6 +236,28 @@ async fn permit(state: &AppState, who: &Caller, action: Action, guid: Option<&st
             None => "no such record".to_string(),
         })),
     }
+}
+
+/// [`permit`] for a record found by its own id (a job, a log entry): a
+/// record the caller may not see answers `gone`, as one that does not exist.
+async fn permit_or_gone(
+    state: &AppState,
+    who: &Caller,
+    action: Action,
+    guid: Option<&str>,
+    gone: impl FnOnce() -> Problem,
+) -> ApiResult<()> {
+    permit(state, who, action, guid).await.map_err(|e| if e.status == 404 { gone() } else { e })
+}
+
+/// A `cursor` that is an entry id this API gave out (logs, access log).
+fn id_cursor(cursor: Option<&str>) -> ApiResult<Option<i64>> {
+    cursor
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| Problem::bad_request("invalid-cursor", "`cursor` is not one this API gave out"))
+        })
+        .transpose()
 }
 
 /// A JSON body with rejections as problem documents.

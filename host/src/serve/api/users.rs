@@ -50,10 +50,8 @@ pub struct Me {
     )
 )]
 pub(super) async fn me(State(state): St, headers: HeaderMap) -> ApiResult<Json<Me>> {
-    let who = allow(&state, &headers, Action::ReadSelf, None).await?;
-    let ledger = state.ledger.clone();
-    let sub = who.subject().to_owned();
-    let user = blocking(move || ledger.user(&sub).map_err(Problem::ledger)).await?.map(User::from_row);
+    let (who, user) = caller_and_user(&state, &headers).await?;
+    permit(&state, &who, Action::ReadSelf, None).await?;
     Ok(Json(Me {
         sub: who.subject().to_owned(),
         role: who.principal.role.to_string(),
