@@ -50,6 +50,8 @@ pub mod bounds {
     pub const POOL: (usize, usize) = (1, 64);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
     pub const PREVIEW_FILE: (u64, u64) = (1 << 20, 4 << 30);
+    /// `[serve.records] max_upload`.
+    pub const UPLOAD: (u64, u64) = (1 << 10, 4 << 30);
     pub const SPOOL_MAX: (u64, u64) = (1 << 20, 64 << 30);
 }
 

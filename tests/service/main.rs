@@ -7,6 +7,7 @@ mod harness;
 mod access;
 mod auth;
 mod browser;
+mod documents;
 mod download;
 mod health;
 mod hostile_files;

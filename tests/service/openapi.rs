@@ -21,7 +21,7 @@ async fn the_document_lists_every_route() {
             got.insert(format!("{} {path}", method.to_uppercase()));
         }
     }
-    // the X-ray routes, each called below; the records routes are called in records.rs
+    // the X-ray routes, each called below; the records routes are called in records.rs and documents.rs
     let xray: BTreeSet<String> = [
         "GET /api/v1/patients",
         "GET /api/v1/patients/{patientGuid}/images",
@@ -48,6 +48,18 @@ async fn the_document_lists_every_route() {
         "PUT /api/v1/users/{sub}",
         "DELETE /api/v1/users/{sub}",
         "GET /api/v1/access-log",
+        // documents.rs
+        "GET /api/v1/patients/{patientGuid}/documents",
+        "POST /api/v1/patients/{patientGuid}/documents",
+        "GET /api/v1/documents/{id}",
+        "PUT /api/v1/documents/{id}",
+        "DELETE /api/v1/documents/{id}",
+        "GET /api/v1/documents/{id}/content",
+        "POST /api/v1/documents/{id}/share",
+        "GET /api/v1/documents/{id}/shares",
+        "DELETE /api/v1/shares/{id}",
+        "GET /api/v1/shared-with-me",
+        "GET /api/v1/patients/{patientGuid}/shared-documents",
     ];
     let expected: BTreeSet<String> = xray.iter().cloned().chain(records.iter().map(|r| r.to_string())).collect();
     assert_eq!(got, expected);

@@ -35,6 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection};
 
 pub mod access_log;
+pub mod documents;
 pub mod index;
 pub mod items;
 pub mod registry;
@@ -48,10 +49,12 @@ pub use crate::retry::Backoff;
 /// `use ferry::ledger::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        AccessLog as _, Index as _, Items as _, Ledger as _, Registry as _, Resolutions as _, Runs as _, SyncLog as _,
+        AccessLog as _, Documents as _, Index as _, Items as _, Ledger as _, Registry as _, Resolutions as _,
+        Runs as _, SyncLog as _,
     };
 }
 pub use access_log::{AccessEntry, AccessLog};
+pub use documents::{DocumentRow, Documents, ShareRow};
 pub use index::{fold, ImageFacts, Index, IndexedImage, Indexer, PatientHit};
 pub use items::{ItemRecord, Items};
 pub use registry::{PatientRow, Registry, UserRow};
@@ -83,7 +86,7 @@ pub struct Status {
 
 /// Every store together (the CLI, the service). Calls are synchronous and
 /// short; callers on async threads keep them brief.
-pub trait Ledger: Items + Runs + SyncLog + Resolutions + Index + Registry + AccessLog {
+pub trait Ledger: Items + Runs + SyncLog + Resolutions + Index + Registry + Documents + AccessLog {
     /// Does the ledger know this patient at all (items, images or log)?
     fn knows_patient(&self, guid: &str) -> Result<bool, LedgerError>;
 
@@ -131,6 +134,7 @@ impl SqliteLedger {
             resolutions::SCHEMA,
             index::SCHEMA,
             registry::SCHEMA,
+            documents::SCHEMA,
             access_log::SCHEMA,
         ] {
             conn.execute_batch(schema).map_err(err)?;

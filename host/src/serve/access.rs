@@ -25,21 +25,6 @@ tokio::task_local! {
     static SLOT: RefCell<Option<AccessEntry>>;
 }
 
-fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::ManageUsers => "manage-users",
-        Action::ReadSelf => "read-self",
-        Action::ListPatients => "list-patients",
-        Action::CreatePatient => "create-patient",
-        Action::ReadPatient => "read-patient",
-        Action::ChangePatient => "change-patient",
-        Action::ReadImages => "read-images",
-        Action::ReadLogs => "read-logs",
-        Action::Sync => "sync",
-        Action::ReadAccessLog => "read-access-log",
-    }
-}
-
 /// Notes an authorization decision about `guid` for the access log (the
 /// last one of a request wins; requests about no patient are not logged).
 pub fn note(who: &Caller, action: Action, guid: Option<&str>) {
@@ -49,7 +34,7 @@ pub fn note(who: &Caller, action: Action, guid: Option<&str>) {
         at: 0,
         subject: who.subject().to_owned(),
         kind: who.kind.as_str().to_owned(),
-        action: action_name(action).to_owned(),
+        action: action.as_str().to_owned(),
         patient_guid: Some(guid.to_owned()),
         method: String::new(),
         path: String::new(),

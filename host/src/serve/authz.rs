@@ -37,6 +37,11 @@
 //! | images, previews | ✓ | ✓ / ✗ | ✓ / ✗ | ✓ | ✓ |
 //! | a patient's sync log, `POST …/sync` | ✓ | ✓ / ✗ | ✗ | ✗ | ✓ |
 //! | `GET /logs/{id}`, `GET /jobs/{id}` | ✓ | entries/jobs of own patients | ✗ | ✗ | ✓ |
+//! | a patient's documents: list | ✓ | ✓ / ✗ | ✓ / ✗ | ✗ | ✗ |
+//! | upload a document | ✓ | ✓ / ✗ | ✗ | ✗ | ✗ |
+//! | one document: read, download | ✓ | own patients' and shared with them | own | ✗ | ✗ |
+//! | one document: change, delete, share, revoke its shares | ✓ | the ones they uploaded, of own patients | ✗ | ✗ | ✗ |
+//! | shared with me, a patient's shared documents | all | shares to them | none | none | none |
 //!
 //! "other" includes patients without a record: a practitioner reaches a
 //! patient only through a record they own. Refusals are `403` with the
@@ -100,6 +105,53 @@ pub enum Action {
     ReadImages,
     ReadLogs,
     Sync,
+    /// A patient's documents: list them (`GET /patients/{guid}/documents`).
+    ReadDocuments,
+    /// `POST /patients/{guid}/documents`.
+    AddDocument,
+    /// One document: read its metadata, download it.
+    ReadDocument,
+    /// One document: change its metadata, delete it.
+    ChangeDocument,
+    /// `POST /documents/{id}/share`, `DELETE /shares/{id}`.
+    ShareDocument,
+    /// `GET /patients/{guid}/shared-documents`, `GET /shared-with-me`:
+    /// the caller's own shares, whoever owns the patient.
+    ReadShares,
+}
+
+impl Action {
+    /// The access log's name of the action.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::ManageUsers => "manage-users",
+            Action::ReadAccessLog => "read-access-log",
+            Action::ReadSelf => "read-self",
+            Action::ListPatients => "list-patients",
+            Action::CreatePatient => "create-patient",
+            Action::ReadPatient => "read-patient",
+            Action::ChangePatient => "change-patient",
+            Action::ReadImages => "read-images",
+            Action::ReadLogs => "read-logs",
+            Action::Sync => "sync",
+            Action::ReadDocuments => "read-documents",
+            Action::AddDocument => "add-document",
+            Action::ReadDocument => "read-document",
+            Action::ChangeDocument => "change-document",
+            Action::ShareDocument => "share-document",
+            Action::ReadShares => "read-shares",
+        }
+    }
+}
+
+/// A document a request is about, for [`decide_document`].
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentScope<'a> {
+    pub patient: PatientScope<'a>,
+    /// Its source: the `sub` that uploaded it.
+    pub source: &'a str,
+    /// Is it shared with the caller, in force now?
+    pub shared_with_caller: bool,
 }
 
 /// The patient a request is about, as far as authorization cares.
@@ -155,14 +207,16 @@ pub fn decide(caller: &Caller, action: Action, patient: Option<PatientScope<'_>>
     match action {
         ManageUsers => return forbid("only admins manage users"),
         ReadAccessLog => return forbid("only admins read the access log"),
-        ReadSelf | ListPatients => return Decision::Allow,
+        // the handler lists the caller's own shares only
+        ReadSelf | ListPatients | ReadShares => return Decision::Allow,
         CreatePatient => {
             return match caller.kind {
                 Kind::Practitioner => Decision::Allow,
                 _ => forbid("only practitioners create patients (register the user as a practitioner: POST /users)"),
             }
         }
-        ReadPatient | ChangePatient | ReadImages | ReadLogs | Sync => {}
+        ReadPatient | ChangePatient | ReadImages | ReadLogs | Sync | ReadDocuments | AddDocument | ReadDocument
+        | ChangeDocument | ShareDocument => {}
     }
     // staff: the role rules, whichever patient (or none: a log entry of no patient)
     if caller.kind == Kind::Staff {
@@ -189,11 +243,43 @@ pub fn decide(caller: &Caller, action: Action, patient: Option<PatientScope<'_>>
                 return Decision::Hidden;
             }
             match action {
-                ReadPatient | ReadImages => Decision::Allow,
-                _ => forbid("patients read their own record and images; changes go through their practitioner"),
+                ReadPatient | ReadImages | ReadDocuments | ReadDocument => Decision::Allow,
+                _ => forbid(
+                    "patients read their own record, images and documents; changes go through their practitioner",
+                ),
             }
         }
         Kind::Staff => unreachable!("decided above"),
+    }
+}
+
+/// May `caller` do `action` (reading, changing or sharing) to one
+/// document? Whoever may read the patient's documents reads it, and so
+/// does a practitioner it is shared with (while the share is in force);
+/// only its source — the user who uploaded it — changes, deletes or
+/// shares it, as long as they still reach the patient.
+pub fn decide_document(caller: &Caller, action: Action, doc: DocumentScope<'_>) -> Decision {
+    if caller.is_admin() {
+        return Decision::Allow;
+    }
+    let base = decide(caller, Action::ReadDocuments, Some(doc.patient));
+    let shared = doc.shared_with_caller && caller.kind == Kind::Practitioner;
+    if base != Decision::Allow && !shared {
+        return base;
+    }
+    match action {
+        Action::ReadDocument => Decision::Allow,
+        Action::ChangeDocument | Action::ShareDocument => {
+            if base == Decision::Allow && caller.subject() == doc.source && caller.kind == Kind::Practitioner {
+                Decision::Allow
+            } else {
+                Decision::Forbidden(
+                    "only the document's source (the practitioner who uploaded it) changes, deletes or shares it"
+                        .into(),
+                )
+            }
+        }
+        other => decide(caller, other, Some(doc.patient)),
     }
 }
 
@@ -227,6 +313,8 @@ mod tests {
             (ReadImages, ["AAA", "AHH", "AHH", "AAA", "AAA"]),
             (ReadLogs, ["AAA", "AHH", "FHH", "FFF", "AAA"]),
             (Sync, ["AAA", "AHH", "FHH", "FFF", "AAA"]),
+            (ReadDocuments, ["AAA", "AHH", "AHH", "FFF", "FFF"]),
+            (AddDocument, ["AAA", "AHH", "FHH", "FFF", "FFF"]),
         ];
         let code = |d: Decision| match d {
             Decision::Allow => 'A',
@@ -245,6 +333,7 @@ mod tests {
             (ReadSelf, "AAAAA"),
             (ListPatients, "AAAAA"),
             (CreatePatient, "AAFFF"),
+            (ReadShares, "AAAAA"),
         ];
         for (action, want) in no_patient {
             let got: String = callers.iter().map(|(_, c)| code(decide(c, *action, None))).collect();
@@ -257,5 +346,37 @@ mod tests {
         assert_eq!(list_scope(&callers[1].1), ListScope::Owned("me".into()));
         assert_eq!(list_scope(&callers[2].1), ListScope::Own("g-own".into()));
         assert_eq!(list_scope(&callers[3].1), ListScope::ImageIndex);
+    }
+
+    /// One document: read by whoever reads the patient's documents or has
+    /// it shared, changed and shared only by its source.
+    #[test]
+    fn documents_by_source_and_share() {
+        use Action::*;
+        let own = PatientScope { guid: "g-own", owner: Some("me") };
+        let other = PatientScope { guid: "g-other", owner: Some("someone") };
+        let doc = |patient, source, shared| DocumentScope { patient, source, shared_with_caller: shared };
+        let practitioner = caller(Role::Viewer, Kind::Practitioner);
+        let patient = caller(Role::Viewer, Kind::Patient("g-own".into()));
+        let staff = caller(Role::Operator, Kind::Staff);
+        let admin = caller(Role::Admin, Kind::Staff);
+        let code = |d: Decision| match d {
+            Decision::Allow => 'A',
+            Decision::Forbidden(_) => 'F',
+            Decision::Hidden => 'H',
+        };
+        let row = |c: &Caller, d: DocumentScope<'_>| -> String {
+            [ReadDocument, ChangeDocument, ShareDocument].iter().map(|a| code(decide_document(c, *a, d))).collect()
+        };
+        // (read, change, share)
+        assert_eq!(row(&practitioner, doc(own, "me", false)), "AAA", "own patient, uploaded it");
+        assert_eq!(row(&practitioner, doc(own, "colleague", false)), "AFF", "own patient, someone else's upload");
+        assert_eq!(row(&practitioner, doc(other, "someone", true)), "AFF", "shared with me");
+        assert_eq!(row(&practitioner, doc(other, "me", false)), "HHH", "uploaded it, patient moved away");
+        assert_eq!(row(&practitioner, doc(other, "someone", false)), "HHH");
+        assert_eq!(row(&patient, doc(own, "me", false)), "AFF", "a patient reads their own");
+        assert_eq!(row(&patient, doc(other, "someone", true)), "HHH", "shares are between practitioners");
+        assert_eq!(row(&staff, doc(own, "someone", true)), "FFF");
+        assert_eq!(row(&admin, doc(other, "someone", false)), "AAA");
     }
 }

@@ -48,6 +48,7 @@ pub struct ServeConfig {
 /// [serve.records]
 /// key = "${FERRY_RECORDS_KEY}"                    # 32 bytes, base64: openssl rand -base64 32
 /// previous_keys = ["${FERRY_RECORDS_KEY_OLD}"]    # after a rotation, until `ferry reseal PIPELINE` ran
+/// max_upload = "64MiB"                            # largest document upload (POST /patients/{guid}/documents)
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +56,12 @@ pub struct RecordsConfig {
     pub key: Secret,
     #[serde(default)]
     pub previous_keys: Vec<Secret>,
+    #[serde(default = "default_max_upload", deserialize_with = "de_bytes")]
+    pub max_upload: u64,
+}
+
+fn default_max_upload() -> u64 {
+    64 << 20
 }
 
 fn default_listen() -> String {
@@ -171,6 +178,8 @@ impl ServeConfig {
             if let Err(e) = crate::seal::Sealer::new(&r.key.0, &previous) {
                 problems.push(("serve.records".into(), e.to_string()));
             }
+            let (lo, hi) = bounds::UPLOAD;
+            problems.extend(within("serve.records.max_upload", r.max_upload, lo, hi, show_b, "").err());
         }
         self.auth.public_key = self.auth.public_key.as_deref().map(rel);
         self.auth.jwks = self.auth.jwks.as_deref().map(rel);

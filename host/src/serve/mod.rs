@@ -28,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod authz;
 pub mod config;
+pub mod documents;
 pub mod metrics;
 pub mod passes;
 pub mod preview;
@@ -99,6 +100,13 @@ pub struct AppState {
     pub(crate) stopping: CancellationToken,
     /// `[serve.records]`: patient records (none: not enabled).
     pub(crate) records: Option<records::Records>,
+    /// `[serve.records] max_upload`.
+    pub(crate) max_upload: u64,
+    /// Where uploads wait while they are checked (`state_dir/uploads`).
+    pub(crate) uploads_dir: std::path::PathBuf,
+    /// Does the pipeline move documents (its source a document source)?
+    /// Then a patient's items are documents, listed with theirs.
+    pub(crate) documents_pipeline: bool,
 }
 
 /// A started service.
@@ -240,8 +248,12 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
     let every = pipeline.schedule.as_ref().map(|s| s.every).unwrap_or(DEFAULT_EVERY);
     let previews_dir = cfg.preview_cache.clone().unwrap_or_else(|| pipeline.state_dir.join("previews"));
     let ledger_path = pipeline.ledger_path();
+    let uploads_dir = pipeline.state_dir.join("uploads");
+    // what an interrupted upload left; nothing in it is anyone's yet
+    let _ = std::fs::remove_dir_all(&uploads_dir);
 
     let runtime = Arc::new(Runtime::new(pipeline, options).await.map_err(ServeError::Runtime)?);
+    let documents_pipeline = runtime.stages.source.is_document_source();
     let download_dir = previews_dir.join("tmp");
     let renderer = crate::runtime::renderer(
         &runtime.engine,
@@ -287,7 +299,10 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
         metrics,
         openapi: OnceLock::new(),
         stopping: stop.clone(),
+        max_upload: cfg.records.as_ref().map_or(0, |r| r.max_upload),
         records,
+        uploads_dir,
+        documents_pipeline,
     });
     let app = app(state);
     let server = {

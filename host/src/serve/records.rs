@@ -244,6 +244,11 @@ impl Records {
         Ok(Records { sealer: Sealer::new(&cfg.key.0, &previous)? })
     }
 
+    /// Sealing for documents and shares.
+    pub fn documents(&self) -> super::documents::DocumentSealer<'_> {
+        super::documents::DocumentSealer(&self.sealer)
+    }
+
     pub fn key_ids(&self) -> Vec<&str> {
         self.sealer.key_ids()
     }
@@ -368,6 +373,7 @@ mod tests {
         Records::new(&RecordsConfig {
             key: Secret(key.into()),
             previous_keys: previous.iter().map(|k| Secret((*k).into())).collect(),
+            max_upload: 1 << 20,
         })
         .unwrap()
     }

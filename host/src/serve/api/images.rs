@@ -246,68 +246,17 @@ pub(super) async fn get_image(
             return Ok(res);
         }
     }
-    let mut asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
-    // the object's facts, when a decision about the range needs them
-    let mut head = None;
-    if asked.is_some() {
-        if let Some(if_range) = headers.get(header::IF_RANGE) {
-            let info = state.store.head(&key).await.map_err(Problem::store)?.ok_or_else(missing)?;
-            let current = info.sha256.as_ref().map(|s| format!("\"{s}\""));
-            if !if_range_allows(if_range, current.as_deref()) {
-                asked = None;
-            }
-            head = Some(info);
-        }
-    }
-    let range: Option<ByteRange> = match asked {
-        None => None,
-        Some(RangeAsk::From(first, last)) => Some((first, last)),
-        Some(RangeAsk::Suffix(n)) => {
-            let total = match head {
-                Some(info) => info.size,
-                None => state.store.head(&key).await.map_err(Problem::store)?.ok_or_else(missing)?.size,
-            };
-            if n == 0 || total == 0 {
-                return Ok(unsatisfiable(Some(total), "an empty suffix range selects nothing".into()));
-            }
-            Some((total.saturating_sub(n), None))
-        }
-    };
-    let (info, total, body) = state.store.get(&key, range).await.map_err(Problem::store)?.ok_or_else(missing)?;
-    let etag = info.sha256.as_ref().map(|s| format!("\"{s}\""));
-    if range.is_none() {
-        if let Some(etag) = &etag {
-            if etag_matches(&headers, etag) {
-                return Ok(not_modified(etag, DOWNLOAD_CACHE));
-            }
-        }
-    }
-    let (offset, len) = range_span(range, total);
-    let mut res = if let Some((first, _)) = range {
-        if len == 0 {
-            return Ok(unsatisfiable(
-                Some(total),
-                format!("the range starts at byte {first}; the file has {total} bytes"),
-            ));
-        }
-        let mut res = Response::new(Body::from_stream(body));
-        *res.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let cr = format!("bytes {offset}-{}/{total}", offset + len - 1);
-        res.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).expect("ascii"));
-        res
-    } else {
-        Response::new(Body::from_stream(body))
-    };
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dicom"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(DOWNLOAD_CACHE));
-    h.insert(header::CONTENT_DISPOSITION, disposition(&name));
-    if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
-        h.insert(header::ETAG, etag);
-    }
-    Ok(res)
+    serve_object(
+        &state,
+        &headers,
+        &key,
+        ObjectAnswer {
+            content_type: HeaderValue::from_static("application/dicom"),
+            disposition: disposition(&name),
+            missing: &missing,
+        },
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

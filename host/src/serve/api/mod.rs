@@ -14,6 +14,10 @@
 //! | `GET /patients?name=` | viewer | the caller's patients by first/last name prefix (case- and accent-insensitive) |
 //! | `POST /patients`, `GET, PUT, DELETE /patients/{patientGuid}` | practitioner | patient records |
 //! | `GET /access-log?patient=&subject=` | admin | who read or changed which patient, and the answer |
+//! | `GET, POST /patients/{patientGuid}/documents` | practitioner | a patient's documents: list, upload (multipart) |
+//! | `GET, PUT, DELETE /documents/{id}`, `GET /documents/{id}/content` | practitioner | one document: metadata, change, delete (its source), the bytes (ranges) |
+//! | `POST /documents/{id}/share`, `GET /documents/{id}/shares`, `DELETE /shares/{id}` | practitioner | share with another practitioner (its source), revoke |
+//! | `GET /shared-with-me`, `GET /patients/{patientGuid}/shared-documents` | viewer | shares in force |
 //! | `GET /patients/{patientGuid}/images` | viewer | the patient's images, paginated |
 //! | `GET /patients/{patientGuid}/images/{name}` | viewer | the DICOM bytes (ranges; or a 307 to a presigned URL) |
 //! | `GET /patients/{patientGuid}/images/{name}/preview` | viewer | a PNG preview |
@@ -56,6 +60,7 @@ use crate::caps::object_store::{check_key, range_span, ByteRange};
 use crate::ledger::ImageFacts;
 
 mod access_log;
+mod documents;
 mod http;
 mod images;
 mod jobs;
@@ -64,6 +69,7 @@ mod patients;
 mod users;
 
 use access_log::*;
+use documents::*;
 use http::*;
 use images::*;
 use jobs::*;
@@ -96,6 +102,7 @@ type St = State<Arc<AppState>>;
     tags(
         (name = "patients", description = "Patients and their images"),
         (name = "records", description = "Patient records: contact details, history, preferences (PHI sealed at rest)"),
+        (name = "documents", description = "A patient's documents: upload, download, share with other practitioners"),
         (name = "users", description = "The service's users and what they are"),
         (name = "sync", description = "The synchronization log and re-syncs"),
         (name = "meta", description = "This document")
@@ -129,6 +136,14 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_users, create_user))
         .routes(routes!(me))
         .routes(routes!(get_user, put_user, delete_user))
+        .routes(routes!(list_documents, upload_document))
+        .routes(routes!(get_document, put_document, delete_document))
+        .routes(routes!(document_content))
+        .routes(routes!(share_document))
+        .routes(routes!(document_shares))
+        .routes(routes!(revoke_share))
+        .routes(routes!(shared_with_me))
+        .routes(routes!(patient_shared_documents))
         .routes(routes!(access_log))
         .routes(routes!(list_images))
         .routes(routes!(get_image))

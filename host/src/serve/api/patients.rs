@@ -131,7 +131,7 @@ pub(super) async fn search_patients(
 
 // ---------------------------------------------------------------- records
 
-fn records(state: &AppState) -> ApiResult<&crate::serve::records::Records> {
+pub(super) fn records(state: &AppState) -> ApiResult<&crate::serve::records::Records> {
     state.records.as_ref().ok_or_else(|| {
         Problem::new(
             StatusCode::FORBIDDEN,
