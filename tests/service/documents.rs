@@ -169,6 +169,11 @@ async fn upload_list_download_change_delete() {
     let keys = document_keys(&svc);
     let key = format!("documents/{g}/{id}.pdf");
     assert!(keys.contains(&key), "{key} not in {keys:?}");
+    // and its sidecar, what a pipeline's registry-documents source reads
+    let sidecar = svc.s3.root().join(crate::harness::BUCKET).join(format!("documents/{g}/{id}.json"));
+    let sidecar: Value = serde_json::from_slice(&std::fs::read(sidecar).unwrap()).unwrap();
+    assert_eq!((sidecar["key"].as_str(), sidecar["deleted"].as_bool()), (Some(key.as_str()), Some(false)));
+    assert_eq!(sidecar["sha256"], doc["sha256"]);
 
     // a second one, without metadata: the title is the file name, the type sniffed
     let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0\x90wS\xde";
@@ -309,7 +314,7 @@ async fn upload_list_download_change_delete() {
     let bare = svc.stored_guids().into_iter().find(|x| *x != g).unwrap();
     problem(upload(&svc, &bare, &p.admin, &[("file", Some("a.png"), None, png)]).await, 404).await;
     // nothing refused reached the bucket
-    let docs = document_keys(&svc).len();
+    let docs = document_keys(&svc).into_iter().filter(|k| !k.ends_with(".json")).count();
     assert_eq!(docs, 2);
 
     // PHI at rest: titles, file names and descriptions are sealed

@@ -20,3 +20,4 @@ mod problems;
 mod records;
 mod search;
 mod sync;
+mod upload_to_platform;

@@ -3,7 +3,7 @@
 //! Every API handler names its [`Action`] and the record it touches and
 //! asks [`decide`]; no handler checks a role or an owner itself. That is
 //! what makes the table below the whole truth, and what the test matrix
-//! (`tests/service/authorization.rs`) walks route by route.
+//! (`tests/service/records.rs`, `tests/service/documents.rs`) walks route by route.
 //!
 //! ## The model
 //!

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::caps::object_store::config::ObjectStoreGrant;
 use crate::units::{bounds, check_stage_numbers, de_bytes, show_b, within, Limits, Problem, Secret};
 
 /// `[serve]`: the HTTP service of `ferry serve` (API, web page, metrics).
@@ -16,6 +17,8 @@ use crate::units::{bounds, check_stage_numbers, de_bytes, show_b, within, Limits
 /// [serve]
 /// listen = "127.0.0.1:8080"
 /// presign = false              # S3 only: redirect downloads to short-lived presigned URLs
+/// # store = { kind = "s3", bucket = "clinic-documents" }   # where images are read and uploads kept;
+/// #                                                        # default: the [store] stage's grants.object_store
 /// [serve.auth]
 /// hs256_secret = "${FERRY_JWT_SECRET}"      # or public_key = "jwt.pem" (RS256/ES256), or jwks = "jwks.json"
 /// audience = "ferry"
@@ -29,6 +32,11 @@ pub struct ServeConfig {
     pub listen: String,
     #[serde(default)]
     pub presign: bool,
+    /// Where the service reads images back and keeps uploaded documents,
+    /// when that is not the store stage's object store (a documents
+    /// pipeline whose sink is a platform).
+    #[serde(default)]
+    pub store: Option<ObjectStoreGrant>,
     #[serde(default)]
     pub auth: AuthConfig,
     /// Where rendered previews are cached. Default: `state_dir/previews`.
@@ -180,6 +188,11 @@ impl ServeConfig {
             }
             let (lo, hi) = bounds::UPLOAD;
             problems.extend(within("serve.records.max_upload", r.max_upload, lo, hi, show_b, "").err());
+        }
+        if let Some(g) = &self.store {
+            let (g, p) = g.compile("serve", rel);
+            problems.extend(p);
+            self.store = Some(g);
         }
         self.auth.public_key = self.auth.public_key.as_deref().map(rel);
         self.auth.jwks = self.auth.jwks.as_deref().map(rel);

@@ -107,6 +107,9 @@ pub struct AppState {
     /// Does the pipeline move documents (its source a document source)?
     /// Then a patient's items are documents, listed with theirs.
     pub(crate) documents_pipeline: bool,
+    /// Passes: an upload nudges one when the pipeline moves documents
+    /// (its source may be `registry-documents`: upload → platform).
+    pub(crate) passes: Arc<Passes>,
 }
 
 /// A started service.
@@ -172,13 +175,20 @@ fn serve_config(pipeline: &Pipeline) -> ServeConfig {
 fn validate(pipeline: &Pipeline, cfg: &ServeConfig, listen: &[SocketAddr]) -> Result<Auth, ServeError> {
     let auth = Auth::from_config(&cfg.auth)?;
     dev_mode_on_loopback(&auth, listen)?;
-    if pipeline.stage(StageRole::Store).and_then(|s| s.grants.object_store.as_ref()).is_none() {
+    if service_store(pipeline, cfg).is_none() {
         return Err(ServeError::Config(
-            "[store] has no grants.object_store: ferry serve reads images back from the store stage's destination"
+            "[store] has no grants.object_store and [serve] no store: ferry serve reads images back from the store \
+             stage's destination, or from `[serve] store = { kind = \"s3\", ... }` (where uploads are kept too)"
                 .into(),
         ));
     }
     Ok(auth)
+}
+
+/// The object store the service reads and writes: `[serve] store`, else
+/// the store stage's.
+fn service_store(pipeline: &Pipeline, cfg: &ServeConfig) -> Option<crate::config::ObjectStoreGrant> {
+    cfg.store.clone().or_else(|| pipeline.stage(StageRole::Store).and_then(|s| s.grants.object_store.clone()))
 }
 
 /// Authentication may be off only where nobody else can connect.
@@ -243,7 +253,7 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
     let cfg = serve_config(&pipeline);
     let listen = listen.unwrap_or_else(|| cfg.listen.clone());
     let auth = validate(&pipeline, &cfg, &listen_addrs(&listen).await?)?;
-    let grant = pipeline.stage(StageRole::Store).and_then(|s| s.grants.object_store.clone()).expect("validated");
+    let grant = service_store(&pipeline, &cfg).expect("validated");
     let store = object_store::open(&grant);
     let every = pipeline.schedule.as_ref().map(|s| s.every).unwrap_or(DEFAULT_EVERY);
     let previews_dir = cfg.preview_cache.clone().unwrap_or_else(|| pipeline.state_dir.join("previews"));
@@ -303,6 +313,7 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
         records,
         uploads_dir,
         documents_pipeline,
+        passes: passes.clone(),
     });
     let app = app(state);
     let server = {

@@ -52,6 +52,8 @@ pub struct Passes {
     /// items and ends; no new pass starts.
     cancel: CancellationToken,
     completed: watch::Sender<u64>,
+    /// Wakes the schedule for a pass now ([`Passes::nudge`]).
+    nudged: tokio::sync::Notify,
 }
 
 impl Passes {
@@ -61,7 +63,15 @@ impl Passes {
         ledger: Arc<dyn Ledger>,
         cancel: CancellationToken,
     ) -> Passes {
-        Passes { runtime, lock: tokio::sync::Mutex::new(()), metrics, ledger, cancel, completed: watch::Sender::new(0) }
+        Passes {
+            runtime,
+            lock: tokio::sync::Mutex::new(()),
+            metrics,
+            ledger,
+            cancel,
+            completed: watch::Sender::new(0),
+            nudged: tokio::sync::Notify::new(),
+        }
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -145,8 +155,15 @@ impl Passes {
         Some(summary)
     }
 
-    /// A pass now and then one every `every` (start to start), until the
-    /// stop signal.
+    /// Asks for a scheduled pass now rather than at its time (an upload a
+    /// documents pipeline sends on): one pass serves any number of nudges
+    /// made before it starts; during a pass, one more follows it.
+    pub fn nudge(&self) {
+        self.nudged.notify_one();
+    }
+
+    /// A pass now and then one every `every` (start to start), or sooner
+    /// when nudged, until the stop signal.
     pub async fn schedule(self: Arc<Self>, every: Duration) {
         loop {
             let begun = Instant::now();
@@ -159,6 +176,7 @@ impl Passes {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(next) => {}
+                _ = self.nudged.notified() => tracing::debug!("a pass now: nudged"),
             }
         }
     }

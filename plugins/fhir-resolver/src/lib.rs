@@ -7,6 +7,7 @@
 //! | `base_url` | required | the FHIR R4 base, `http` or `https` |
 //! | `identifier_systems` | all | systems of `fhir-identifier` keys looked up; others are `unsupported` |
 //! | `card_id_system` | none | if set, `card-id` keys are looked up as `identifier={card_id_system}|{value}` |
+//! | `patient_id_scheme` | none | keys of this scheme are the platform's own Patient ids, confirmed with `GET {base}/Patient/{id}` (200 → resolved, 404/410 → not found); e.g. `"ferry-patient"` for `registry-documents`, whose patient records carry the platform's id as their guid |
 //! | `timeout_ms` | `10000` | per request, 1–600000 |
 //!
 //! No token here: the pipeline's http grant adds credentials host-side.
@@ -30,6 +31,7 @@ pub struct Config {
     pub base_url: String,
     pub identifier_systems: Option<Vec<String>>,
     pub card_id_system: Option<String>,
+    pub patient_id_scheme: Option<String>,
     pub timeout_ms: Option<u32>,
 }
 
@@ -42,7 +44,22 @@ pub struct Settings {
     pub api: String,
     pub identifier_systems: Option<Vec<String>>,
     pub card_id_system: Option<String>,
+    pub patient_id_scheme: Option<String>,
     pub timeout_ms: u32,
+}
+
+/// What a key is looked up as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Query {
+    /// `Patient?identifier=system|value`.
+    Identifier(String),
+    /// `Patient/{id}`.
+    Id(String),
+}
+
+/// A FHIR resource id: 1–64 of `A-Za-z0-9-.`.
+pub fn valid_fhir_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 fn invalid(key: &str, why: impl std::fmt::Display) -> StageError {
@@ -74,6 +91,17 @@ impl Settings {
                 return Err(invalid("card_id_system", "must be a URI without spaces or `|`"));
             }
         }
+        if let Some(s) = &c.patient_id_scheme {
+            if s.trim().is_empty() || s.contains(' ') {
+                return Err(invalid(
+                    "patient_id_scheme",
+                    "must be a scheme name without spaces, e.g. \"ferry-patient\"",
+                ));
+            }
+            if s == SCHEME_IDENTIFIER || s == SCHEME_CARD {
+                return Err(invalid("patient_id_scheme", "cannot be fhir-identifier or card-id (those are searched)"));
+            }
+        }
         let timeout_ms = c.timeout_ms.unwrap_or(10_000);
         if !(1..=600_000).contains(&timeout_ms) {
             return Err(invalid("timeout_ms", format!("{timeout_ms} is outside 1..=600000")));
@@ -83,8 +111,17 @@ impl Settings {
             api,
             identifier_systems: c.identifier_systems,
             card_id_system: c.card_id_system,
+            patient_id_scheme: c.patient_id_scheme,
             timeout_ms,
         })
+    }
+
+    /// How a key is looked up, or none (unsupported).
+    pub fn query(&self, key: &PatientKey) -> Option<Query> {
+        if self.patient_id_scheme.as_deref() == Some(key.scheme.as_str()) {
+            return valid_fhir_id(&key.value).then(|| Query::Id(key.value.clone()));
+        }
+        self.token(key).map(Query::Identifier)
     }
 
     /// The `system|value` token searched for a key, or none (unsupported).
@@ -149,7 +186,11 @@ pub fn parse(body: &[u8]) -> Result<Resolution, String> {
     })
 }
 
-fn lookup(s: &Settings, t: &mut dyn Transport, token: &str) -> Result<Resolution, StageError> {
+fn lookup(s: &Settings, t: &mut dyn Transport, q: &Query) -> Result<Resolution, StageError> {
+    let token = match q {
+        Query::Identifier(token) => token,
+        Query::Id(id) => return read_patient(s, t, id),
+    };
     let url = format!("{}/Patient?identifier={}&_count=10", s.base_url, percent_encode(token));
     let req = Request {
         method: "GET".into(),
@@ -177,12 +218,50 @@ fn lookup(s: &Settings, t: &mut dyn Transport, token: &str) -> Result<Resolution
     }
 }
 
+/// `GET Patient/{id}`: the Patient itself, or none.
+fn read_patient(s: &Settings, t: &mut dyn Transport, id: &str) -> Result<Resolution, StageError> {
+    let req = Request {
+        method: "GET".into(),
+        url: format!("{}/Patient/{id}", s.base_url),
+        headers: vec![("Accept".into(), "application/fhir+json".into())],
+        body: None,
+        timeout_ms: Some(s.timeout_ms),
+        retry: true,
+    };
+    let r = t.send(&req).map_err(|e| {
+        let mut e: StageError = e.into();
+        e.message = format!("calling the FHIR server at {} (reading a Patient): {}", s.api, e.message);
+        e
+    })?;
+    let said = format!("FHIR server at {} answered {} reading a Patient", s.api, r.status);
+    match r.status {
+        200 => {
+            let v: Value = serde_json::from_slice(&r.body)
+                .map_err(|_| retryable(format!("FHIR server at {}: the Patient is not JSON", s.api)))?;
+            let same = v.get("resourceType").and_then(Value::as_str) == Some("Patient")
+                && v.get("id").and_then(Value::as_str) == Some(id);
+            if same {
+                Ok(Resolution::Resolved(id.to_owned()))
+            } else {
+                Err(retryable(format!("FHIR server at {}: the answer is not Patient/{id}", s.api)))
+            }
+        }
+        404 | 410 => Ok(Resolution::NotFound),
+        401 | 403 => Err(permanent(format!(
+            "{said}: the credentials were refused; check the credential the pipeline's http grant for {} adds",
+            s.api
+        ))),
+        408 | 429 | 500..=599 => Err(retryable(format!("{said} after the host's retries; will try again later"))),
+        _ => Err(permanent(format!("{said}; check base_url in [resolver.config]"))),
+    }
+}
+
 /// One resolution per key, in order; each distinct key is looked up once.
 pub fn resolve_keys(s: &Settings, t: &mut dyn Transport, keys: &[PatientKey]) -> Result<Vec<Resolution>, StageError> {
-    let mut done: HashMap<String, Resolution> = HashMap::new();
+    let mut done: HashMap<Query, Resolution> = HashMap::new();
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
-        let Some(token) = s.token(key) else {
+        let Some(token) = s.query(key) else {
             out.push(Resolution::Unsupported);
             continue;
         };

@@ -86,3 +86,64 @@ fn errors() {
     assert!(Settings::new(Config { base_url: "ftp://x".into(), ..Config::default() }).is_err());
     assert!(ferry_plugin_sdk::parse_config::<Config>(r#"{"base_url":"http://x","token":"t"}"#).is_err());
 }
+
+/// A server that answers `GET Patient/{id}` for the ids it holds.
+struct Reader {
+    ids: Vec<&'static str>,
+    status: Option<u16>,
+    urls: Vec<String>,
+}
+
+impl Transport for Reader {
+    fn send(&mut self, r: &Request) -> Result<Response, HostError> {
+        self.urls.push(r.url.clone());
+        let id = r.url.rsplit('/').next().unwrap();
+        if let Some(status) = self.status {
+            return Ok(Response { status, headers: vec![], body: vec![] });
+        }
+        if !self.ids.contains(&id) {
+            return Ok(Response { status: 404, headers: vec![], body: b"{}".to_vec() });
+        }
+        let body = to_vec(&json!({ "resourceType": "Patient", "id": id })).unwrap();
+        Ok(Response { status: 200, headers: vec![], body })
+    }
+}
+
+#[test]
+fn platform_patient_ids_are_confirmed_by_reading_them() {
+    let s = Settings::new(Config {
+        base_url: "http://fhir.test/r4".into(),
+        patient_id_scheme: Some("ferry-patient".into()),
+        ..Config::default()
+    })
+    .unwrap();
+    let mut t = Reader { ids: vec!["p-1"], status: None, urls: vec![] };
+    let keys = [
+        key("ferry-patient", "p-1"),
+        key("ferry-patient", "p-2"),
+        key("ferry-patient", "../x"),
+        key("ferry-patient", "p-1"),
+    ];
+    let got = resolve_keys(&s, &mut t, &keys).unwrap();
+    assert_eq!(
+        got,
+        [
+            Resolution::Resolved("p-1".into()),
+            Resolution::NotFound,
+            Resolution::Unsupported,
+            Resolution::Resolved("p-1".into())
+        ]
+    );
+    assert_eq!(t.urls, ["http://fhir.test/r4/Patient/p-1", "http://fhir.test/r4/Patient/p-2"], "each id read once");
+    let mut down = Reader { ids: vec![], status: Some(503), urls: vec![] };
+    assert_eq!(resolve_keys(&s, &mut down, &keys[..1]).unwrap_err().kind, ErrorKind::Retryable);
+    let mut refused = Reader { ids: vec![], status: Some(401), urls: vec![] };
+    assert_eq!(resolve_keys(&s, &mut refused, &keys[..1]).unwrap_err().kind, ErrorKind::Permanent);
+    // without the option the scheme is not this resolver's
+    let plain = settings(None);
+    assert_eq!(resolve_keys(&plain, &mut t, &keys[..1]).unwrap(), [Resolution::Unsupported]);
+    for bad in ["", "fhir-identifier", "a b"] {
+        let c = Config { base_url: "http://x".into(), patient_id_scheme: Some(bad.into()), ..Config::default() };
+        assert!(Settings::new(c).is_err(), "{bad:?}");
+    }
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{check_key, check_metadata, Metadata, ObjectStore, MAX_PUT_BYTES};
-use crate::bindings::object_store::{Host, Listing, ObjectInfo};
+use crate::bindings::object_store::{Fetched, Host, Listing, ObjectInfo};
 use crate::bindings::types::{FileRef, HostError};
 use crate::caps::fs::resolve;
 use crate::caps::StageState;
@@ -86,6 +86,59 @@ impl Host for StageState {
         self.bounded("an object-store listing", async move {
             let l = store.list(&prefix, cursor, limit).await?;
             Ok(Listing { objects: l.objects.into_iter().map(wit_info).collect(), next_cursor: l.next_cursor })
+        })
+        .await
+    }
+
+    async fn get_to_spool(&mut self, key: String) -> Result<Option<Fetched>, HostError> {
+        let store = self.store()?;
+        check_key(&key).map_err(HostError::from)?;
+        let spool = self
+            .ctx
+            .caps
+            .object_store
+            .as_ref()
+            .and_then(|s| s.spool.clone())
+            .ok_or_else(|| HostError::Denied(format!("{} has no spool to copy objects to", self.ctx.who())))?;
+        let got = self
+            .bounded("an object-store download", async move {
+                let Some((info, _, body)) = store.get(&key, None).await? else { return Ok(None) };
+                let written = spool.write(body, &format!("the object store ({key})")).await?;
+                Ok(Some((info, written)))
+            })
+            .await?;
+        let Some((info, written)) = got else { return Ok(None) };
+        self.spooled.insert(written.name.clone());
+        let mut info = wit_info(info);
+        info.size = written.size;
+        info.sha256 = Some(written.sha256);
+        Ok(Some(Fetched { file: FileRef { root: crate::caps::http::spool::ROOT.into(), path: written.name }, info }))
+    }
+
+    async fn get_bytes(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
+        use futures_util::StreamExt as _;
+        let store = self.store()?;
+        check_key(&key).map_err(HostError::from)?;
+        self.bounded("an object-store download", async move {
+            let Some((_, total, mut body)) = store.get(&key, None).await? else { return Ok(None) };
+            let too_large = || {
+                HostError::Invalid(format!(
+                    "`{key}` is larger than {MAX_PUT_BYTES} bytes, get-bytes' limit (use get-to-spool for files)"
+                ))
+            };
+            if total > MAX_PUT_BYTES as u64 {
+                return Err(too_large());
+            }
+            let mut out = Vec::with_capacity(total as usize);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| HostError::Unavailable(format!("reading `{key}`: {e}")))?;
+                // the declared size is the store's word; the bytes are counted too
+                if out.len() + chunk.len() > MAX_PUT_BYTES {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(Some(out))
         })
         .await
     }

@@ -134,24 +134,29 @@ pub fn file_stream(file: tokio::fs::File, len: u64) -> ByteStream {
 /// A stage's object-store grant: the backend it names, opened.
 pub struct Store {
     pub store: Arc<dyn ObjectStore>,
+    /// Where `get-to-spool` copies objects (none for the renderer).
+    pub spool: Option<crate::caps::http::spool::Spool>,
 }
 
 impl Capability for Store {
     const INTERFACE: &'static str = "object-store";
     const GRANT_HINT: &'static str = "grants.object_store = { kind = \"fs\", path = \"...\" }";
-    type Shared = ();
+    /// The pipeline's spool (`get-to-spool`).
+    type Shared = Option<crate::caps::http::spool::Spool>;
 
-    fn init(_: Option<&crate::config::Pipeline>) {}
+    fn init(pipeline: Option<&crate::config::Pipeline>) -> Self::Shared {
+        pipeline.map(|p| crate::caps::http::spool::Spool { dir: p.spool_dir(), max: p.spool_max })
+    }
 
     /// A folder store must exist (ferry never creates the store's root, so
     /// that a share that is not mounted is not filled from the local disk)
     /// and stay clear of every folder the pipeline reads.
-    fn prepare(_: &(), cx: &Prepare<'_>) -> anyhow::Result<Option<Store>> {
+    fn prepare(spool: &Self::Shared, cx: &Prepare<'_>) -> anyhow::Result<Option<Store>> {
         let Some(grant) = &cx.stage.grants.object_store else { return Ok(None) };
         if let ObjectStoreGrant::Fs { path } = grant {
             fs::check_folder(cx, path)?;
         }
-        Ok(Some(Store { store: open(grant) }))
+        Ok(Some(Store { store: open(grant), spool: spool.clone() }))
     }
 
     async fn probe(&self) -> anyhow::Result<Vec<String>> {

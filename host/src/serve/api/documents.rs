@@ -125,6 +125,34 @@ async fn permit_document(state: &AppState, who: &Caller, action: Action, id: &st
     }
 }
 
+/// Publishes a document's state to the store, next to its bytes:
+/// `documents/{guid}/{id}.json`. This sidecar is what a pipeline's
+/// `registry-documents` source reads (it has no access to this database),
+/// so an upload reaches the platform sinks, a change of title or type
+/// reaches them if it comes before the document was sent, and a deleted
+/// document is not sent at all. It holds the title in the clear, beside the
+/// document's own bytes; the database keeps it sealed.
+async fn publish(state: &AppState, doc: &Document, object_key: &str, deleted: bool) -> ApiResult<()> {
+    let sidecar = serde_json::json!({
+        "ferry": "document",
+        "version": 1,
+        "id": doc.id,
+        "patientGuid": doc.patient_guid,
+        "key": object_key,
+        "contentType": doc.content_type,
+        "size": doc.size,
+        "sha256": doc.sha256,
+        "title": doc.title,
+        "type": doc.kind,
+        "date": doc.date,
+        "deleted": deleted,
+    });
+    let key = format!("{DOCUMENTS_PREFIX}{}/{}.json", doc.patient_guid, doc.id);
+    let body = serde_json::to_vec(&sidecar).expect("JSON serialises");
+    state.store.put_bytes(&key, body, "application/json", Vec::new()).await.map_err(Problem::store)?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- list, upload
 
 /// A patient's documents: uploaded ones (newest first, paginated) and, for
@@ -376,7 +404,18 @@ pub(super) async fn upload_document(
     .await?
     .ok_or_else(|| Problem::internal("the document was not kept"))?;
     let out = sealer.document(stored)?;
+    if let Err(e) = publish(&state, &out, &key, false).await {
+        // not published, so not kept: nothing half-done stays behind
+        let ledger = state.ledger.clone();
+        let doc_id = id.clone();
+        let _ = blocking(move || ledger.delete_document(&doc_id).map_err(Problem::ledger)).await;
+        return Err(e);
+    }
     tracing::info!(patient = %guid, document = %id, size = got.size, subject = %who.subject(), "document uploaded");
+    // a documents pipeline may send uploads on (`registry-documents`): soon
+    if state.documents_pipeline {
+        state.passes.nudge();
+    }
     let mut res = (StatusCode::CREATED, Json(out.clone())).into_response();
     res.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&out.href).expect("ascii"));
     Ok(res)
@@ -496,8 +535,11 @@ pub(super) async fn put_document(
     })
     .await?
     .ok_or_else(|| Problem::not_found(format!("no document {id}")))?;
+    let key = stored.object_key.clone();
+    let out = sealer.document(stored)?;
+    publish(&state, &out, &key, false).await?;
     tracing::info!(document = %id, subject = %who.subject(), "document changed");
-    Ok(Json(sealer.document(stored)?))
+    Ok(Json(out))
 }
 
 /// Delete a document (its source; soft: its shares end, the bytes stay
@@ -520,8 +562,11 @@ pub(super) async fn delete_document(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let who = caller(&state, &headers).await?;
-    sealer(&state)?;
-    permit_document(&state, &who, Action::ChangeDocument, &id).await?;
+    let sealer = sealer(&state)?;
+    let row = permit_document(&state, &who, Action::ChangeDocument, &id).await?;
+    // first the store: a pipeline must not send what is being deleted
+    let key = row.object_key.clone();
+    publish(&state, &sealer.document(row)?, &key, true).await?;
     let ledger = state.ledger.clone();
     let doc_id = id.clone();
     if !blocking(move || ledger.delete_document(&doc_id).map_err(Problem::ledger)).await? {
