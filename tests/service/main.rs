@@ -18,6 +18,7 @@ mod logs;
 mod openapi;
 mod problems;
 mod records;
+mod requests;
 mod search;
 mod sync;
 mod upload_to_platform;

@@ -60,6 +60,8 @@ async fn the_document_lists_every_route() {
         "DELETE /api/v1/shares/{id}",
         "GET /api/v1/shared-with-me",
         "GET /api/v1/patients/{patientGuid}/shared-documents",
+        // requests.rs
+        "POST /api/v1/patients/{patientGuid}/request-documents",
     ];
     let expected: BTreeSet<String> = xray.iter().cloned().chain(records.iter().map(|r| r.to_string())).collect();
     assert_eq!(got, expected);

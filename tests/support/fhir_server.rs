@@ -11,7 +11,8 @@
 //! (`application/fhir+json`; `application/json` is accepted too).
 //!
 //! FHIR interactions (paths under [`FhirServer::base_url`]; `{type}` is
-//! `Patient`, `DocumentReference` or `Binary`):
+//! `Patient`, `DocumentReference`, `Binary` or `Task` — a provider asked
+//! for documents):
 //!
 //! - `POST /{type}` create: the server assigns `id`, `meta.versionId` and
 //!   `meta.lastUpdated` (an `id` in the body is ignored) and answers `201`
@@ -115,7 +116,7 @@ pub const TOKEN_PATH: &str = "/auth/token";
 /// `client_assertion_type` of a JWT client assertion (RFC 7523).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The resource types the server stores.
-pub const RESOURCE_TYPES: [&str; 3] = ["Patient", "DocumentReference", "Binary"];
+pub const RESOURCE_TYPES: [&str; 4] = ["Patient", "DocumentReference", "Binary", "Task"];
 /// The largest `_count` honoured (larger ones are cut to it).
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// The extension carrying the OAuth endpoints in a CapabilityStatement.
@@ -1016,6 +1017,44 @@ fn validate(type_: &str, v: &Value) -> Result<(), Problem> {
                 }
             }
         }
+        "Task" => {
+            // R4: status and intent are required, from their value sets
+            let statuses = [
+                "draft",
+                "requested",
+                "received",
+                "accepted",
+                "rejected",
+                "ready",
+                "cancelled",
+                "in-progress",
+                "on-hold",
+                "failed",
+                "completed",
+                "entered-in-error",
+            ];
+            match v["status"].as_str() {
+                Some(st) if statuses.contains(&st) => {}
+                Some(other) => return Err(bad_request(format!("Task.status {other:?} is not a status"))),
+                None => return Err(required("status")),
+            }
+            let intents = [
+                "unknown",
+                "proposal",
+                "plan",
+                "order",
+                "original-order",
+                "reflex-order",
+                "filler-order",
+                "instance-order",
+                "option",
+            ];
+            match v["intent"].as_str() {
+                Some(i) if intents.contains(&i) => {}
+                Some(other) => return Err(bad_request(format!("Task.intent {other:?} is not an intent"))),
+                None => return Err(required("intent")),
+            }
+        }
         "Binary" => {
             if !v["contentType"].is_string() {
                 return Err(required("contentType"));
@@ -1046,10 +1085,12 @@ fn take_binary_data(type_: &str, v: &mut Value) -> Result<Option<Bytes>, Problem
 
 /// Referential integrity: a relative `Patient/x` subject must exist.
 fn check_references(s: &Server, inner: &Inner, type_: &str, v: &Value) -> Result<(), Problem> {
-    if type_ != "DocumentReference" {
-        return Ok(());
-    }
-    let Some(reference) = v["subject"]["reference"].as_str() else {
+    let field = match type_ {
+        "DocumentReference" => "subject",
+        "Task" => "for",
+        _ => return Ok(()),
+    };
+    let Some(reference) = v[field]["reference"].as_str() else {
         return Ok(());
     };
     let local = normalise_reference(s, reference);
@@ -1058,7 +1099,7 @@ fn check_references(s: &Server, inner: &Inner, type_: &str, v: &Value) -> Result
             return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "processing",
-                format!("resource Patient/{id}, referenced by DocumentReference.subject, does not exist"),
+                format!("resource Patient/{id}, referenced by {type_}.{field}, does not exist"),
             ));
         }
     }
@@ -1296,7 +1337,7 @@ impl Search {
             let values = || value.split(',').map(str::trim).filter(|v| !v.is_empty());
             match (name.as_str(), type_) {
                 ("_id", _) => search.filters.push(Filter::Ids(values().map(str::to_owned).collect())),
-                ("identifier", "Patient" | "DocumentReference") => {
+                ("identifier", "Patient" | "DocumentReference" | "Task") => {
                     search.filters.push(Filter::Identifier(values().map(token_value).collect()))
                 }
                 ("patient", "DocumentReference") => search.filters.push(Filter::Reference(
@@ -1532,6 +1573,7 @@ async fn metadata(State(s): State<Shared>) -> Response {
             params(&[("identifier", "token"), ("patient", "reference"), ("subject", "reference")]),
         ),
         resource("Binary", params(&[])),
+        resource("Task", params(&[("identifier", "token")])),
     ];
     let mut rest = json!({ "mode": "server", "resource": resources });
     match auth {

@@ -42,6 +42,7 @@ pub mod resolver_server;
 mod runtime;
 pub mod s3_server;
 mod site;
+pub mod smtp_server;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,7 @@ pub use site::{
     guid, image_file_name, patient_folder, settle, write_settled, ExpectedCounts, Fate, ImageKind, ImageSpec,
     PatientSpec, Site, SiteBuilder, SiteImage, SourceFailure, MARKER_FILE, SETTLED_AGE,
 };
+pub use smtp_server::{Mail, SmtpServer};
 
 /// The workspace root (the directory of the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

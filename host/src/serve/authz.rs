@@ -38,7 +38,7 @@
 //! | a patient's sync log, `POST …/sync` | ✓ | ✓ / ✗ | ✗ | ✗ | ✓ |
 //! | `GET /logs/{id}`, `GET /jobs/{id}` | ✓ | entries/jobs of own patients | ✗ | ✗ | ✓ |
 //! | a patient's documents: list | ✓ | ✓ / ✗ | ✓ / ✗ | ✗ | ✗ |
-//! | upload a document | ✓ | ✓ / ✗ | ✗ | ✗ | ✗ |
+//! | upload a document, request documents from the provider | ✓ | ✓ / ✗ | ✗ | ✗ | ✗ |
 //! | one document: read, download | ✓ | own patients' and shared with them | own | ✗ | ✗ |
 //! | one document: change, delete, share, revoke its shares | ✓ | the ones they uploaded, of own patients | ✗ | ✗ | ✗ |
 //! | shared with me, a patient's shared documents | all | shares to them | none | none | none |
@@ -115,6 +115,8 @@ pub enum Action {
     ChangeDocument,
     /// `POST /documents/{id}/share`, `DELETE /shares/{id}`.
     ShareDocument,
+    /// `POST /patients/{guid}/request-documents`: ask the provider.
+    RequestDocuments,
     /// `GET /patients/{guid}/shared-documents`, `GET /shared-with-me`:
     /// the caller's own shares, whoever owns the patient.
     ReadShares,
@@ -140,6 +142,7 @@ impl Action {
             Action::ChangeDocument => "change-document",
             Action::ShareDocument => "share-document",
             Action::ReadShares => "read-shares",
+            Action::RequestDocuments => "request-documents",
         }
     }
 }
@@ -216,7 +219,7 @@ pub fn decide(caller: &Caller, action: Action, patient: Option<PatientScope<'_>>
             }
         }
         ReadPatient | ChangePatient | ReadImages | ReadLogs | Sync | ReadDocuments | AddDocument | ReadDocument
-        | ChangeDocument | ShareDocument => {}
+        | ChangeDocument | ShareDocument | RequestDocuments => {}
     }
     // staff: the role rules, whichever patient (or none: a log entry of no patient)
     if caller.kind == Kind::Staff {
@@ -315,6 +318,7 @@ mod tests {
             (Sync, ["AAA", "AHH", "FHH", "FFF", "AAA"]),
             (ReadDocuments, ["AAA", "AHH", "AHH", "FFF", "FFF"]),
             (AddDocument, ["AAA", "AHH", "FHH", "FFF", "FFF"]),
+            (RequestDocuments, ["AAA", "AHH", "FHH", "FFF", "FFF"]),
         ];
         let code = |d: Decision| match d {
             Decision::Allow => 'A',

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::caps::http::config::{is_loopback, HttpAuth};
 use crate::caps::object_store::config::ObjectStoreGrant;
 use crate::units::{bounds, check_stage_numbers, de_bytes, show_b, within, Limits, Problem, Secret};
 
@@ -47,6 +48,130 @@ pub struct ServeConfig {
     /// The records API's patient records (absent: no patient records).
     #[serde(default)]
     pub records: Option<RecordsConfig>,
+    /// Where `POST /patients/{guid}/request-documents` asks the patient's
+    /// provider (absent: the route is refused, naming this section).
+    #[serde(default)]
+    pub requests: Option<RequestsConfig>,
+}
+
+/// `[serve.requests]`: how a practitioner's request for a patient's
+/// documents reaches their primary provider — exactly one of:
+///
+/// ```toml
+/// [serve.requests.fhir]                     # a FHIR R4 server: a Task on it
+/// base_url = "https://fhir.hospital.example/r4"
+/// patient_id = "hospital"                   # the record's externalIds key holding the provider's Patient id
+/// owner = "Organization/hospital-records"   # optional: who should act on it
+/// auth = { kind = "bearer", token = "${PROVIDER_TOKEN}" }   # any grants.http_auth kind (oauth2, …)
+///
+/// [serve.requests.smtp]                     # anyone else: an e-mail
+/// server = "smtp.praxis.example"
+/// port = 587                                # default: 587 (starttls), 465 (tls)
+/// security = "starttls"                     # "tls", or "none" (only to 127.0.0.1: a local relay)
+/// username = "praxis"
+/// password = "${SMTP_PASSWORD}"
+/// from = "praxis@praxis.example"
+/// to = "records@hospital.example"
+/// patient_id = "hospital"                   # optional: quoted in the mail as the provider's id
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsConfig {
+    #[serde(default)]
+    pub fhir: Option<FhirRequests>,
+    #[serde(default)]
+    pub smtp: Option<SmtpRequests>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirRequests {
+    pub base_url: String,
+    pub patient_id: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub auth: Option<HttpAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpRequests {
+    pub server: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_security")]
+    pub security: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    pub from: String,
+    pub to: String,
+    #[serde(default)]
+    pub patient_id: Option<String>,
+}
+
+fn default_security() -> String {
+    "starttls".into()
+}
+
+impl RequestsConfig {
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut fail = |k: &str, m: &str| out.push((format!("serve.requests{k}"), m.to_owned()));
+        match (&self.fhir, &self.smtp) {
+            (None, None) | (Some(_), Some(_)) => {
+                fail("", "give exactly one of [serve.requests.fhir] (a Task on the provider's FHIR server) or [serve.requests.smtp] (an e-mail)")
+            }
+            _ => {}
+        }
+        if let Some(f) = &self.fhir {
+            let host = f.base_url.strip_prefix("https://").or_else(|| f.base_url.strip_prefix("http://"));
+            match host.map(|h| h.split(['/', '?', '#']).next().unwrap_or_default()) {
+                None | Some("") => fail(".fhir.base_url", "is not an http:// or https:// URL"),
+                Some(h)
+                    if f.base_url.starts_with("http://") && !is_loopback(h.rsplit_once(':').map_or(h, |(a, _)| a)) =>
+                {
+                    fail(
+                        ".fhir.base_url",
+                        "must be https:// (plain http only to this machine): the request names a patient",
+                    )
+                }
+                _ => {}
+            }
+            if f.patient_id.trim().is_empty() {
+                fail(
+                    ".fhir.patient_id",
+                    "names the externalIds key that holds the provider's Patient id, e.g. \"hospital\"",
+                );
+            }
+            if let Some(a) = &f.auth {
+                out.extend(a.problems("serve.requests.fhir.auth"));
+            }
+        }
+        if let Some(m) = &self.smtp {
+            let mut fail = |k: &str, msg: &str| out.push((format!("serve.requests.smtp{k}"), msg.to_owned()));
+            match m.security.as_str() {
+                "starttls" | "tls" => {}
+                "none" if is_loopback(&m.server) => {}
+                "none" => fail(
+                    ".security",
+                    "\"none\" sends patient names in the clear: only to a relay on this machine (127.0.0.1)",
+                ),
+                _ => fail(".security", "is \"starttls\", \"tls\" or \"none\""),
+            }
+            for (k, v) in [(".from", &m.from), (".to", &m.to)] {
+                if v.parse::<lettre::Address>().is_err() {
+                    fail(k, "is not an e-mail address");
+                }
+            }
+            if m.username.is_some() != m.password.is_some() {
+                fail(".password", "give username and password together (or neither)");
+            }
+        }
+        out
+    }
 }
 
 /// `[serve.records]`: patient records (`POST /api/v1/patients`, …), their
@@ -188,6 +313,9 @@ impl ServeConfig {
             }
             let (lo, hi) = bounds::UPLOAD;
             problems.extend(within("serve.records.max_upload", r.max_upload, lo, hi, show_b, "").err());
+        }
+        if let Some(r) = &self.requests {
+            problems.extend(r.problems());
         }
         if let Some(g) = &self.store {
             let (g, p) = g.compile("serve", rel);

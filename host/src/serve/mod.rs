@@ -34,6 +34,7 @@ pub mod passes;
 pub mod preview;
 pub mod problem;
 pub mod records;
+pub mod requests;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -110,6 +111,8 @@ pub struct AppState {
     /// Passes: an upload nudges one when the pipeline moves documents
     /// (its source may be `registry-documents`: upload → platform).
     pub(crate) passes: Arc<Passes>,
+    /// `[serve.requests]`: where document requests go (none: refused).
+    pub(crate) requests: Option<requests::Requests>,
 }
 
 /// A started service.
@@ -235,8 +238,12 @@ pub async fn check(pipeline: &Pipeline, engine: &wasmtime::Engine, options: &Opt
             )
         }
     };
+    let requests = match &cfg.requests {
+        None => "off".to_string(),
+        Some(r) => requests::Requests::new(r).map_err(|e| anyhow::anyhow!("[serve.requests]: {e:#}"))?.describe(),
+    };
     Ok(format!(
-        "listen {}; auth: {}; previews: {} ({} at once, {} MiB each); patient records: {records}",
+        "listen {}; auth: {}; previews: {} ({} at once, {} MiB each); patient records: {records}; document requests: {requests}",
         cfg.listen,
         auth.describe(),
         renderer.context().plugin_name,
@@ -295,6 +302,12 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
         None => None,
         Some(r) => Some(records::Records::new(r).map_err(|e| ServeError::Config(format!("[serve.records]: {e}")))?),
     };
+    let requests = match &cfg.requests {
+        None => None,
+        Some(r) => {
+            Some(requests::Requests::new(r).map_err(|e| ServeError::Config(format!("[serve.requests]: {e:#}")))?)
+        }
+    };
     let passes = Arc::new(Passes::new(runtime.clone(), metrics.clone(), ledger.clone(), stop.clone()));
     let jobs = Arc::new(Jobs::new(passes.clone()));
     tracing::info!(auth = auth.describe(), store = %store.describe(), presign = cfg.presign, "API ready");
@@ -314,6 +327,7 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
         uploads_dir,
         documents_pipeline,
         passes: passes.clone(),
+        requests,
     });
     let app = app(state);
     let server = {

@@ -18,6 +18,7 @@ use crate::serve::documents::{
     check_document_id, declared_agrees, extension, new_document_id, sniff, Document, DocumentFields, Share,
     ShareRequest, ACCEPTED,
 };
+use crate::serve::requests::{DocumentRequest, RequestError, SentRequest};
 
 /// Where uploaded documents go: `documents/{patientGuid}/{id}.{ext}`.
 pub const DOCUMENTS_PREFIX: &str = "documents/";
@@ -793,4 +794,90 @@ pub(super) async fn patient_shared_documents(
     crate::serve::access::note(&who, Action::ReadShares, Some(&guid));
     let recipient = (!all).then(|| who.subject().to_owned());
     Ok(Json(shared_page(&state, recipient, Some(guid), &q).await?))
+}
+
+// ---------------------------------------------------------------- requests
+
+/// Ask the patient's primary provider for documents: a FHIR `Task` on
+/// their server or an e-mail, as `[serve.requests]` says. The request is
+/// in the patient's synchronization log; what the provider sends arrives
+/// through the documents pipeline.
+#[utoipa::path(
+    post,
+    path = "/patients/{patientGuid}/request-documents",
+    tag = "documents",
+    params(("patientGuid" = String, Path, description = "The patient guid")),
+    request_body = DocumentRequest,
+    responses(
+        (status = 201, description = "Sent", body = SentRequest),
+        (status = 400, description = "A field is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only the patient's practitioner asks; or requests are not configured", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such patient (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The record lacks what the provider needs (their id of the patient)", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The provider's server (or the mail server) refused or failed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn request_documents(
+    State(state): St,
+    headers: HeaderMap,
+    ApiPath(guid): ApiPath<String>,
+    ApiJson(ask): ApiJson<DocumentRequest>,
+) -> ApiResult<Response> {
+    let (who, user) = caller_and_user(&state, &headers).await?;
+    permit(&state, &who, Action::RequestDocuments, Some(&guid)).await?;
+    records(&state)?;
+    let Some(requests) = state.requests.as_ref() else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "requests-disabled",
+            "document requests are not configured: add [serve.requests.fhir] (a Task on the provider's FHIR server) \
+             or [serve.requests.smtp] (an e-mail)",
+        ));
+    };
+    let bad = |why: &str| Problem::bad_request("invalid-field", why.to_owned());
+    let what = ask.what.trim();
+    if what.is_empty() || what.chars().count() > 500 || what.chars().any(char::is_control) {
+        return Err(bad("`what` is one line of 1 to 500 characters: what to send"));
+    }
+    if ask.note.as_ref().is_some_and(|n| n.chars().count() > 5000 || n.chars().any(|c| c.is_control() && c != '\n')) {
+        return Err(bad("`note` is at most 5000 characters, without control characters"));
+    }
+    let ledger = state.ledger.clone();
+    let g = guid.clone();
+    let record = blocking(move || ledger.patient(&g).map_err(Problem::ledger))
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no patient {guid} (create the record first: POST /patients)")))?;
+    let external_ids: crate::serve::records::ExternalIds =
+        serde_json::from_str(&record.external_ids).unwrap_or_default();
+    let practitioner = user.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| who.subject().to_owned());
+    let subject = crate::serve::requests::Subject {
+        guid: &guid,
+        family: &record.family,
+        given: &record.given,
+        external_ids: &external_ids,
+        practitioner: &practitioner,
+    };
+    let id = new_document_id();
+    let item = format!("request:{id}");
+    let asked = DocumentRequest { what: what.to_owned(), note: ask.note.clone() };
+    let result = requests.send(&id, &subject, &asked).await;
+    let (status, details) = match &result {
+        Ok(sent) => ("sent", format!("{}: {} (by {})", sent.channel, sent.sent_to, who.subject())),
+        Err(e) => ("error", format!("{e} (by {})", who.subject())),
+    };
+    let ledger = state.ledger.clone();
+    let g = guid.clone();
+    blocking(move || ledger.log(0, &item, Some(&g), "request", status, &details).map_err(Problem::ledger)).await?;
+    match result {
+        Ok(sent) => {
+            tracing::info!(patient = %guid, request = %id, channel = %sent.channel, "documents requested");
+            Ok((StatusCode::CREATED, Json(sent)).into_response())
+        }
+        Err(RequestError::Record(m)) => Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "record-incomplete", m)),
+        Err(RequestError::Provider(m)) => {
+            tracing::warn!(patient = %guid, request = %id, "a document request failed: {m}");
+            Err(Problem::new(StatusCode::BAD_GATEWAY, "provider-failed", m))
+        }
+    }
 }

@@ -18,6 +18,7 @@
 //! | `GET, PUT, DELETE /documents/{id}`, `GET /documents/{id}/content` | practitioner | one document: metadata, change, delete (its source), the bytes (ranges) |
 //! | `POST /documents/{id}/share`, `GET /documents/{id}/shares`, `DELETE /shares/{id}` | practitioner | share with another practitioner (its source), revoke |
 //! | `GET /shared-with-me`, `GET /patients/{patientGuid}/shared-documents` | viewer | shares in force |
+//! | `POST /patients/{patientGuid}/request-documents` | practitioner | ask the provider: a FHIR Task or an e-mail |
 //! | `GET /patients/{patientGuid}/images` | viewer | the patient's images, paginated |
 //! | `GET /patients/{patientGuid}/images/{name}` | viewer | the DICOM bytes (ranges; or a 307 to a presigned URL) |
 //! | `GET /patients/{patientGuid}/images/{name}/preview` | viewer | a PNG preview |
@@ -144,6 +145,7 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(revoke_share))
         .routes(routes!(shared_with_me))
         .routes(routes!(patient_shared_documents))
+        .routes(routes!(request_documents))
         .routes(routes!(access_log))
         .routes(routes!(list_images))
         .routes(routes!(get_image))
