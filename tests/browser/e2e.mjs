@@ -8,83 +8,41 @@
 // Exits non-zero with a message (and a `-failure.png` screenshot) when a
 // step fails.
 
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { log, run, signIn, signOut } from './lib.mjs';
 
 const [url, token, shot] = process.argv.slice(2);
 if (!url || !token || !shot) {
   console.error('usage: node e2e.mjs URL TOKEN SCREENSHOT_PATH');
   process.exit(2);
 }
-const CHROMIUM = process.env.FERRY_CHROMIUM || '/usr/bin/chromium';
-const STEP_TIMEOUT = 30_000;
 
-const profile = mkdtempSync(join(tmpdir(), 'ferry-e2e-'));
-mkdirSync(dirname(shot), { recursive: true });
-let context;
-let page;
-let step = 'launching Chromium';
-const problems = [];
-
-function log(msg) {
-  console.log(`e2e: ${msg}`);
-}
-
-async function main() {
-  // playwright adds --headless (headless: true) and --user-data-dir (the
-  // fresh profile) itself and refuses them in `args`
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-    viewport: { width: 1280, height: 900 },
-    acceptDownloads: true,
-  });
-  context.setDefaultTimeout(STEP_TIMEOUT);
-  page = context.pages()[0] || (await context.newPage());
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    // failed API calls (the sign-in probe's 401, the bad token) log
-    // "Failed to load resource"; anything else at error level is a bug
-    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console: ${m.text()}`);
-  });
-
-  step = 'opening the page';
+await run(shot, async ({ page, profile, step: named }) => {
+  named('opening the page');
   const res = await page.goto(url, { waitUntil: 'domcontentloaded' });
   if (!res || res.status() !== 200) throw new Error(`GET / answered ${res && res.status()}`);
   const csp = res.headers()['content-security-policy'] || '';
   if (!csp.includes("script-src 'self'")) throw new Error(`no Content-Security-Policy on the page: ${csp}`);
 
-  step = 'seeing the sign-in form';
+  named('seeing the sign-in form');
   await page.getByLabel('Access token').waitFor();
   log('sign-in form shown (the server wants a token)');
 
-  step = 'refusing a bad token';
+  named('refusing a bad token');
   await page.getByLabel('Access token').fill('not-a-token');
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.locator('#signin-error', { hasText: 'not accepted' }).waitFor();
   log('a bad token is refused with a visible message');
 
-  step = 'signing in';
-  await page.getByLabel('Access token').fill(token);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByRole('searchbox', { name: 'Patient name' }).waitFor();
+  named('signing in');
+  await signIn(page, token);
   const who = await page.locator('#who').textContent();
   if (!/operator|viewer|admin/.test(who)) throw new Error(`the bar does not say who is signed in: ${who}`);
   if (await page.evaluate(() => sessionStorage.getItem('ferry.token')) === null) throw new Error('token not kept in sessionStorage');
   log(`signed in: ${who}`);
 
-  step = 'searching "mull"';
+  named('searching "mull"');
   await page.getByRole('searchbox', { name: 'Patient name' }).fill('mull');
   await page.getByRole('searchbox', { name: 'Patient name' }).press('Enter');
   const hit = page.locator('#results a', { hasText: 'Müller' }).first();
@@ -94,7 +52,7 @@ async function main() {
   await page.locator('#status', { hasText: 'found' }).waitFor();
   log(`found: ${hitText}`);
 
-  step = 'opening the patient';
+  named('opening the patient');
   await hit.click();
   await page.locator('#patient-title', { hasText: 'Müller' }).waitFor();
   const tiles = page.locator('#grid li');
@@ -102,7 +60,7 @@ async function main() {
   const count = await tiles.count();
   if (count < 1) throw new Error('no image tiles');
 
-  step = 'waiting for every preview to load';
+  named('waiting for every preview to load');
   await page.waitForFunction(
     (n) => {
       const imgs = [...document.querySelectorAll('#grid img')];
@@ -118,14 +76,14 @@ async function main() {
   log(`${count} previews loaded (${alts.join(' | ')})`);
   await page.screenshot({ path: shot.replace(/\.png$/, '') + '-grid.png' });
 
-  step = 'reading the sync log';
+  named('reading the sync log');
   await page.getByRole('tab', { name: 'Sync log' }).click();
   await page.locator('#log-body tr').first().waitFor();
   const entries = await page.locator('#log-body tr').count();
   log(`sync log: ${entries} entries`);
   await page.getByRole('tab', { name: 'Images' }).click();
 
-  step = 'opening one image';
+  named('opening one image');
   await tiles.first().getByRole('button').click();
   const dialog = page.getByRole('dialog');
   await dialog.waitFor();
@@ -140,58 +98,32 @@ async function main() {
   });
   log(`metadata: ${meta.replace(/\s*\n\s*/g, ' ').trim()}`);
 
-  step = 'downloading the DICOM';
+  named('downloading the DICOM');
   const [download] = await Promise.all([
     page.waitForEvent('download'),
     dialog.getByRole('button', { name: 'Download DICOM' }).click(),
   ]);
   const saved = join(profile, 'download.dcm');
   await download.saveAs(saved);
-  const { readFileSync } = await import('node:fs');
   const bytes = readFileSync(saved);
   if (bytes.length < 132 || bytes.toString('latin1', 128, 132) !== 'DICM') throw new Error('the download is not a DICOM file');
   log(`downloaded ${download.suggestedFilename()} (${bytes.length} bytes, DICM)`);
 
-  step = 'saving the screenshot';
+  named('saving the screenshot');
   await page.screenshot({ path: shot });
   log(`screenshot: ${shot}`);
 
-  step = 'closing the viewer with Escape';
+  named('closing the viewer with Escape');
   await page.keyboard.press('Escape');
   await dialog.waitFor({ state: 'hidden' });
 
-  step = 're-syncing the patient';
+  named('re-syncing the patient');
   await page.getByRole('button', { name: 'Re-sync patient' }).click();
   await page.locator('#job-status', { hasText: /Re-sync (done|failed)/ }).waitFor({ timeout: 120_000 });
   const job = await page.locator('#job-status').textContent();
   if (!job.includes('done')) throw new Error(`re-sync: ${job}`);
   log(job);
 
-  step = 'signing out';
-  await page.getByRole('button', { name: 'Sign out' }).click();
-  await page.getByLabel('Access token').waitFor();
-  if (await page.evaluate(() => sessionStorage.getItem('ferry.token')) !== null) throw new Error('token kept after sign-out');
-
-  if (problems.length) throw new Error(problems.join('\n'));
-}
-
-let code = 0;
-try {
-  await main();
-  log('ok');
-} catch (e) {
-  code = 1;
-  console.error(`e2e: FAILED while ${step}: ${e && e.message ? e.message : e}`);
-  if (problems.length) console.error(problems.join('\n'));
-  if (page) {
-    const failure = shot.replace(/\.png$/, '') + '-failure.png';
-    try {
-      await page.screenshot({ path: failure, fullPage: true });
-      console.error(`e2e: screenshot of the failure: ${failure}`);
-    } catch (_) { /* the browser is gone */ }
-  }
-} finally {
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
-process.exit(code);
+  named('signing out');
+  await signOut(page);
+});

@@ -3,6 +3,11 @@
 //! with a pasted token, search `mull`, open Müller's images, wait for the
 //! previews, open one, read its metadata, download the DICOM, re-sync.
 //!
+//! A second walk covers the records tabs (`tests/browser/records.mjs`): an
+//! admin manages users, a practitioner uploads, opens, shares, deletes and
+//! requests documents (the request reaches a real SMTP server), a
+//! colleague reads what was shared with them.
+//!
 //! The browser half needs `node`, `tests/browser/node_modules/playwright-core`
 //! and Debian's `/usr/bin/chromium` (`.ci/run` installs both). Without them
 //! it fails, saying so; `FERRY_SKIP_BROWSER=1` skips it instead. The
@@ -12,9 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::serve::auth::Role;
+use ferry::serve::auth::{self, Role};
+use ferry_tests::SmtpServer;
+use serde_json::{json, Value};
 
-use crate::harness::Service;
+use crate::harness::{mueller, Service, Setup};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -75,13 +82,23 @@ fn missing_prerequisites(browser_dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_end_to_end_in_headless_chromium() {
-    if std::env::var("FERRY_SKIP_BROWSER").is_ok_and(|v| v == "1") {
-        eprintln!("browser test skipped (FERRY_SKIP_BROWSER=1)");
+    if !browser_available() {
         return;
     }
-    let root = ferry_tests::workspace_root();
-    let browser_dir = root.join("tests").join("browser");
-    let missing = missing_prerequisites(&browser_dir);
+    let svc = Service::start().await;
+    let token = svc.token(Role::Operator);
+    walk(&svc, "e2e.mjs", token, "browser-e2e.png").await;
+    svc.stop().await;
+}
+
+/// Whether the browser test runs here: false when skipped, a panic naming
+/// what to install when it cannot.
+fn browser_available() -> bool {
+    if std::env::var("FERRY_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("browser test skipped (FERRY_SKIP_BROWSER=1)");
+        return false;
+    }
+    let missing = missing_prerequisites(&ferry_tests::workspace_root().join("tests").join("browser"));
     assert!(
         missing.is_empty(),
         "the browser test cannot run:\n  - {}\nRun the install step of .ci/run \
@@ -89,21 +106,25 @@ async fn the_page_end_to_end_in_headless_chromium() {
          or set FERRY_SKIP_BROWSER=1 to skip this test.",
         missing.join("\n  - ")
     );
+    true
+}
 
-    let svc = Service::start().await;
-    let token = svc.token(Role::Operator);
-    let shot: PathBuf = root.join("target").join("test-artifacts").join("browser-e2e.png");
+/// Runs `tests/browser/{script}` against the service with `arg`; asserts
+/// it passed and left a real screenshot at `target/test-artifacts/{shot}`.
+async fn walk(svc: &Service, script: &str, arg: String, shot: &str) {
+    let root = ferry_tests::workspace_root();
+    let shot: PathBuf = root.join("target").join("test-artifacts").join(shot);
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&shot);
-    let failure_shot = shot.with_file_name("browser-e2e-failure.png");
+    let failure_shot = shot.with_file_name(format!("{}-failure.png", shot.file_stem().unwrap().to_string_lossy()));
     let _ = std::fs::remove_file(&failure_shot);
 
     let url = svc.running.url();
-    let script = browser_dir.join("e2e.mjs");
-    let (shot2, url2) = (shot.clone(), url.clone());
+    let script = root.join("tests").join("browser").join(script);
+    let shot2 = shot.clone();
     // the service keeps serving on the runtime's workers meanwhile
     let (status, out) =
-        tokio::task::spawn_blocking(move || run_node(&script, &url2, &token, &shot2, Duration::from_secs(300)))
+        tokio::task::spawn_blocking(move || run_node(&script, &url, &arg, &shot2, Duration::from_secs(300)))
             .await
             .unwrap();
     eprintln!("{out}");
@@ -115,6 +136,66 @@ async fn the_page_end_to_end_in_headless_chromium() {
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "the screenshot is not a real PNG");
     eprintln!("screenshot: {}", shot.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_records_tabs_in_headless_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let smtp = SmtpServer::start(None);
+    let extra = format!(
+        "[serve.records]\nkey = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n\n[serve.requests.smtp]\n\
+         server = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\nfrom = \"praxis@praxis.example\"\n\
+         to = \"records@hospital.example\"\n",
+        smtp.port()
+    );
+    let svc = Service::start_with(ferry_tests::demo_site(), Setup { extra, ..Setup::default() }).await;
+    let mint = |sub: &str, role: Role| {
+        auth::mint(&svc.auth_config(), sub, role, Duration::from_secs(3600), Some(crate::harness::CLINIC)).unwrap()
+    };
+    let (admin, owner, colleague) =
+        (mint("admin-1", Role::Admin), mint("dr-a", Role::Viewer), mint("dr-b", Role::Viewer));
+    let post = |path: &str, token: &str, body: Value| {
+        let req = svc
+            .http
+            .post(svc.url(path))
+            .bearer_auth(token.to_owned())
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        async move {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        }
+    };
+    for (sub, name) in [("dr-a", "Dr. Anna Albers"), ("dr-b", "Dr. Bernd Brandt")] {
+        let u = json!({ "sub": sub, "email": format!("{sub}@praxis.example"), "name": name, "type": "practitioner" });
+        post("/api/v1/users", &admin, u).await;
+    }
+    let guid = mueller();
+    post("/api/v1/patients", &owner, json!({ "patientGuid": guid, "family": "Müller", "given": "Anna" })).await;
+
+    let tokens = json!({
+        "admin": admin, "owner": owner, "ownerSub": "dr-a", "colleague": colleague, "colleagueSub": "dr-b",
+        "patient": "Müller",
+    });
+    walk(&svc, "records.mjs", tokens.to_string(), "browser-records.png").await;
+
+    // what the page did is what the service holds
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "one request mailed");
+    assert!(mails[0].data.contains("Subject: Document request"), "{}", mails[0].data);
+    let get = |path: String, token: &str| {
+        let req = svc.http.get(svc.url(&path)).bearer_auth(token.to_owned());
+        async move { serde_json::from_slice::<Value>(&req.send().await.unwrap().bytes().await.unwrap()).unwrap() }
+    };
+    let docs = get(format!("/api/v1/patients/{guid}/documents"), &owner).await;
+    let titles: Vec<&str> =
+        docs["documents"].as_array().unwrap().iter().map(|d| d["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["Befund Labor"], "the picture was deleted, the refused file never stored");
+    assert_eq!(docs["documents"][0]["date"], "2026-11-30");
+    let shared = get("/api/v1/shared-with-me".into(), &colleague).await;
+    assert_eq!(shared["shared"][0]["share"]["note"], "Bitte ansehen");
     svc.stop().await;
 }
 

@@ -15,7 +15,9 @@
 //! | `/assets/app.js`, `/assets/app.css`, `/assets/favicon.svg` | the rest |
 //!
 //! Every answer carries a strict Content-Security-Policy (scripts, styles
-//! and connections only from this origin, images also from `blob:`), and
+//! and connections only from this origin, images and frames also from
+//! `blob:` — the page shows a document it fetched with the token as an
+//! object URL, PDFs in a frame), and
 //! an `ETag` so a browser revalidates instead of downloading again.
 
 use std::sync::OnceLock;
@@ -39,7 +41,8 @@ const FAVICON: Asset = Asset { body: include_bytes!("favicon.svg"), content_type
 
 /// What the page may load and where it may connect.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; \
-                       connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+                       frame-src blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; \
+                       frame-ancestors 'none'";
 
 /// The page's routes, without state; merged into the service's router.
 pub fn router() -> Router {
