@@ -19,6 +19,7 @@ mod openapi;
 mod problems;
 mod records;
 mod requests;
+mod schemathesis;
 mod search;
 mod sync;
 mod upload_to_platform;

@@ -80,9 +80,44 @@ fn browser_prerequisites(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The API's property-based run (`tests/service/schemathesis.rs`) uses
+/// schemathesis from PyPI, installed here into `target/schemathesis` (a
+/// virtual environment, nothing system-wide) when missing.
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+fn schemathesis_prerequisites(root: &Path) -> Result<()> {
+    if std::env::var_os("FERRY_SKIP_SCHEMATHESIS").is_some() {
+        return Ok(());
+    }
+    let venv = root.join("target").join("schemathesis");
+    if venv.join("bin").join("st").is_file() {
+        return Ok(());
+    }
+    eprintln!("==> python3 -m venv target/schemathesis; pip install schemathesis=={SCHEMATHESIS_VERSION}");
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 (install Python 3.9 or newer for the API's property-based test, or set FERRY_SKIP_SCHEMATHESIS=1)")?;
+    if !status.success() {
+        bail!("python3 -m venv failed ({status})");
+    }
+    let status = Command::new(venv.join("bin").join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}"))
+        .status()
+        .context("running pip in target/schemathesis")?;
+    if !status.success() {
+        let _ = std::fs::remove_dir_all(&venv);
+        bail!("pip install schemathesis failed ({status})");
+    }
+    Ok(())
+}
+
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     let (out, toolchain) = build_plugins(root)?;
     browser_prerequisites(root)?;
+    schemathesis_prerequisites(root)?;
     // plugin logic that needs no host is unit-tested natively
     eprintln!("==> plugin unit tests (native)");
     cargo(&root.join("plugins"), &["test", "--workspace", "--quiet"], &[])?;

@@ -349,7 +349,8 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
 
 /// The whole HTTP surface.
 fn app(state: Arc<AppState>) -> Router {
-    let (api, doc) = OpenApiRouter::with_openapi(api::doc()).nest("/api/v1", api::router()).split_for_parts();
+    let (api, mut doc) = OpenApiRouter::with_openapi(api::doc()).nest("/api/v1", api::router()).split_for_parts();
+    api::complete(&mut doc);
     let _ = state.openapi.set(doc.to_pretty_json().expect("the OpenAPI document serialises"));
     let api = api.layer(axum::middleware::from_fn_with_state(state.clone(), access::record));
     let metrics_state = state.metrics.clone();

@@ -28,6 +28,13 @@ const MAX_EXTERNAL_IDS: usize = 16;
 /// Longest free-text field, in characters.
 const MAX_TEXT: usize = 20_000;
 
+/// Fields the server sets (times, links): documented as `readOnly`, and
+/// ignored when a client sends them back (a GET's body PUT again).
+fn read_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    serde::de::IgnoredAny::deserialize(d)?;
+    Ok(String::new())
+}
+
 /// What a user is, in the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -57,9 +64,11 @@ pub struct User {
     #[serde(default)]
     pub external_ids: ExternalIds,
     /// RFC 3339, UTC (set by the server).
-    #[serde(default, skip_deserializing)]
+    #[serde(default, deserialize_with = "read_only")]
+    #[schema(read_only)]
     pub created_at: String,
-    #[serde(default, skip_deserializing)]
+    #[serde(default, deserialize_with = "read_only")]
+    #[schema(read_only)]
     pub updated_at: String,
 }
 
@@ -91,15 +100,19 @@ pub struct Patient {
     /// only an admin may name another.
     #[serde(default)]
     pub owner: String,
-    #[serde(default, skip_deserializing)]
+    #[serde(default, deserialize_with = "read_only")]
+    #[schema(read_only)]
     pub created_at: String,
-    #[serde(default, skip_deserializing)]
+    #[serde(default, deserialize_with = "read_only")]
+    #[schema(read_only)]
     pub updated_at: String,
     /// This record.
-    #[serde(default, skip_deserializing)]
+    #[serde(default, deserialize_with = "read_only")]
+    #[schema(read_only)]
     pub href: String,
     /// The patient's images.
-    #[serde(default, skip_deserializing)]
+    #[serde(default, deserialize_with = "read_only")]
+    #[schema(read_only)]
     pub images_href: String,
 }
 

@@ -458,9 +458,9 @@ pub(super) async fn get_document(
         ("Range" = Option<String>, Header, description = "`bytes=first-last`, `bytes=first-` or `bytes=-suffix`"),
     ),
     responses(
-        (status = 200, description = "The whole file", content_type = "application/octet-stream",
+        (status = 200, description = "The whole file, as the type sniffed from its bytes (`contentType`)", content_type = "*/*",
             headers(("ETag" = String, description = "The SHA-256 of the content"), ("Accept-Ranges" = String))),
-        (status = 206, description = "The requested range", content_type = "application/octet-stream",
+        (status = 206, description = "The requested range", content_type = "*/*",
             headers(("Content-Range" = String, description = "`bytes first-last/total`"))),
         (status = 304, description = "Not modified (`If-None-Match`)"),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),

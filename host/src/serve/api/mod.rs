@@ -129,6 +129,69 @@ pub fn doc() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// A patient guid as [`check_guid`] takes it; a document id as
+/// [`check_document_id`](crate::serve::documents::check_document_id) does.
+const GUID_PATTERN: &str = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$";
+const DOCUMENT_ID_PATTERN: &str = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
+
+/// The path parameters' shapes, in the document as the handlers check
+/// them (one place, not every annotation).
+fn constrain(path: &str, p: &mut utoipa::openapi::path::Parameter) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    if p.parameter_in != ParameterIn::Path {
+        return;
+    }
+    let pattern = match p.name.as_str() {
+        "patientGuid" => GUID_PATTERN,
+        "id" if path.starts_with("/api/v1/documents/") => DOCUMENT_ID_PATTERN,
+        _ => return,
+    };
+    p.schema = Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern)).into());
+}
+
+/// Adds the answers every route of a kind gives, so no handler's
+/// annotation can forget them: a route with parameters may answer 400 (a
+/// malformed guid, id, cursor or limit), one with a JSON body 415 (not
+/// `application/json`) and 422 (JSON that is not the schema's). Run on the
+/// whole document once the router has added the paths.
+pub fn complete(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let shared = item.parameters.as_ref().is_some_and(|p| !p.is_empty());
+        for op in
+            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+        {
+            for p in op.parameters.iter_mut().flatten() {
+                constrain(path, p);
+            }
+            let responses = &mut op.responses.responses;
+            if shared || op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                responses
+                    .entry("400".into())
+                    .or_insert_with(|| problem("A malformed parameter (the problem names it)"));
+            }
+            if op.request_body.as_ref().is_some_and(|b| b.content.contains_key("application/json")) {
+                responses.entry("415".into()).or_insert_with(|| problem("The body is not `application/json`"));
+                responses
+                    .entry("422".into())
+                    .or_insert_with(|| problem("The JSON is not what this route takes (the problem says where)"));
+            }
+        }
+    }
+}
+
 /// The API routes (relative to `/api/v1`), each with its OpenAPI path.
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
