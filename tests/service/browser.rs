@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::serve::auth::{self, Role};
+use ferry::serve::auth::Role;
 use ferry_tests::SmtpServer;
 use serde_json::{json, Value};
 
-use crate::harness::{mueller, Service, Setup};
+use crate::harness::{body, mueller, Service, Setup};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -151,20 +151,16 @@ async fn the_records_tabs_in_headless_chromium() {
         smtp.port()
     );
     let svc = Service::start_with(ferry_tests::demo_site(), Setup { extra, ..Setup::default() }).await;
-    let mint = |sub: &str, role: Role| {
-        auth::mint(&svc.auth_config(), sub, role, Duration::from_secs(3600), Some(crate::harness::CLINIC)).unwrap()
-    };
-    let (admin, owner, colleague) =
-        (mint("admin-1", Role::Admin), mint("dr-a", Role::Viewer), mint("dr-b", Role::Viewer));
-    let post = |path: &str, token: &str, body: Value| {
-        let req = svc
-            .http
-            .post(svc.url(path))
-            .bearer_auth(token.to_owned())
-            .header("content-type", "application/json")
-            .body(body.to_string());
+    let (admin, owner, colleague) = (
+        svc.token_for("admin-1", Role::Admin),
+        svc.token_for("dr-a", Role::Viewer),
+        svc.token_for("dr-b", Role::Viewer),
+    );
+    let post = |path: &'static str, token: &str, body: Value| {
+        let token = token.to_owned();
+        let svc = &svc;
         async move {
-            let res = req.send().await.unwrap();
+            let res = svc.send(reqwest::Method::POST, path, &token, Some(&body)).await;
             assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
         }
     };
@@ -185,16 +181,13 @@ async fn the_records_tabs_in_headless_chromium() {
     let mails = smtp.mails();
     assert_eq!(mails.len(), 1, "one request mailed");
     assert!(mails[0].data.contains("Subject: Document request"), "{}", mails[0].data);
-    let get = |path: String, token: &str| {
-        let req = svc.http.get(svc.url(&path)).bearer_auth(token.to_owned());
-        async move { serde_json::from_slice::<Value>(&req.send().await.unwrap().bytes().await.unwrap()).unwrap() }
-    };
-    let docs = get(format!("/api/v1/patients/{guid}/documents"), &owner).await;
+    let docs =
+        body(svc.send(reqwest::Method::GET, &format!("/api/v1/patients/{guid}/documents"), &owner, None).await).await;
     let titles: Vec<&str> =
         docs["documents"].as_array().unwrap().iter().map(|d| d["title"].as_str().unwrap()).collect();
     assert_eq!(titles, ["Befund Labor"], "the picture was deleted, the refused file never stored");
     assert_eq!(docs["documents"][0]["date"], "2026-11-30");
-    let shared = get("/api/v1/shared-with-me".into(), &colleague).await;
+    let shared = body(svc.send(reqwest::Method::GET, "/api/v1/shared-with-me", &colleague, None).await).await;
     assert_eq!(shared["shared"][0]["share"]["note"], "Bitte ansehen");
     svc.stop().await;
 }

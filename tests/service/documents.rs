@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use ferry::serve::auth::{self, Role};
+use ferry::serve::auth::Role;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{mueller, problem, Service, Setup, CLINIC};
+use crate::harness::{body, mueller, problem, Service, Setup};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const TITLE: &str = "Befund Zöliakie-Serologie";
@@ -20,23 +20,6 @@ const BOUNDARY: &str = "ferry-test-boundary-7MA4YWxkTrZu0gW";
 
 fn setup() -> Setup {
     Setup { extra: format!("[serve.records]\nkey = \"{KEY}\"\nmax_upload = \"256KiB\"\n"), ..Setup::default() }
-}
-
-fn token(svc: &Service, sub: &str, role: Role) -> String {
-    auth::mint(&svc.auth_config(), sub, role, Duration::from_secs(3600), Some(CLINIC)).unwrap()
-}
-
-async fn send(svc: &Service, method: Method, path: &str, token: &str, body: Option<&Value>) -> reqwest::Response {
-    let mut req = svc.http.request(method, svc.url(path)).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(serde_json::to_vec(b).unwrap());
-    }
-    req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-async fn body(res: reqwest::Response) -> Value {
-    let text = res.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// A part of a `multipart/form-data` body: (name, file name, type, bytes).
@@ -112,12 +95,12 @@ struct People {
 async fn people(svc: &Service) -> People {
     let guid = mueller();
     let p = People {
-        admin: token(svc, "admin-1", Role::Admin),
-        dr_a: token(svc, "dr-a", Role::Viewer),
-        dr_b: token(svc, "dr-b", Role::Viewer),
-        dr_c: token(svc, "dr-c", Role::Viewer),
-        patient: token(svc, "pat-u", Role::Viewer),
-        staff: token(svc, "it-person", Role::Operator),
+        admin: svc.token_for("admin-1", Role::Admin),
+        dr_a: svc.token_for("dr-a", Role::Viewer),
+        dr_b: svc.token_for("dr-b", Role::Viewer),
+        dr_c: svc.token_for("dr-c", Role::Viewer),
+        patient: svc.token_for("pat-u", Role::Viewer),
+        staff: svc.token_for("it-person", Role::Operator),
         guid: guid.clone(),
     };
     for u in [
@@ -127,11 +110,11 @@ async fn people(svc: &Service) -> People {
         user("pat-u", "patient", json!({ "patientGuid": guid })),
         user("clerk", "staff", json!({})),
     ] {
-        let res = send(svc, Method::POST, "/api/v1/users", &p.admin, Some(&u)).await;
+        let res = svc.send(Method::POST, "/api/v1/users", &p.admin, Some(&u)).await;
         assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
     }
     let record = json!({ "patientGuid": guid, "family": "Müller", "given": "Anna" });
-    assert_eq!(send(svc, Method::POST, "/api/v1/patients", &p.dr_a, Some(&record)).await.status(), 201);
+    assert_eq!(svc.send(Method::POST, "/api/v1/patients", &p.dr_a, Some(&record)).await.status(), 201);
     p
 }
 
@@ -184,18 +167,18 @@ async fn upload_list_download_change_delete() {
 
     // the list: newest first, paginated
     let list =
-        body(send(&svc, Method::GET, &format!("/api/v1/patients/{g}/documents?limit=1"), &p.dr_a, None).await).await;
+        body(svc.send(Method::GET, &format!("/api/v1/patients/{g}/documents?limit=1"), &p.dr_a, None).await).await;
     assert_eq!(list["documents"][0]["id"], second["id"]);
     let next = list["nextCursor"].as_str().expect("a second page").to_owned();
     let list = body(
-        send(&svc, Method::GET, &format!("/api/v1/patients/{g}/documents?limit=1&cursor={next}"), &p.dr_a, None).await,
+        svc.send(Method::GET, &format!("/api/v1/patients/{g}/documents?limit=1&cursor={next}"), &p.dr_a, None).await,
     )
     .await;
     assert_eq!(list["documents"][0]["id"], id.as_str());
     assert!(list.get("nextCursor").is_none());
 
     // the bytes: whole, by range, with the ETag; inline for a PDF, never sniffed by the browser
-    let res = send(&svc, Method::GET, &format!("/api/v1/documents/{id}/content"), &p.patient, None).await;
+    let res = svc.send(Method::GET, &format!("/api/v1/documents/{id}/content"), &p.patient, None).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "application/pdf");
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
@@ -224,21 +207,21 @@ async fn upload_list_download_change_delete() {
         ("staff", &p.staff, 403),
     ] {
         for path in [format!("/api/v1/documents/{id}"), format!("/api/v1/documents/{id}/content")] {
-            let res = send(&svc, Method::GET, &path, t, None).await;
+            let res = svc.send(Method::GET, &path, t, None).await;
             assert_eq!(res.status().as_u16(), want, "GET {path} as {who}");
         }
-        let res = send(&svc, Method::GET, &format!("/api/v1/patients/{g}/documents"), t, None).await;
+        let res = svc.send(Method::GET, &format!("/api/v1/patients/{g}/documents"), t, None).await;
         assert_eq!(res.status().as_u16(), want, "the list as {who}");
     }
     // who changes it: its source only
     let change = json!({ "title": "Befund (korrigiert)", "date": "2026-11-29" });
     for (who, t, want) in [("patient", &p.patient, 403), ("dr-b", &p.dr_b, 404), ("staff", &p.staff, 403)] {
-        let res = send(&svc, Method::PUT, &format!("/api/v1/documents/{id}"), t, Some(&change)).await;
+        let res = svc.send(Method::PUT, &format!("/api/v1/documents/{id}"), t, Some(&change)).await;
         assert_eq!(res.status().as_u16(), want, "PUT as {who}");
-        let res = send(&svc, Method::DELETE, &format!("/api/v1/documents/{id}"), t, None).await;
+        let res = svc.send(Method::DELETE, &format!("/api/v1/documents/{id}"), t, None).await;
         assert_eq!(res.status().as_u16(), want, "DELETE as {who}");
     }
-    let res = send(&svc, Method::PUT, &format!("/api/v1/documents/{id}"), &p.dr_a, Some(&change)).await;
+    let res = svc.send(Method::PUT, &format!("/api/v1/documents/{id}"), &p.dr_a, Some(&change)).await;
     assert_eq!(res.status(), 200);
     let changed: Value = body(res).await;
     assert_eq!(
@@ -248,13 +231,13 @@ async fn upload_list_download_change_delete() {
     assert_eq!(changed.get("type"), None, "a PUT sets the whole set");
     assert_eq!(changed["sha256"], doc["sha256"], "the bytes do not change");
     problem(
-        send(&svc, Method::PUT, &format!("/api/v1/documents/{id}"), &p.dr_a, Some(&json!({ "date": "30.11.2026" })))
+        svc.send(Method::PUT, &format!("/api/v1/documents/{id}"), &p.dr_a, Some(&json!({ "date": "30.11.2026" })))
             .await,
         400,
     )
     .await;
     problem(
-        send(&svc, Method::PUT, &format!("/api/v1/documents/{id}"), &p.dr_a, Some(&json!({ "owner": "x" }))).await,
+        svc.send(Method::PUT, &format!("/api/v1/documents/{id}"), &p.dr_a, Some(&json!({ "owner": "x" }))).await,
         422,
     )
     .await;
@@ -308,7 +291,7 @@ async fn upload_list_download_change_delete() {
         let v = problem(res, want).await;
         assert!(v["type"].as_str().unwrap_or_default().ends_with(slug), "{what}: {v}");
     }
-    let res = send(&svc, Method::POST, &format!("/api/v1/patients/{g}/documents"), &p.dr_a, Some(&json!({}))).await;
+    let res = svc.send(Method::POST, &format!("/api/v1/patients/{g}/documents"), &p.dr_a, Some(&json!({}))).await;
     problem(res, 415).await;
     // a patient without a record has no documents to add to
     let bare = svc.stored_guids().into_iter().find(|x| *x != g).unwrap();
@@ -329,15 +312,14 @@ async fn upload_list_download_change_delete() {
     }
 
     // delete (soft): gone from reads and the list, logged
-    assert_eq!(send(&svc, Method::DELETE, &format!("/api/v1/documents/{id}"), &p.dr_a, None).await.status(), 204);
-    problem(send(&svc, Method::GET, &format!("/api/v1/documents/{id}"), &p.dr_a, None).await, 404).await;
-    problem(send(&svc, Method::DELETE, &format!("/api/v1/documents/{id}"), &p.dr_a, None).await, 404).await;
-    let list = body(send(&svc, Method::GET, &format!("/api/v1/patients/{g}/documents"), &p.dr_a, None).await).await;
+    assert_eq!(svc.send(Method::DELETE, &format!("/api/v1/documents/{id}"), &p.dr_a, None).await.status(), 204);
+    problem(svc.send(Method::GET, &format!("/api/v1/documents/{id}"), &p.dr_a, None).await, 404).await;
+    problem(svc.send(Method::DELETE, &format!("/api/v1/documents/{id}"), &p.dr_a, None).await, 404).await;
+    let list = body(svc.send(Method::GET, &format!("/api/v1/patients/{g}/documents"), &p.dr_a, None).await).await;
     assert_eq!(list["documents"].as_array().unwrap().len(), 1);
-    problem(send(&svc, Method::GET, "/api/v1/documents/not-an-id", &p.dr_a, None).await, 400).await;
+    problem(svc.send(Method::GET, "/api/v1/documents/not-an-id", &p.dr_a, None).await, 400).await;
     let log =
-        body(send(&svc, Method::GET, &format!("/api/v1/access-log?patient={g}&limit=1000"), &p.admin, None).await)
-            .await;
+        body(svc.send(Method::GET, &format!("/api/v1/access-log?patient={g}&limit=1000"), &p.admin, None).await).await;
     let entries = log["entries"].as_array().unwrap();
     let seen = |action: &str, subject: &str, status: u64| {
         entries.iter().any(|e| e["action"] == action && e["subject"] == subject && e["status"] == status)
@@ -361,7 +343,7 @@ async fn shares_expire_and_are_revoked() {
     let share_path = format!("{doc}/share");
 
     // before: dr-b sees nothing of it
-    assert_eq!(send(&svc, Method::GET, &doc, &p.dr_b, None).await.status(), 404);
+    assert_eq!(svc.send(Method::GET, &doc, &p.dr_b, None).await.status(), 404);
     // refused shares
     for (what, t, ask, want) in [
         ("by a non-source", &p.patient, json!({ "practitioner": "dr-b" }), 403),
@@ -373,75 +355,68 @@ async fn shares_expire_and_are_revoked() {
         ("expired already", &p.dr_a, json!({ "practitioner": "dr-b", "expiresAt": "2020-01-01T00:00:00Z" }), 400),
         ("a bad expiry", &p.dr_a, json!({ "practitioner": "dr-b", "expiresAt": "tomorrow" }), 400),
     ] {
-        let res = send(&svc, Method::POST, &share_path, t, Some(&ask)).await;
+        let res = svc.send(Method::POST, &share_path, t, Some(&ask)).await;
         assert_eq!(res.status().as_u16(), want, "{what}: {}", res.text().await.unwrap());
     }
 
     // shared with dr-b until revoked, with dr-c for two seconds
-    let res = send(
-        &svc,
-        Method::POST,
-        &share_path,
-        &p.dr_a,
-        Some(&json!({ "practitioner": "dr-b", "note": "zur Mitbehandlung" })),
-    )
-    .await;
+    let res = svc
+        .send(Method::POST, &share_path, &p.dr_a, Some(&json!({ "practitioner": "dr-b", "note": "zur Mitbehandlung" })))
+        .await;
     assert_eq!(res.status(), 201);
     let share: Value = body(res).await;
     assert_eq!((share["practitioner"].as_str(), share["note"].as_str()), (Some("dr-b"), Some("zur Mitbehandlung")));
     let soon = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(2)).to_string();
     let res =
-        send(&svc, Method::POST, &share_path, &p.dr_a, Some(&json!({ "practitioner": "dr-c", "expiresAt": soon })))
-            .await;
+        svc.send(Method::POST, &share_path, &p.dr_a, Some(&json!({ "practitioner": "dr-c", "expiresAt": soon }))).await;
     assert_eq!(res.status(), 201);
 
     // dr-b reads it, downloads it, finds it in both lists; cannot change or re-share it
-    assert_eq!(send(&svc, Method::GET, &doc, &p.dr_b, None).await.status(), 200);
-    let res = send(&svc, Method::GET, &format!("{doc}/content"), &p.dr_b, None).await;
+    assert_eq!(svc.send(Method::GET, &doc, &p.dr_b, None).await.status(), 200);
+    let res = svc.send(Method::GET, &format!("{doc}/content"), &p.dr_b, None).await;
     assert_eq!(res.bytes().await.unwrap().as_ref(), pdf.as_slice());
-    let mine = body(send(&svc, Method::GET, "/api/v1/shared-with-me", &p.dr_b, None).await).await;
+    let mine = body(svc.send(Method::GET, "/api/v1/shared-with-me", &p.dr_b, None).await).await;
     assert_eq!(mine["shared"][0]["document"]["id"], id.as_str());
     assert_eq!(mine["shared"][0]["share"]["sharedBy"], "dr-a");
     let of_patient =
-        body(send(&svc, Method::GET, &format!("/api/v1/patients/{g}/shared-documents"), &p.dr_b, None).await).await;
+        body(svc.send(Method::GET, &format!("/api/v1/patients/{g}/shared-documents"), &p.dr_b, None).await).await;
     assert_eq!(of_patient["shared"].as_array().unwrap().len(), 1, "dr-b sees the share to them: {of_patient}");
     // the owner sees every share of the patient; the patient's documents list stays closed to dr-b
-    let all =
-        body(send(&svc, Method::GET, &format!("/api/v1/patients/{g}/shared-documents"), &p.dr_a, None).await).await;
+    let all = body(svc.send(Method::GET, &format!("/api/v1/patients/{g}/shared-documents"), &p.dr_a, None).await).await;
     assert_eq!(all["shared"].as_array().unwrap().len(), 2);
-    assert_eq!(send(&svc, Method::GET, &format!("/api/v1/patients/{g}/documents"), &p.dr_b, None).await.status(), 404);
-    assert_eq!(send(&svc, Method::PUT, &doc, &p.dr_b, Some(&json!({ "title": "mine" }))).await.status(), 403);
+    assert_eq!(svc.send(Method::GET, &format!("/api/v1/patients/{g}/documents"), &p.dr_b, None).await.status(), 404);
+    assert_eq!(svc.send(Method::PUT, &doc, &p.dr_b, Some(&json!({ "title": "mine" }))).await.status(), 403);
     assert_eq!(
-        send(&svc, Method::POST, &share_path, &p.dr_b, Some(&json!({ "practitioner": "dr-c" }))).await.status(),
+        svc.send(Method::POST, &share_path, &p.dr_b, Some(&json!({ "practitioner": "dr-c" }))).await.status(),
         403
     );
-    assert_eq!(send(&svc, Method::GET, &format!("{doc}/shares"), &p.dr_b, None).await.status(), 403);
-    let shares = body(send(&svc, Method::GET, &format!("{doc}/shares"), &p.dr_a, None).await).await;
+    assert_eq!(svc.send(Method::GET, &format!("{doc}/shares"), &p.dr_b, None).await.status(), 403);
+    let shares = body(svc.send(Method::GET, &format!("{doc}/shares"), &p.dr_a, None).await).await;
     assert_eq!(shares.as_array().unwrap().len(), 2);
 
     // dr-c's share expires: the document vanishes for them
-    assert_eq!(send(&svc, Method::GET, &doc, &p.dr_c, None).await.status(), 200);
+    assert_eq!(svc.send(Method::GET, &doc, &p.dr_c, None).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(send(&svc, Method::GET, &doc, &p.dr_c, None).await.status(), 404);
-    let theirs = body(send(&svc, Method::GET, "/api/v1/shared-with-me", &p.dr_c, None).await).await;
+    assert_eq!(svc.send(Method::GET, &doc, &p.dr_c, None).await.status(), 404);
+    let theirs = body(svc.send(Method::GET, "/api/v1/shared-with-me", &p.dr_c, None).await).await;
     assert!(theirs["shared"].as_array().unwrap().is_empty(), "{theirs}");
 
     // revoked: dr-b loses it; revoking twice, or by dr-b, is refused
     let revoke = share["href"].as_str().unwrap().to_owned();
-    assert_eq!(send(&svc, Method::DELETE, &revoke, &p.dr_b, None).await.status(), 403);
-    assert_eq!(send(&svc, Method::DELETE, &revoke, &p.dr_a, None).await.status(), 204);
-    assert_eq!(send(&svc, Method::DELETE, &revoke, &p.dr_a, None).await.status(), 404);
-    assert_eq!(send(&svc, Method::GET, &doc, &p.dr_b, None).await.status(), 404);
-    assert_eq!(send(&svc, Method::GET, &format!("{doc}/content"), &p.dr_b, None).await.status(), 404);
-    let mine = body(send(&svc, Method::GET, "/api/v1/shared-with-me", &p.dr_b, None).await).await;
+    assert_eq!(svc.send(Method::DELETE, &revoke, &p.dr_b, None).await.status(), 403);
+    assert_eq!(svc.send(Method::DELETE, &revoke, &p.dr_a, None).await.status(), 204);
+    assert_eq!(svc.send(Method::DELETE, &revoke, &p.dr_a, None).await.status(), 404);
+    assert_eq!(svc.send(Method::GET, &doc, &p.dr_b, None).await.status(), 404);
+    assert_eq!(svc.send(Method::GET, &format!("{doc}/content"), &p.dr_b, None).await.status(), 404);
+    let mine = body(svc.send(Method::GET, "/api/v1/shared-with-me", &p.dr_b, None).await).await;
     assert!(mine["shared"].as_array().unwrap().is_empty());
 
     // a new share, then the document is deleted: the share ends with it
-    let res = send(&svc, Method::POST, &share_path, &p.dr_a, Some(&json!({ "practitioner": "dr-b" }))).await;
+    let res = svc.send(Method::POST, &share_path, &p.dr_a, Some(&json!({ "practitioner": "dr-b" }))).await;
     assert_eq!(res.status(), 201);
-    assert_eq!(send(&svc, Method::GET, &doc, &p.dr_b, None).await.status(), 200);
-    assert_eq!(send(&svc, Method::DELETE, &doc, &p.dr_a, None).await.status(), 204);
-    assert_eq!(send(&svc, Method::GET, &doc, &p.dr_b, None).await.status(), 404);
+    assert_eq!(svc.send(Method::GET, &doc, &p.dr_b, None).await.status(), 200);
+    assert_eq!(svc.send(Method::DELETE, &doc, &p.dr_a, None).await.status(), 204);
+    assert_eq!(svc.send(Method::GET, &doc, &p.dr_b, None).await.status(), 404);
     // notes are sealed at rest
     let raw = std::fs::read(svc.pipeline.ledger_path()).unwrap();
     let wal = std::fs::read(svc.pipeline.ledger_path().with_extension("db-wal")).unwrap_or_default();

@@ -108,6 +108,37 @@ impl Service {
         auth::mint(&self.auth_config(), "service-test", role, ttl, clinic).expect("minting a token")
     }
 
+    /// A token of this clinic for the user `sub` (the registry's key).
+    pub fn token_for(&self, sub: &str, role: Role) -> String {
+        auth::mint(&self.auth_config(), sub, role, Duration::from_secs(3600), Some(CLINIC)).expect("minting a token")
+    }
+
+    /// `method path` with the bearer `token` and, if given, a JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(serde_json::to_vec(b).unwrap());
+        }
+        req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The status [`Service::send`] gets.
+    pub async fn status(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&serde_json::Value>,
+    ) -> u16 {
+        self.send(method, path, token, body).await.status().as_u16()
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         self.request(reqwest::Method::GET, path, token, &[]).await
     }
@@ -236,6 +267,12 @@ clinic_id = "{CLINIC}"
 }
 
 /// Asserts an RFC 7807 problem document with `status`; returns it.
+/// The JSON body of a response (any status), or a panic showing the text.
+pub async fn body(res: reqwest::Response) -> serde_json::Value {
+    let text = res.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
 pub async fn problem(res: reqwest::Response, status: u16) -> serde_json::Value {
     let got = res.status().as_u16();
     let ct = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();

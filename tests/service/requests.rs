@@ -6,52 +6,33 @@
 //! a refusing provider and a refusing mail server are answered with the
 //! problem that says what to do — and logged as errors.
 
-use std::time::Duration;
-
-use ferry::serve::auth::{self, Role};
+use ferry::serve::auth::Role;
 use ferry_tests::{FhirFault, FhirServer, SmtpServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{mueller, problem, Service, Setup, CLINIC};
+use crate::harness::{body, mueller, problem, Service, Setup};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const PROVIDER_TOKEN: &str = "provider-token-91b2";
 
-fn token(svc: &Service, sub: &str, role: Role) -> String {
-    auth::mint(&svc.auth_config(), sub, role, Duration::from_secs(3600), Some(CLINIC)).unwrap()
-}
-
-async fn send(svc: &Service, method: Method, path: &str, token: &str, body: Option<&Value>) -> reqwest::Response {
-    let mut req = svc.http.request(method, svc.url(path)).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(serde_json::to_vec(b).unwrap());
-    }
-    req.send().await.unwrap()
-}
-
-async fn body(res: reqwest::Response) -> Value {
-    let text = res.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
 /// dr-a (a registered practitioner) owns the demo patient's record, with
 /// the provider's id when `provider_id` is given.
 async fn owner(svc: &Service, provider_id: Option<&str>) -> (String, String) {
-    let admin = token(svc, "admin-1", Role::Admin);
-    let dr = token(svc, "dr-a", Role::Viewer);
+    let admin = svc.token_for("admin-1", Role::Admin);
+    let dr = svc.token_for("dr-a", Role::Viewer);
     let u = json!({ "sub": "dr-a", "email": "dr-a@praxis.example", "name": "Dr. Anna Arzt", "type": "practitioner" });
-    assert_eq!(send(svc, Method::POST, "/api/v1/users", &admin, Some(&u)).await.status(), 201);
+    assert_eq!(svc.send(Method::POST, "/api/v1/users", &admin, Some(&u)).await.status(), 201);
     let other = json!({ "sub": "dr-b", "email": "dr-b@praxis.example", "name": "Dr. B", "type": "practitioner" });
-    assert_eq!(send(svc, Method::POST, "/api/v1/users", &admin, Some(&other)).await.status(), 201);
+    assert_eq!(svc.send(Method::POST, "/api/v1/users", &admin, Some(&other)).await.status(), 201);
     let pat =
         json!({ "sub": "pat-u", "email": "p@example.test", "name": "P", "type": "patient", "patientGuid": mueller() });
-    assert_eq!(send(svc, Method::POST, "/api/v1/users", &admin, Some(&pat)).await.status(), 201);
+    assert_eq!(svc.send(Method::POST, "/api/v1/users", &admin, Some(&pat)).await.status(), 201);
     let mut rec = json!({ "patientGuid": mueller(), "family": "Müller", "given": "Anna" });
     if let Some(id) = provider_id {
         rec["externalIds"] = json!({ "hospital": id });
     }
-    assert_eq!(send(svc, Method::POST, "/api/v1/patients", &dr, Some(&rec)).await.status(), 201);
+    assert_eq!(svc.send(Method::POST, "/api/v1/patients", &dr, Some(&rec)).await.status(), 201);
     (admin, dr)
 }
 
@@ -88,8 +69,7 @@ fn decoded_body(data: &str) -> String {
 
 async fn request_log(svc: &Service, admin: &str) -> Vec<Value> {
     let logs =
-        body(send(svc, Method::GET, &format!("/api/v1/patients/{}/logs?limit=100", mueller()), admin, None).await)
-            .await;
+        body(svc.send(Method::GET, &format!("/api/v1/patients/{}/logs?limit=100", mueller()), admin, None).await).await;
     logs["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "request").cloned().collect()
 }
 
@@ -110,18 +90,18 @@ async fn a_request_becomes_a_task_on_the_providers_fhir_server() {
 
     // who may ask: the patient's practitioner (and admins), no one else
     for (who, t, want) in [
-        ("the patient", token(&svc, "pat-u", Role::Viewer), 403),
-        ("staff", token(&svc, "it-person", Role::Operator), 403),
-        ("another practitioner", token(&svc, "dr-b", Role::Viewer), 404),
+        ("the patient", svc.token_for("pat-u", Role::Viewer), 403),
+        ("staff", svc.token_for("it-person", Role::Operator), 403),
+        ("another practitioner", svc.token_for("dr-b", Role::Viewer), 404),
     ] {
-        let res = send(&svc, Method::POST, &path, &t, Some(&ask)).await;
+        let res = svc.send(Method::POST, &path, &t, Some(&ask)).await;
         assert_eq!(res.status().as_u16(), want, "{who}");
     }
     assert_eq!(provider.count("Task"), 0);
-    problem(send(&svc, Method::POST, &path, &dr, Some(&json!({ "what": "" }))).await, 400).await;
-    problem(send(&svc, Method::POST, &path, &dr, Some(&json!({ "what": "a\nb" }))).await, 400).await;
+    problem(svc.send(Method::POST, &path, &dr, Some(&json!({ "what": "" }))).await, 400).await;
+    problem(svc.send(Method::POST, &path, &dr, Some(&json!({ "what": "a\nb" }))).await, 400).await;
 
-    let res = send(&svc, Method::POST, &path, &dr, Some(&ask)).await;
+    let res = svc.send(Method::POST, &path, &dr, Some(&ask)).await;
     assert_eq!(res.status(), 201);
     let sent = body(res).await;
     assert_eq!(sent["channel"], "fhir-task");
@@ -145,18 +125,15 @@ async fn a_request_becomes_a_task_on_the_providers_fhir_server() {
 
     // the provider fails: 502, logged as an error, no second Task
     provider.fault_next(1, FhirFault::Status(500));
-    let v = problem(send(&svc, Method::POST, &path, &dr, Some(&ask)).await, 502).await;
+    let v = problem(svc.send(Method::POST, &path, &dr, Some(&ask)).await, 502).await;
     assert!(v["detail"].as_str().unwrap().contains("500"), "{v}");
     assert_eq!(provider.count("Task"), 1);
     assert_eq!(request_log(&svc, &admin).await[0]["status"], "error");
 
     // a record without the provider's id cannot be asked for
     let rec = json!({ "patientGuid": mueller(), "family": "Müller", "given": "Anna" });
-    assert_eq!(
-        send(&svc, Method::PUT, &format!("/api/v1/patients/{}", mueller()), &dr, Some(&rec)).await.status(),
-        200
-    );
-    let v = problem(send(&svc, Method::POST, &path, &dr, Some(&ask)).await, 422).await;
+    assert_eq!(svc.send(Method::PUT, &format!("/api/v1/patients/{}", mueller()), &dr, Some(&rec)).await.status(), 200);
+    let v = problem(svc.send(Method::POST, &path, &dr, Some(&ask)).await, 422).await;
     assert!(v["detail"].as_str().unwrap().contains("externalIds.hospital"), "{v}");
     assert_eq!(provider.count("Task"), 1);
     svc.stop().await;
@@ -173,7 +150,7 @@ async fn a_request_becomes_an_email_to_the_provider() {
     let svc = Service::start_with(ferry_tests::demo_site(), Setup { extra, ..Setup::default() }).await;
     let (admin, dr) = owner(&svc, Some("H-4711")).await;
     let path = format!("/api/v1/patients/{}/request-documents", mueller());
-    let res = send(&svc, Method::POST, &path, &dr, Some(&json!({ "what": "Entlassbrief 11/2026" }))).await;
+    let res = svc.send(Method::POST, &path, &dr, Some(&json!({ "what": "Entlassbrief 11/2026" }))).await;
     assert_eq!(res.status(), 201);
     let sent = body(res).await;
     assert_eq!((sent["channel"].as_str(), sent["sentTo"].as_str()), (Some("email"), Some("records@hospital.example")));
@@ -193,7 +170,7 @@ async fn a_request_becomes_an_email_to_the_provider() {
 
     // the mail server refuses the recipient: 502 naming the server's answer, logged
     smtp.reject_next();
-    let v = problem(send(&svc, Method::POST, &path, &dr, Some(&json!({ "what": "Befunde" }))).await, 502).await;
+    let v = problem(svc.send(Method::POST, &path, &dr, Some(&json!({ "what": "Befunde" }))).await, 502).await;
     assert!(v["detail"].as_str().unwrap().contains("550") || v["detail"].as_str().unwrap().contains("mailbox"), "{v}");
     assert_eq!(smtp.mails().len(), 1);
     assert_eq!(request_log(&svc, &admin).await[0]["status"], "error");
@@ -209,7 +186,7 @@ async fn without_serve_requests_the_route_says_what_to_add() {
     .await;
     let (_, dr) = owner(&svc, None).await;
     let path = format!("/api/v1/patients/{}/request-documents", mueller());
-    let v = problem(send(&svc, Method::POST, &path, &dr, Some(&json!({ "what": "x" }))).await, 403).await;
+    let v = problem(svc.send(Method::POST, &path, &dr, Some(&json!({ "what": "x" }))).await, 403).await;
     assert!(v["detail"].as_str().unwrap().contains("[serve.requests"), "{v}");
     svc.stop().await;
 }

@@ -13,13 +13,13 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ferry::serve::auth::{self, Role};
+use ferry::serve::auth::Role;
 use ferry_tests::SmtpServer;
 use serde_json::json;
 
-use crate::harness::{mueller, Service, Setup, CLINIC};
+use crate::harness::{mueller, Service, Setup};
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
@@ -59,21 +59,14 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
         smtp.port()
     );
     let svc = Service::start_with(ferry_tests::demo_site(), Setup { extra, ..Setup::default() }).await;
-    let mint = |sub: &str, role: Role| {
-        auth::mint(&svc.auth_config(), sub, role, Duration::from_secs(7200), Some(CLINIC)).unwrap()
-    };
-    let admin = mint("admin-1", Role::Admin);
-    let dr = mint("dr-a", Role::Viewer);
+    let admin = svc.token_for("admin-1", Role::Admin);
+    let dr = svc.token_for("dr-a", Role::Viewer);
     // something to find: a practitioner, their record of the demo patient, a document
-    let post = |path: &str, token: &str, body: serde_json::Value| {
-        let req = svc
-            .http
-            .post(svc.url(path))
-            .bearer_auth(token.to_owned())
-            .header("content-type", "application/json")
-            .body(body.to_string());
+    let post = |path: &'static str, token: &str, body: serde_json::Value| {
+        let token = token.to_owned();
+        let svc = &svc;
         async move {
-            let res = req.send().await.unwrap();
+            let res = svc.send(reqwest::Method::POST, path, &token, Some(&body)).await;
             assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
         }
     };

@@ -96,8 +96,9 @@ pub trait Index: Send + Sync {
     fn images_of(&self, guid: &str) -> Result<Vec<IndexedImage>, LedgerError>;
 
     /// Patients whose first or last name starts with each word of `query`
-    /// (case- and accent-insensitive), with their image counts.
-    fn search_patients(&self, query: &str, limit: u32) -> Result<Vec<PatientHit>, LedgerError>;
+    /// (case- and accent-insensitive), with their image counts, by name;
+    /// `after` a patient guid: the ones following it (keyset paging).
+    fn search_patients(&self, query: &str, after: Option<&str>, limit: u32) -> Result<Vec<PatientHit>, LedgerError>;
 }
 
 impl Index for SqliteLedger {
@@ -153,29 +154,37 @@ impl Index for SqliteLedger {
 
     /// Patients whose first or last name starts with each word of `query`
     /// (case- and accent-insensitive), with their image counts.
-    fn search_patients(&self, query: &str, limit: u32) -> Result<Vec<PatientHit>, LedgerError> {
+    fn search_patients(&self, query: &str, after: Option<&str>, limit: u32) -> Result<Vec<PatientHit>, LedgerError> {
         let words: Vec<String> = fold(query).split_whitespace().map(str::to_owned).collect();
         if words.is_empty() {
             return Ok(Vec::new());
         }
         self.with(|c| {
+            // an `after` guid the index does not know compares as NULL: no rows
             let mut stmt = c.prepare(
-                "SELECT p.guid, p.name, p.search, (SELECT count(*) FROM images i WHERE i.patient_guid = p.guid)
-                 FROM patients p ORDER BY p.name, p.guid",
+                "SELECT p.guid, p.name, p.search FROM patients p
+                 WHERE ?1 IS NULL OR (p.name, p.guid) > ((SELECT name FROM patients WHERE guid = ?1), ?1)
+                 ORDER BY p.name, p.guid",
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            let rows = stmt.query_map(params![after], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
             })?;
             let mut hits = Vec::new();
             for row in rows {
-                let (guid, name, search, n) = row?;
+                let (guid, name, search) = row?;
                 let tokens: Vec<&str> = search.split(' ').collect();
                 if words.iter().all(|w| tokens.iter().any(|t| t.starts_with(w.as_str()))) {
-                    hits.push(PatientHit { guid, name, image_count: n as u64 });
+                    hits.push(PatientHit { guid, name, image_count: 0 });
                     if hits.len() >= limit as usize {
                         break;
                     }
                 }
+            }
+            drop(stmt);
+            // counted for the hits only, not for every patient scanned
+            let mut count = c.prepare_cached("SELECT count(*) FROM images WHERE patient_guid = ?1")?;
+            for h in &mut hits {
+                h.image_count = count.query_row(params![h.guid], |r| r.get::<_, i64>(0))? as u64;
             }
             Ok(hits)
         })

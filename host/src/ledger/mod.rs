@@ -216,14 +216,23 @@ mod tests {
         l.index_image("b", "g1", "images/g1/b.dcm", &facts("Müller^Jürgen", "b")).unwrap();
         l.index_image("c", "g2", "images/g2/c.dcm", &facts("Straße^Zoë", "c")).unwrap();
         let s = |q: &str| {
-            l.search_patients(q, 10).unwrap().into_iter().map(|h| (h.guid, h.image_count)).collect::<Vec<_>>()
+            l.search_patients(q, None, 10).unwrap().into_iter().map(|h| (h.guid, h.image_count)).collect::<Vec<_>>()
         };
         assert_eq!(s("mul"), vec![("g1".to_string(), 2)]);
         assert_eq!(s("JURG muell"), vec![("g1".to_string(), 2)]);
         assert_eq!(s("strass"), vec![("g2".to_string(), 1)]);
         assert_eq!(s("zoe"), vec![("g2".to_string(), 1)]);
         assert!(s("ller").is_empty(), "prefix, not substring");
-        assert_eq!(l.search_patients("müller", 1).unwrap()[0].name, "Müller, Jürgen");
+        assert_eq!(l.search_patients("müller", None, 1).unwrap()[0].name, "Müller, Jürgen");
+        // keyset paging by (name, guid)
+        l.index_image("d", "g0", "images/g0/d.dcm", &facts("Müller^Anna", "d")).unwrap();
+        let page = |after: Option<&str>| {
+            l.search_patients("mül", after, 1).unwrap().into_iter().map(|h| h.guid).collect::<Vec<_>>()
+        };
+        assert_eq!(page(None), ["g0"]);
+        assert_eq!(page(Some("g0")), ["g1"]);
+        assert!(page(Some("g1")).is_empty());
+        assert!(page(Some("unknown")).is_empty());
         assert_eq!(l.images_of("g1").unwrap().len(), 2);
     }
 

@@ -16,6 +16,8 @@ pub struct SearchQuery {
     name: Option<String>,
     /// At most this many patients (default 50, at most 200).
     limit: Option<u32>,
+    /// From the previous page's `Link: <…>; rel="next"` header.
+    cursor: Option<String>,
 }
 
 /// A patient found by name.
@@ -33,18 +35,50 @@ pub struct PatientHit {
     pub href: Option<String>,
 }
 
+/// Where a page of patients starts: after a record (records come first,
+/// by name), or after a patient only the image index knows (an admin's
+/// search goes on into the index once the records are done; staff search
+/// only the index). `r:{guid}` / `i:{guid}` in the cursor, `i` for the
+/// start of the index.
+#[derive(Debug, Clone, PartialEq)]
+enum Resume {
+    Records(Option<String>),
+    Index(Option<String>),
+}
+
+impl Resume {
+    fn parse(cursor: Option<&str>) -> ApiResult<Resume> {
+        let bad = || Problem::bad_request("invalid-cursor", "`cursor` is the one a previous page's `Link` header gave");
+        let Some(c) = cursor else { return Ok(Resume::Records(None)) };
+        if c == "i" {
+            return Ok(Resume::Index(None));
+        }
+        let (kind, guid) = c.split_once(':').ok_or_else(bad)?;
+        if !crate::runner::valid_guid(guid) {
+            return Err(bad());
+        }
+        match kind {
+            "r" => Ok(Resume::Records(Some(guid.to_owned()))),
+            "i" => Ok(Resume::Index(Some(guid.to_owned()))),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// The caller's patients: an admin's are all patient records, a
 /// practitioner's those they own, a patient user's their own; staff
 /// search the image index by name (`name` required), as before the
-/// records API.
+/// records API. Paged by name: a full page has a `Link` header to the
+/// next (RFC 8288), so the body stays the list it always was.
 #[utoipa::path(
     get,
     path = "/patients",
     tag = "patients",
     params(SearchQuery),
     responses(
-        (status = 200, description = "The caller's patients, by name", body = [PatientHit]),
-        (status = 400, description = "No name given (staff), or a bad one", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The caller's patients, by name", body = [PatientHit],
+            headers(("Link" = String, description = "`</api/v1/patients?…&cursor=…>; rel=\"next\"` when there are more"))),
+        (status = 400, description = "No name given (staff), or a bad one, or a bad cursor", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token may not do this", body = Problem, content_type = "application/problem+json"),
     )
@@ -53,25 +87,26 @@ pub(super) async fn search_patients(
     State(state): St,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<SearchQuery>,
-) -> ApiResult<Json<Vec<PatientHit>>> {
+) -> ApiResult<Response> {
     let who = allow(&state, &headers, Action::ListPatients, None).await?;
-    let name = q.name.unwrap_or_default();
-    let name = name.trim().to_owned();
+    let raw_name = q.name.unwrap_or_default();
+    let name = raw_name.trim().to_owned();
     if name.chars().count() > 200 {
         return Err(Problem::bad_request("invalid-name", "`name` is at most 200 characters"));
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let resume = Resume::parse(q.cursor.as_deref())?;
     // the index splits names at hyphens (`Hans-Peter`) and the display
     // form has a comma (`Müller, Anna`): so does the query
-    let name = name.replace(['-', ',', '^'], " ");
+    let words = name.replace(['-', ',', '^'], " ");
     let scope = authz::list_scope(&who);
-    if scope == authz::ListScope::ImageIndex && name.trim().is_empty() {
+    if scope == authz::ListScope::ImageIndex && words.trim().is_empty() {
         return Err(Problem::bad_request("missing-name", "give `name`: the start of a first or last name"));
     }
     let ledger = state.ledger.clone();
-    let hits = blocking(move || {
+    let (hits, next) = blocking(move || {
         let err = Problem::ledger;
-        let query = (!name.trim().is_empty()).then_some(name.as_str());
+        let query = (!words.trim().is_empty()).then_some(words.as_str());
         let record_hit = |p: crate::ledger::PatientRow| -> ApiResult<PatientHit> {
             let images = ledger.images_of(&p.guid).map_err(err)?.len() as u64;
             Ok(PatientHit {
@@ -89,44 +124,88 @@ pub(super) async fn search_patients(
             name: h.name,
             image_count: h.image_count,
         };
-        match scope {
-            authz::ListScope::ImageIndex => Ok(ledger
-                .search_patients(query.unwrap_or_default(), limit)
-                .map_err(err)?
-                .into_iter()
-                .map(index_hit)
-                .collect()),
-            authz::ListScope::Owned(owner) => {
-                ledger.patients(Some(&owner), query, None, limit).map_err(err)?.into_iter().map(record_hit).collect()
-            }
-            authz::ListScope::Own(guid) => {
-                let own = ledger.patient(&guid).map_err(err)?.into_iter();
-                own.map(record_hit).collect()
-            }
-            authz::ListScope::All => {
-                // records first, then patients only the image index knows
-                let mut hits: Vec<PatientHit> = ledger
-                    .patients(None, query, None, limit)
-                    .map_err(err)?
-                    .into_iter()
-                    .map(record_hit)
-                    .collect::<ApiResult<_>>()?;
-                if let Some(q) = query {
-                    for h in ledger.search_patients(q, limit).map_err(err)? {
-                        if hits.len() >= limit as usize {
-                            break;
-                        }
-                        if !hits.iter().any(|x| x.patient_guid == h.guid) {
-                            hits.push(index_hit(h));
+        // up to `want + 1` index hits after `after`, leaving out patients
+        // with a record when those were listed already
+        let index = |after: Option<String>, want: usize, skip_records: bool| -> ApiResult<Vec<PatientHit>> {
+            let Some(q) = query else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            let mut after = after;
+            loop {
+                let batch = ledger.search_patients(q, after.as_deref(), want as u32 + 1).map_err(err)?;
+                let exhausted = batch.len() <= want;
+                for h in batch {
+                    after = Some(h.guid.clone());
+                    if !skip_records || ledger.patient(&h.guid).map_err(err)?.is_none() {
+                        out.push(index_hit(h));
+                        if out.len() > want {
+                            return Ok(out);
                         }
                     }
                 }
-                Ok(hits)
+                if exhausted {
+                    return Ok(out);
+                }
             }
-        }
+        };
+        let records = |owner: Option<&str>, after: Option<String>| -> ApiResult<Vec<PatientHit>> {
+            let rows = ledger.patients(owner, query, after.as_deref(), limit + 1).map_err(err)?;
+            rows.into_iter().map(record_hit).collect()
+        };
+        let limit = limit as usize;
+        // a page of `limit`, and the cursor of the next when there is more
+        // (a page of records that ends where the index begins: `i`)
+        let page = |mut hits: Vec<PatientHit>, kind: &str| {
+            let next = (hits.len() > limit).then(|| {
+                hits.truncate(limit);
+                let last = &hits[limit - 1];
+                if kind == "i" && last.href.is_some() {
+                    "i".to_owned()
+                } else {
+                    format!("{kind}:{}", last.patient_guid)
+                }
+            });
+            (hits, next)
+        };
+        Ok(match (scope, resume) {
+            (authz::ListScope::ImageIndex, Resume::Records(None)) => page(index(None, limit, false)?, "i"),
+            (authz::ListScope::ImageIndex, Resume::Index(after)) => page(index(after, limit, false)?, "i"),
+            (authz::ListScope::Owned(owner), Resume::Records(after)) => page(records(Some(&owner), after)?, "r"),
+            (authz::ListScope::Own(guid), Resume::Records(None)) => {
+                (ledger.patient(&guid).map_err(err)?.into_iter().map(record_hit).collect::<ApiResult<_>>()?, None)
+            }
+            (authz::ListScope::All, Resume::Records(after)) => {
+                let hits = records(None, after)?;
+                if hits.len() > limit {
+                    page(hits, "r")
+                } else {
+                    // the records are done: on into the patients only the index knows
+                    let mut hits = hits;
+                    let more = index(None, limit - hits.len(), true)?;
+                    let spill = hits.len() + more.len() > limit;
+                    hits.extend(more);
+                    if spill {
+                        page(hits, "i")
+                    } else {
+                        (hits, None)
+                    }
+                }
+            }
+            (authz::ListScope::All, Resume::Index(after)) => page(index(after, limit, true)?, "i"),
+            _ => return Err(Problem::bad_request("invalid-cursor", "this cursor is not one of this caller's pages")),
+        })
     })
     .await?;
-    Ok(Json(hits))
+    let mut res = Json(hits).into_response();
+    if let Some(cursor) = next {
+        let mut link = format!("/api/v1/patients?limit={limit}&cursor={}", seg(&cursor));
+        if !raw_name.trim().is_empty() {
+            link.push_str(&format!("&name={}", seg(raw_name.trim())));
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("<{link}>; rel=\"next\"")) {
+            res.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(res)
 }
 
 // ---------------------------------------------------------------- records
