@@ -423,3 +423,113 @@ async fn shares_expire_and_are_revoked() {
     assert!(![&raw, &wal].iter().any(|b| String::from_utf8_lossy(b).contains("Mitbehandlung")));
     svc.stop().await;
 }
+
+/// The documents' rows of the authorization table (`serve::authz`),
+/// walked as a matrix: every document route × admin, the owning
+/// practitioner (the document's source), a colleague it is shared with,
+/// a colleague it is not, the patient, staff viewer, staff operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_routes_as_a_matrix() {
+    let smtp = ferry_tests::SmtpServer::start(None);
+    let mut setup = setup();
+    setup.extra.push_str(&format!(
+        "\n[serve.requests.smtp]\nserver = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\n\
+         from = \"praxis@praxis.example\"\nto = \"records@hospital.example\"\n",
+        smtp.port()
+    ));
+    let svc = Service::start_with(ferry_tests::demo_site(), setup).await;
+    let p = people(&svc).await;
+    let g = p.guid.clone();
+    let d = user("dr-d", "practitioner", json!({}));
+    assert_eq!(svc.status(Method::POST, "/api/v1/users", &p.admin, Some(&d)).await, 201);
+    let viewer = svc.token_for("front-desk", Role::Viewer);
+    let png: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
+    let res = upload(&svc, &g, &p.dr_a, &[("file", Some("a.png"), None, png)]).await;
+    assert_eq!(res.status(), 201);
+    let id = body(res).await["id"].as_str().unwrap().to_owned();
+    let share = json!({ "practitioner": "dr-b" });
+    let res = svc.send(Method::POST, &format!("/api/v1/documents/{id}/share"), &p.dr_a, Some(&share)).await;
+    assert_eq!(res.status(), 201);
+    let share_id = body(res).await["id"].as_i64().unwrap();
+
+    let callers = [
+        ("admin", &p.admin),
+        ("dr-a (owner, source)", &p.dr_a),
+        ("dr-b (shared with)", &p.dr_b),
+        ("dr-c (not shared with)", &p.dr_c),
+        ("patient", &p.patient),
+        ("staff viewer", &viewer),
+        ("staff operator", &p.staff),
+    ];
+    let docs = format!("/api/v1/patients/{g}/documents");
+    let doc = format!("/api/v1/documents/{id}");
+    let change = json!({ "title": "Zahnfoto" });
+    let to_d = json!({ "practitioner": "dr-d" });
+    let ask = json!({ "what": "Röntgenbefunde" });
+    type Row = (Method, String, Option<Value>, [u16; 7]);
+    let rows: Vec<Row> = vec![
+        (Method::GET, docs.clone(), None, [200, 200, 404, 404, 200, 403, 403]),
+        (Method::GET, doc.clone(), None, [200, 200, 200, 404, 200, 403, 403]),
+        (Method::GET, format!("{doc}/content"), None, [200, 200, 200, 404, 200, 403, 403]),
+        (Method::PUT, doc.clone(), Some(change), [200, 200, 403, 404, 403, 403, 403]),
+        (Method::POST, format!("{doc}/share"), Some(to_d), [201, 201, 403, 404, 403, 403, 403]),
+        (Method::GET, format!("{doc}/shares"), None, [200, 200, 403, 404, 403, 403, 403]),
+        (Method::GET, format!("/api/v1/patients/{g}/shared-documents"), None, [200, 200, 200, 200, 200, 200, 200]),
+        (Method::GET, "/api/v1/shared-with-me".into(), None, [200, 200, 200, 200, 200, 200, 200]),
+        (
+            Method::POST,
+            format!("/api/v1/patients/{g}/request-documents"),
+            Some(ask),
+            [201, 201, 404, 404, 403, 403, 403],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, body, want) in &rows {
+        for ((who, t), want) in callers.iter().zip(want) {
+            let got = svc.status(method.clone(), path, t, body.as_ref()).await;
+            if got != *want {
+                wrong.push(format!("{method} {path} as {who}: {got}, want {want}"));
+            }
+        }
+    }
+    // uploading, as a multipart form
+    for ((who, t), want) in callers.iter().zip([201, 201, 404, 404, 403, 403, 403]) {
+        let got = upload(&svc, &g, t, &[("file", Some("b.png"), None, png)]).await.status().as_u16();
+        if got != want {
+            wrong.push(format!("POST {docs} as {who}: {got}, want {want}"));
+        }
+    }
+    // what is shared with whom, as each sees it
+    let shared_with = |t: &str| {
+        let (svc, t) = (&svc, t.to_owned());
+        async move {
+            let v = body(svc.send(Method::GET, "/api/v1/shared-with-me", &t, None).await).await;
+            v["shared"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["share"]["practitioner"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(shared_with(&p.dr_b).await, ["dr-b"]);
+    assert!(shared_with(&p.dr_c).await.is_empty());
+    assert!(shared_with(&viewer).await.is_empty());
+    // the destructive rows: refused first, then the source; once the share
+    // is revoked dr-b no longer reaches the document at all (404)
+    for (path, want) in
+        [(format!("/api/v1/shares/{share_id}"), [403, 404, 403, 403, 403]), (doc.clone(), [404, 404, 403, 403, 403])]
+    {
+        for ((who, t), want) in callers[2..].iter().zip(want) {
+            let got = svc.status(Method::DELETE, &path, t, None).await;
+            if got != want {
+                wrong.push(format!("DELETE {path} as {who}: {got}, want {want}"));
+            }
+        }
+        assert_eq!(svc.status(Method::DELETE, &path, &p.dr_a, None).await, 204, "DELETE {path} as its source");
+    }
+    assert!(wrong.is_empty(), "the matrix differs from the table:\n  {}", wrong.join("\n  "));
+    assert_eq!(svc.status(Method::GET, &doc, &p.admin, None).await, 404, "deleted: gone for everyone");
+    assert_eq!(smtp.mails().len(), 2, "the admin's and dr-a's requests");
+    svc.stop().await;
+}
