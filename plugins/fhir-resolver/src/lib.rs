@@ -192,6 +192,44 @@ fn lookup(s: &Settings, t: &mut dyn Transport, q: &Query) -> Result<Resolution, 
         Query::Id(id) => return read_patient(s, t, id),
     };
     let url = format!("{}/Patient?identifier={}&_count=10", s.base_url, percent_encode(token));
+    match fhir_get(s, t, url, "searching Patient")? {
+        Answer::Found(body) => parse(&body).map_err(|why| retryable(format!("FHIR server at {}: {why}", s.api))),
+        Answer::Gone => Err(permanent(format!(
+            "FHIR server at {} answered 404 searching Patient; check base_url in [resolver.config]",
+            s.api
+        ))),
+    }
+}
+
+/// `GET Patient/{id}`: the Patient itself, or none.
+fn read_patient(s: &Settings, t: &mut dyn Transport, id: &str) -> Result<Resolution, StageError> {
+    let url = format!("{}/Patient/{id}", s.base_url);
+    match fhir_get(s, t, url, "reading a Patient")? {
+        Answer::Found(body) => {
+            let v: Value = serde_json::from_slice(&body)
+                .map_err(|_| retryable(format!("FHIR server at {}: the Patient is not JSON", s.api)))?;
+            let same = v.get("resourceType").and_then(Value::as_str) == Some("Patient")
+                && v.get("id").and_then(Value::as_str) == Some(id);
+            if same {
+                Ok(Resolution::Resolved(id.to_owned()))
+            } else {
+                Err(retryable(format!("FHIR server at {}: the answer is not Patient/{id}", s.api)))
+            }
+        }
+        Answer::Gone => Ok(Resolution::NotFound),
+    }
+}
+
+/// What a GET found: a 200's body, or 404/410.
+enum Answer {
+    Found(Vec<u8>),
+    Gone,
+}
+
+/// One GET (`what`: "searching Patient", for the messages); every other
+/// status is an error saying what to check — credentials, the server, the
+/// base URL.
+fn fhir_get(s: &Settings, t: &mut dyn Transport, url: String, what: &str) -> Result<Answer, StageError> {
     let req = Request {
         method: "GET".into(),
         url,
@@ -202,53 +240,16 @@ fn lookup(s: &Settings, t: &mut dyn Transport, q: &Query) -> Result<Resolution, 
     };
     let r = t.send(&req).map_err(|e| {
         let mut e: StageError = e.into();
-        e.message = format!("calling the FHIR server at {} (searching Patient): {}", s.api, e.message);
+        e.message = format!("calling the FHIR server at {} ({what}): {}", s.api, e.message);
         e
     })?;
-    let said = format!("FHIR server at {} answered {} searching Patient", s.api, r.status);
+    let said = format!("FHIR server at {} answered {} {what}", s.api, r.status);
     match r.status {
-        200 => parse(&r.body).map_err(|why| retryable(format!("FHIR server at {}: {why}", s.api))),
+        200 => Ok(Answer::Found(r.body)),
+        404 | 410 => Ok(Answer::Gone),
         401 | 403 => Err(permanent(format!(
             "{said}: the credentials were refused; check the credential the pipeline's http grant for {} adds \
              (fhir-resolver sends none of its own) and that it may read Patient",
-            s.api
-        ))),
-        408 | 429 | 500..=599 => Err(retryable(format!("{said} after the host's retries; will try again later"))),
-        _ => Err(permanent(format!("{said}; check base_url in [resolver.config]"))),
-    }
-}
-
-/// `GET Patient/{id}`: the Patient itself, or none.
-fn read_patient(s: &Settings, t: &mut dyn Transport, id: &str) -> Result<Resolution, StageError> {
-    let req = Request {
-        method: "GET".into(),
-        url: format!("{}/Patient/{id}", s.base_url),
-        headers: vec![("Accept".into(), "application/fhir+json".into())],
-        body: None,
-        timeout_ms: Some(s.timeout_ms),
-        retry: true,
-    };
-    let r = t.send(&req).map_err(|e| {
-        let mut e: StageError = e.into();
-        e.message = format!("calling the FHIR server at {} (reading a Patient): {}", s.api, e.message);
-        e
-    })?;
-    let said = format!("FHIR server at {} answered {} reading a Patient", s.api, r.status);
-    match r.status {
-        200 => {
-            let v: Value = serde_json::from_slice(&r.body)
-                .map_err(|_| retryable(format!("FHIR server at {}: the Patient is not JSON", s.api)))?;
-            let same = v.get("resourceType").and_then(Value::as_str) == Some("Patient")
-                && v.get("id").and_then(Value::as_str) == Some(id);
-            if same {
-                Ok(Resolution::Resolved(id.to_owned()))
-            } else {
-                Err(retryable(format!("FHIR server at {}: the answer is not Patient/{id}", s.api)))
-            }
-        }
-        404 | 410 => Ok(Resolution::NotFound),
-        401 | 403 => Err(permanent(format!(
-            "{said}: the credentials were refused; check the credential the pipeline's http grant for {} adds",
             s.api
         ))),
         408 | 429 | 500..=599 => Err(retryable(format!("{said} after the host's retries; will try again later"))),
