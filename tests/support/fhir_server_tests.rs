@@ -612,7 +612,7 @@ async fn fhir_static_token_and_capability_statement() {
     let rest = &cs["rest"][0];
     assert_eq!((&rest["mode"], rest.get("security")), (&json!("server"), None));
     let types: Vec<&str> = rest["resource"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["Patient", "DocumentReference", "Binary"]);
+    assert_eq!(types, ["Patient", "DocumentReference", "Binary", "Task"]);
     let doc_ref = &rest["resource"][1];
     let interactions: Vec<&str> =
         doc_ref["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
