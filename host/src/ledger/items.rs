@@ -62,6 +62,10 @@ pub struct ItemRecord {
 pub trait Items: Send + Sync {
     fn item(&self, id: &str) -> Result<Option<ItemRecord>, LedgerError>;
 
+    /// The records of many items at once (a scan page's), by id; ids the
+    /// ledger does not know are absent.
+    fn items_by_id(&self, ids: &[&str]) -> Result<std::collections::HashMap<String, ItemRecord>, LedgerError>;
+
     /// Records an outcome and appends to the synchronization log. For
     /// problems, `backoff` sets when the item may be tried again.
     #[allow(clippy::too_many_arguments)]
@@ -95,7 +99,30 @@ pub trait Items: Send + Sync {
 
 impl Items for SqliteLedger {
     fn item(&self, id: &str) -> Result<Option<ItemRecord>, LedgerError> {
-        self.with(|c| c.query_row(select_items!("WHERE id = ?1"), params![id], row_to_item).optional())
+        self.with(|c| c.prepare_cached(select_items!("WHERE id = ?1"))?.query_row(params![id], row_to_item).optional())
+    }
+
+    fn items_by_id(&self, ids: &[&str]) -> Result<std::collections::HashMap<String, ItemRecord>, LedgerError> {
+        // fixed-size chunks, so the statements are prepared once and cached
+        const CHUNK: usize = 256;
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        self.with(|c| {
+            for chunk in ids.chunks(CHUNK) {
+                let sql = format!(
+                    "{} WHERE id IN ({})",
+                    select_items!(""),
+                    std::iter::repeat_n("?", chunk.len()).collect::<Vec<_>>().join(", ")
+                );
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(chunk.iter()), row_to_item)?;
+                for r in rows {
+                    let r = r?;
+                    out.insert(r.id.clone(), r);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Records an outcome and appends to the synchronization log. For

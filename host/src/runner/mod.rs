@@ -216,17 +216,11 @@ enum Verdict {
     Parked(Report),
 }
 
-fn verdict(ledger: &dyn RunLedger, w: &Work) -> Verdict {
-    let rec = match ledger.item(&w.item.id) {
-        Ok(Some(r)) => r,
-        Ok(None) => return Verdict::Process(None),
-        Err(e) => {
-            tracing::warn!("ledger lookup failed, processing {}: {e}", w.item.id);
-            return Verdict::Process(None);
-        }
-    };
+/// `rec`: the ledger's record of the item (read for the whole page).
+fn verdict(rec: Option<&crate::ledger::ItemRecord>, w: &Work) -> Verdict {
+    let Some(rec) = rec else { return Verdict::Process(None) };
     if rec.fingerprint.is_none() || rec.fingerprint != w.fingerprint {
-        return Verdict::Process(previous(&rec));
+        return Verdict::Process(previous(rec));
     }
     let report = |outcome, detail: String| Report {
         subject: w.item.id.clone(),
@@ -251,7 +245,7 @@ fn verdict(ledger: &dyn RunLedger, w: &Work) -> Verdict {
                 ),
             ))
         }
-        _ => Verdict::Process(previous(&rec)),
+        _ => Verdict::Process(previous(rec)),
     }
 }
 
@@ -577,6 +571,22 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         None,
                     );
                 }
+                // what the ledger knows of the page's items, in one read
+                // (a pass where nothing changed is mostly this)
+                let known = if force {
+                    std::collections::HashMap::new()
+                } else {
+                    let ids: Vec<&str> = page
+                        .items
+                        .iter()
+                        .map(|s| s.item.id.as_str())
+                        .filter(|id| only.as_ref().is_none_or(|o| o.contains(*id)))
+                        .collect();
+                    ledger.items_by_id(&ids).unwrap_or_else(|e| {
+                        tracing::warn!("ledger lookup failed, processing the page's items: {e}");
+                        std::collections::HashMap::new()
+                    })
+                };
                 for crate::stage::Scanned { item, document } in page.items {
                     // a spooled file goes when its item does, however it ends
                     let spool = spool_file(&roots, &item.file);
@@ -588,7 +598,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                     }
                     let fp = fingerprint(&roots, &item.file);
                     let mut work = Work { item, fingerprint: fp, spool, document, page: page_no, previous: None };
-                    let verdict = if force { Verdict::Process(None) } else { verdict(&*ledger, &work) };
+                    let verdict = if force { Verdict::Process(None) } else { verdict(known.get(&work.item.id), &work) };
                     match verdict {
                         Verdict::Done(r) => {
                             summary.scanned.fetch_add(1, Ordering::Relaxed);

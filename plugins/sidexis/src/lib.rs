@@ -211,6 +211,24 @@ pub fn scan_page(
     Ok(page)
 }
 
+/// One top-level entry of a page: a patient folder or something else.
+enum Entry<'a> {
+    Folder { name: &'a str, id: u64 },
+    Other(&'a str),
+}
+
+/// A patient folder once listed: its images (id, entry, path) and what
+/// else it holds, or why it could not be listed.
+enum Listed {
+    Images { images: Vec<(u64, DirEntry, String)>, notices: Vec<Notice> },
+    Unlisted(Notice),
+}
+
+/// The page's folders, listed first; then the database is asked once per
+/// page (not once per folder): one query for every patient on the page,
+/// one for every image id, in chunks of [`IDS_PER_QUERY`]. On SQL Server
+/// each query is a round trip, and a site's patient table may have no
+/// index on the id: per page, either costs a page's worth once.
 fn page_after(
     config: &Config,
     site: &mut dyn Site,
@@ -218,6 +236,7 @@ fn page_after(
     top: &[DirEntry],
 ) -> Result<Page, StageError> {
     let mut page = Page { items: Vec::new(), notices: Vec::new(), next_cursor: None };
+    let mut entries: Vec<Entry<'_>> = Vec::new();
     let mut folders = 0u32;
     let mut last: Option<&str> = None;
     let mut remaining = top.iter().filter(|e| cursor.is_none_or(|c| e.name.as_str() > c)).peekable();
@@ -229,16 +248,50 @@ fn page_after(
         if id.is_some() && folders == config.folders_per_page {
             // Page full and another patient folder waits: stop before it.
             page.next_cursor = last.map(str::to_string);
-            return Ok(page);
+            break;
         }
         let entry = remaining.next().expect("peeked");
         last = Some(&entry.name);
-        match id {
+        entries.push(match id {
             Some(id) => {
                 folders += 1;
-                scan_patient_folder(config, site, &entry.name, id, &mut page)?;
+                Entry::Folder { name: &entry.name, id }
             }
-            None => page.notices.push(notice(&entry.name, NoticeOutcome::Skip, "not a Sidexis patient folder")),
+            None => Entry::Other(&entry.name),
+        });
+    }
+
+    let mut listed: Vec<(u64, Listed)> = Vec::new();
+    for e in &entries {
+        if let Entry::Folder { name, id } = e {
+            listed.push((*id, list_patient_folder(site, name)?));
+        }
+    }
+    // who is who, for the folders that hold images; then the images' names
+    // of the patients with a card id
+    let holding = |l: &Listed| matches!(l, Listed::Images { images, .. } if !images.is_empty());
+    let patient_ids: BTreeSet<u64> = listed.iter().filter(|(_, l)| holding(l)).map(|(id, _)| *id).collect();
+    let patients = patients(config, site, &patient_ids)?;
+    let mut image_ids = BTreeSet::new();
+    for (id, l) in &listed {
+        if let (Some(Patient::Cards(_)), Listed::Images { images, .. }) = (patients.get(id), l) {
+            image_ids.extend(images.iter().map(|(image_id, _, _)| *image_id));
+        }
+    }
+    let names = image_names(config, site, &image_ids)?;
+
+    // the page in the order of the share
+    let mut listed = listed.into_iter();
+    for e in entries {
+        match e {
+            Entry::Other(name) => page.notices.push(notice(name, NoticeOutcome::Skip, "not a Sidexis patient folder")),
+            Entry::Folder { id, .. } => match listed.next().expect("one listing per folder").1 {
+                Listed::Unlisted(n) => page.notices.push(n),
+                Listed::Images { images, notices } => {
+                    page.notices.extend(notices);
+                    folder_items(config, id, images, patients.get(&id), &names, &mut page);
+                }
+            },
         }
     }
     Ok(page)
@@ -246,69 +299,69 @@ fn page_after(
 
 /// What the patient table says about one patient.
 enum Patient {
-    Missing,
     NoCardId,
     Cards(Vec<String>),
 }
 
-fn scan_patient_folder(
-    config: &Config,
-    site: &mut dyn Site,
-    folder: &str,
-    patient_id: u64,
-    page: &mut Page,
-) -> Result<(), StageError> {
+fn list_patient_folder(site: &mut dyn Site, folder: &str) -> Result<Listed, StageError> {
     let entries = match site.list_dir(folder) {
         Ok(entries) => entries,
         Err(e @ HostError::Unavailable(_)) => return Err(e).context(format_args!("listing {folder}")),
         Err(e) => {
             // Gone since the root was listed, or unreadable: a person should look.
             let e: StageError = e.into();
-            page.notices.push(notice(folder, NoticeOutcome::Fail, format!("cannot list folder: {}", e.message)));
-            return Ok(());
+            return Ok(Listed::Unlisted(notice(
+                folder,
+                NoticeOutcome::Fail,
+                format!("cannot list folder: {}", e.message),
+            )));
         }
     };
-
     // Sort the folder's entries into images and the rest.
     let mut images: Vec<(u64, DirEntry, String)> = Vec::new();
+    let mut notices = Vec::new();
     for entry in entries {
         let path = format!("{folder}/{}", entry.name);
         match (entry.kind, image_file_id(&entry.name)) {
             (EntryKind::File, Some(image_id)) => images.push((image_id, entry, path)),
             (EntryKind::Directory, _) => {
-                page.notices.push(notice(&path, NoticeOutcome::Skip, "subdirectory in a patient folder"))
+                notices.push(notice(&path, NoticeOutcome::Skip, "subdirectory in a patient folder"))
             }
-            _ => page.notices.push(notice(&path, NoticeOutcome::Skip, "not a Sidexis image file")),
+            _ => notices.push(notice(&path, NoticeOutcome::Skip, "not a Sidexis image file")),
         }
     }
     images.sort_by(|a, b| a.2.cmp(&b.2));
-    if images.is_empty() {
-        return Ok(());
-    }
+    Ok(Listed::Images { images, notices })
+}
 
-    let cards = match patient(config, site, patient_id)? {
-        Patient::Cards(cards) => cards,
-        Patient::Missing => {
+/// One folder's images as items (or notices saying why not).
+fn folder_items(
+    config: &Config,
+    patient_id: u64,
+    images: Vec<(u64, DirEntry, String)>,
+    patient: Option<&Patient>,
+    names: &BTreeMap<u64, String>,
+    page: &mut Page,
+) {
+    let cards = match patient {
+        Some(Patient::Cards(cards)) => cards,
+        None => {
             let reason =
                 format!("no row in {} table for {} {patient_id}", config.patient_table, config.patient_id_column);
             for (_, _, path) in &images {
                 page.notices.push(notice(path, NoticeOutcome::Fail, reason.clone()));
             }
-            return Ok(());
+            return;
         }
-        Patient::NoCardId => {
+        Some(Patient::NoCardId) => {
             for (_, _, path) in &images {
                 page.notices.push(notice(path, NoticeOutcome::Skip, "patient has no CardId"));
             }
-            return Ok(());
+            return;
         }
     };
-
-    let ids: BTreeSet<u64> = images.iter().map(|(id, _, _)| *id).collect();
-    let names = image_names(config, site, &ids)?;
-
     let mut keys = vec![PatientKey { scheme: "sidexis-id".into(), value: patient_id.to_string() }];
-    keys.extend(cards.into_iter().map(|value| PatientKey { scheme: "card-id".into(), value }));
+    keys.extend(cards.iter().map(|value| PatientKey { scheme: "card-id".into(), value: value.clone() }));
 
     for (image_id, entry, path) in images {
         let Some(name) = names.get(&image_id) else {
@@ -332,23 +385,37 @@ fn scan_patient_folder(
             ],
         });
     }
-    Ok(())
 }
 
-fn patient(config: &Config, site: &mut dyn Site, patient_id: u64) -> Result<Patient, StageError> {
-    let statement = format!(
-        "SELECT {} FROM {} WHERE {} = @P1",
-        config.card_id_column, config.patient_table, config.patient_id_column
-    );
-    let rows = site
-        .query(&statement, &[SqlValue::Integer(patient_id as i64)])
-        .context(format_args!("reading the {} table", config.patient_table))?;
-    if rows.is_empty() {
-        return Ok(Patient::Missing);
+/// The card ids of each patient the table knows (absent: no row).
+fn patients(config: &Config, site: &mut dyn Site, ids: &BTreeSet<u64>) -> Result<BTreeMap<u64, Patient>, StageError> {
+    let ids: Vec<u64> = ids.iter().copied().collect();
+    let mut cards: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for chunk in ids.chunks(IDS_PER_QUERY) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("@P{i}")).collect();
+        let statement = format!(
+            "SELECT {}, {} FROM {} WHERE {} IN ({})",
+            config.patient_id_column,
+            config.card_id_column,
+            config.patient_table,
+            config.patient_id_column,
+            placeholders.join(", ")
+        );
+        let params: Vec<SqlValue> = chunk.iter().map(|&id| SqlValue::Integer(id as i64)).collect();
+        let rows =
+            site.query(&statement, &params).context(format_args!("reading the {} table", config.patient_table))?;
+        for row in rows {
+            let Some(id) = row.first().and_then(value_id) else { continue };
+            let entry = cards.entry(id).or_default();
+            if let Some(card) = row.get(1).and_then(value_text).filter(|c| !c.is_empty()) {
+                entry.insert(card);
+            }
+        }
     }
-    let cards: BTreeSet<String> =
-        rows.iter().filter_map(|row| row.first().and_then(value_text)).filter(|card| !card.is_empty()).collect();
-    Ok(if cards.is_empty() { Patient::NoCardId } else { Patient::Cards(cards.into_iter().collect()) })
+    Ok(cards
+        .into_iter()
+        .map(|(id, c)| (id, if c.is_empty() { Patient::NoCardId } else { Patient::Cards(c.into_iter().collect()) }))
+        .collect())
 }
 
 /// Image names by id, for the ids the table knows (trimmed; may be empty).

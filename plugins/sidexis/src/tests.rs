@@ -82,9 +82,15 @@ impl Site for Fake {
             SqlValue::Integer(n) => *n,
             _ => panic!("non-integer param"),
         };
-        if statement.starts_with("SELECT CardId FROM patient WHERE SidexisPatientId = @P1") {
-            let id = int(&params[0]);
-            Ok(self.patients.iter().filter(|(p, _)| *p == id).map(|(_, c)| vec![c.clone()]).collect())
+        if statement.starts_with("SELECT SidexisPatientId, CardId FROM patient WHERE SidexisPatientId IN (@P1") {
+            assert_eq!(statement.matches("@P").count(), params.len());
+            let ids: Vec<i64> = params.iter().map(int).collect();
+            Ok(self
+                .patients
+                .iter()
+                .filter(|(p, _)| ids.contains(p))
+                .map(|(p, c)| vec![SqlValue::Integer(*p), c.clone()])
+                .collect())
         } else if statement.starts_with("SELECT ImageId, ImageName FROM mediabase WHERE ImageId IN (@P1") {
             assert_eq!(statement.matches("@P").count(), params.len());
             let ids: Vec<i64> = params.iter().map(int).collect();
@@ -243,6 +249,27 @@ fn many_images_are_queried_in_chunks() {
     let p = scan_page(&Config::default(), &mut s, None, &mut None).unwrap();
     assert_eq!(p.items.len(), 450);
     assert_eq!(s.queries.len(), 1 + 3);
+}
+
+#[test]
+fn a_page_asks_the_database_once_per_table_not_once_per_folder() {
+    let mut s = site();
+    let names: Vec<String> = (1..=40).map(|p| format!("P_{p:06}")).collect();
+    let top: Vec<(&str, EntryKind)> = names.iter().map(|n| (n.as_str(), D)).collect();
+    s.dir("", &top);
+    let files: Vec<String> = (1..=40).map(|p| format!("0000_{}.dcm", 1000 + p)).collect();
+    for (n, f) in names.iter().zip(&files) {
+        s.dir(n, &[(f.as_str(), F)]);
+    }
+    s.patients = (1..=40).map(|p| (p, SqlValue::Text(format!("C{p}")))).collect();
+    s.images = (1..=40).map(|p| (SqlValue::Integer(1000 + p), SqlValue::Text(format!("img{p}")))).collect();
+    let p = scan_page(&Config::default(), &mut s, None, &mut None).unwrap();
+    assert_eq!(p.items.len(), 40);
+    assert_eq!(s.queries.len(), 2, "{:?}", s.queries);
+    // each item keeps its own patient's keys
+    let item = p.items.iter().find(|i| i.id == "P_000007/0000_1007.dcm").unwrap();
+    assert!(item.patient_keys.iter().any(|k| k.scheme == "card-id" && k.value == "C7"));
+    assert!(item.patient_keys.iter().any(|k| k.scheme == "sidexis-id" && k.value == "7"));
 }
 
 #[test]

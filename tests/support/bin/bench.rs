@@ -11,7 +11,13 @@
 //!    → http-resolver → store) as a separate process;
 //! 4. a no-op re-run (nothing changed: the ledger answers);
 //! 5. peak RSS of `ferry run` moving one ~300 MB file (bytes stream from
-//!    disk in parts, so this should stay far below the file size).
+//!    disk in parts, so this should stay far below the file size);
+//! 6. the clinic-scale no-op: a site of 100,000 small images (10,000 with
+//!    `--quick`, `--noop-site N` to choose) stored once, then a pass where
+//!    nothing changed, next to a stat walk of the same tree (the floor: what
+//!    any change detection by size and mtime has to do). `--noop-only` runs
+//!    just this part (for profiling: `perf record -g target/release/ferry
+//!    run …` in the printed directory).
 //!
 //! It prints a table; nothing is asserted. Speed targets are read as the
 //! ratio ferry/baseline, which cancels out the machine.
@@ -34,6 +40,17 @@ fn main() -> Result<()> {
     let ferry_bin = PathBuf::from(args.first().context("usage: bench <path to ferry binary> [--quick]")?);
     let quick = args.iter().any(|a| a == "--quick");
     let (small, large) = if quick { (200, 30) } else { (SMALL, LARGE) };
+    let noop_n: u32 = match args.iter().position(|a| a == "--noop-site") {
+        Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).context("--noop-site takes a number of images")?,
+        None if quick => 10_000,
+        None => 100_000,
+    };
+    if args.iter().any(|a| a == "--noop-only") {
+        let noop = noop_pass(&ferry_bin, noop_n)?;
+        println!();
+        noop.print();
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 
     // a fresh directory per run (file creation right after mass deletion
@@ -81,6 +98,8 @@ fn main() -> Result<()> {
     let (big_time, big_rss, out) = run_ferry_measuring_rss(&ferry_bin, big.path())?;
     let big_line = last_line(&out);
 
+    let noop_site = noop_pass(&ferry_bin, noop_n)?;
+
     let files_n = files.len() as f64;
     println!();
     println!("| measure | baseline (aws-sdk-s3 PutObject ×{CONCURRENCY}) | ferry pipeline | ferry / baseline |");
@@ -102,10 +121,120 @@ fn main() -> Result<()> {
     println!("| wall time | {:.2?} | {:.2?} | |", baseline, first);
     println!("| no-op re-run | | {:.2?} ({}) | |", noop, noop_line.trim_start_matches("done: "));
     println!("| one {:.0} MB file | | {:.2?}, peak RSS {:.0} MB | |", mb(big_size), big_time, mb(big_rss));
+    noop_site.print();
     println!();
     println!("ferry first run: {line}");
     println!("big file run: {big_line}");
     Ok(())
+}
+
+/// The clinic-scale no-op figures.
+struct Noop {
+    images: u32,
+    first: Duration,
+    first_cpu: Duration,
+    noop: Duration,
+    noop_cpu: Duration,
+    noop_rss: u64,
+    walk: Duration,
+    line: String,
+    dir: PathBuf,
+}
+
+impl Noop {
+    fn print(&self) {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / self.images as f64;
+        println!("| {} small images, nothing changed | seconds | CPU s | µs / image | vs stat walk |", self.images);
+        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| stat walk of the tree (read_dir + metadata) | {:.2} | | {:.1} | 1.0× |",
+            self.walk.as_secs_f64(),
+            per(self.walk)
+        );
+        println!(
+            "| ferry no-op pass | {:.2} | {:.2} | {:.1} | {:.1}× |",
+            self.noop.as_secs_f64(),
+            self.noop_cpu.as_secs_f64(),
+            per(self.noop),
+            self.noop.as_secs_f64() / self.walk.as_secs_f64().max(1e-6)
+        );
+        println!(
+            "| (first pass, storing them) | {:.1} | {:.1} | {:.0} | |",
+            self.first.as_secs_f64(),
+            self.first_cpu.as_secs_f64(),
+            per(self.first)
+        );
+        println!("no-op pass: {}; peak RSS {:.0} MB", self.line.trim_start_matches("done: "), mb(self.noop_rss));
+        println!("site and ledger kept in {} (for profiling)", self.dir.display());
+    }
+}
+
+/// Stores a site of `n` small images once, then times a pass where
+/// nothing changed, next to a stat walk of the same tree.
+fn noop_pass(ferry_bin: &Path, n: u32) -> Result<Noop> {
+    let work = tempfile::Builder::new().prefix("ferry-bench-noop-").tempdir_in(bench_root())?.keep();
+    let patients = (n / 10).max(1);
+    eprintln!("bench: generating a site with {n} small images over {patients} patients in {}", work.display());
+    let t = Instant::now();
+    let mut b = SiteBuilder::new();
+    for p in 1..=patients {
+        let card = format!("C-{p:06}");
+        b = b
+            .patient(PatientSpec::new(p, &card, "Noop", &format!("Patient{p}")))
+            .map_card(&card, &guid(&format!("noop/{p}")));
+    }
+    for i in 0..n {
+        let spec = ImageSpec::new(i % patients + 1, i + 1, &format!("Image {}", i + 1), ImageKind::IntraOral);
+        b = b.image(spec.pixels(16, 16));
+    }
+    let site = b.build(&work.join("site"))?;
+    eprintln!("bench: generated in {:.1?}", t.elapsed());
+    let s3 = S3Server::start();
+    s3.create_bucket("noop");
+    let resolver = ResolverServer::start(site.card_map.clone());
+    write_pipeline(&work, &s3, &resolver, "noop")?;
+    eprintln!("bench: the first pass (stores {n} images)");
+    let cpu = children_cpu();
+    let (first, out) = run_ferry(ferry_bin, &work)?;
+    let first_cpu = children_cpu() - cpu;
+    if !last_line(&out).contains(&format!("stored={n}")) {
+        bail!("the first pass did not store every image: {}", last_line(&out));
+    }
+    eprintln!("bench: the no-op pass");
+    let cpu = children_cpu();
+    let (noop, noop_rss, out) = run_ferry_measuring_rss(ferry_bin, &work)?;
+    let noop_cpu = children_cpu() - cpu;
+    let line = last_line(&out);
+    if !line.contains(&format!("unchanged={n}")) {
+        bail!("the no-op pass was not one: {line}");
+    }
+    // the floor: every file's size and mtime, as a walk of the tree
+    let t = Instant::now();
+    let mut seen = 0u64;
+    let mut dirs = vec![work.join("site")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let md = e.metadata()?;
+            if md.is_dir() {
+                dirs.push(e.path());
+            } else {
+                seen += md.len() ^ md.modified()?.duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+            }
+        }
+    }
+    let walk = t.elapsed();
+    std::hint::black_box(seen);
+    Ok(Noop { images: n, first, first_cpu, noop, noop_cpu, noop_rss, walk, line, dir: work })
+}
+
+/// User + system CPU time of the children waited for so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn bench_root() -> PathBuf {

@@ -67,7 +67,8 @@ impl super::SqlBackend for std::sync::Arc<SqlitePool> {
 }
 
 pub(super) fn sqlite_query(conn: &rusqlite::Connection, sql: &str, params: &[SqlValue]) -> Result<Rows, CapError> {
-    let mut stmt = conn.prepare(sql).map_err(|e| match e {
+    // cached: a source asks the same few statements thousands of times
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| match e {
         rusqlite::Error::MultipleStatement => CapError::Invalid("only one statement per query is allowed".into()),
         e => CapError::Invalid(format!("cannot prepare statement: {e}")),
     })?;
