@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ferry::serve::auth::Role;
 use ferry_tests::SmtpServer;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::harness::{body, mueller, Service, Setup};
 
@@ -156,20 +156,12 @@ async fn the_records_tabs_in_headless_chromium() {
         svc.token_for("dr-a", Role::Viewer),
         svc.token_for("dr-b", Role::Viewer),
     );
-    let post = |path: &'static str, token: &str, body: Value| {
-        let token = token.to_owned();
-        let svc = &svc;
-        async move {
-            let res = svc.send(reqwest::Method::POST, path, &token, Some(&body)).await;
-            assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
-        }
-    };
     for (sub, name) in [("dr-a", "Dr. Anna Albers"), ("dr-b", "Dr. Bernd Brandt")] {
         let u = json!({ "sub": sub, "email": format!("{sub}@praxis.example"), "name": name, "type": "practitioner" });
-        post("/api/v1/users", &admin, u).await;
+        svc.created("/api/v1/users", &admin, &u).await;
     }
     let guid = mueller();
-    post("/api/v1/patients", &owner, json!({ "patientGuid": guid, "family": "Müller", "given": "Anna" })).await;
+    svc.created("/api/v1/patients", &owner, &json!({ "patientGuid": guid, "family": "Müller", "given": "Anna" })).await;
 
     let tokens = json!({
         "admin": admin, "owner": owner, "ownerSub": "dr-a", "colleague": colleague, "colleagueSub": "dr-b",

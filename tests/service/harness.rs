@@ -128,6 +128,15 @@ impl Service {
         req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
+    /// POSTs `body` as JSON, expecting `201 Created`; the created resource.
+    pub async fn created(&self, path: &str, token: &str, body: &serde_json::Value) -> serde_json::Value {
+        let res = self.send(reqwest::Method::POST, path, token, Some(body)).await;
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        assert_eq!(status, 201, "POST {path}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {text}"))
+    }
+
     /// The status [`Service::send`] gets.
     pub async fn status(
         &self,

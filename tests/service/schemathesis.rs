@@ -62,22 +62,14 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
     let admin = svc.token_for("admin-1", Role::Admin);
     let dr = svc.token_for("dr-a", Role::Viewer);
     // something to find: a practitioner, their record of the demo patient, a document
-    let post = |path: &'static str, token: &str, body: serde_json::Value| {
-        let token = token.to_owned();
-        let svc = &svc;
-        async move {
-            let res = svc.send(reqwest::Method::POST, path, &token, Some(&body)).await;
-            assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
-        }
-    };
-    post(
+    svc.created(
         "/api/v1/users",
         &admin,
-        json!({ "sub": "dr-a", "email": "dr-a@praxis.example", "name": "Dr. A", "type": "practitioner" }),
+        &json!({ "sub": "dr-a", "email": "dr-a@praxis.example", "name": "Dr. A", "type": "practitioner" }),
     )
     .await;
     let guid = mueller();
-    post("/api/v1/patients", &dr, json!({ "patientGuid": guid, "family": "Müller", "given": "Anna" })).await;
+    svc.created("/api/v1/patients", &dr, &json!({ "patientGuid": guid, "family": "Müller", "given": "Anna" })).await;
     let boundary = "ferry-schemathesis";
     let form = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"note.txt\"\r\n\

@@ -103,18 +103,20 @@ impl Items for SqliteLedger {
     }
 
     fn items_by_id(&self, ids: &[&str]) -> Result<std::collections::HashMap<String, ItemRecord>, LedgerError> {
-        // fixed-size chunks, so the statements are prepared once and cached
+        // one statement shape: a short last chunk is padded with its own
+        // first id (an IN list ignores repeats), so it is prepared once
         const CHUNK: usize = 256;
+        let sql = format!(
+            "{} WHERE id IN ({})",
+            select_items!(""),
+            std::iter::repeat_n("?", CHUNK).collect::<Vec<_>>().join(", ")
+        );
         let mut out = std::collections::HashMap::with_capacity(ids.len());
         self.with(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
             for chunk in ids.chunks(CHUNK) {
-                let sql = format!(
-                    "{} WHERE id IN ({})",
-                    select_items!(""),
-                    std::iter::repeat_n("?", chunk.len()).collect::<Vec<_>>().join(", ")
-                );
-                let mut stmt = c.prepare_cached(&sql)?;
-                let rows = stmt.query_map(rusqlite::params_from_iter(chunk.iter()), row_to_item)?;
+                let padded = chunk.iter().chain(std::iter::repeat(&chunk[0])).take(CHUNK);
+                let rows = stmt.query_map(rusqlite::params_from_iter(padded), row_to_item)?;
                 for r in rows {
                     let r = r?;
                     out.insert(r.id.clone(), r);

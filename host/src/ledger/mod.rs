@@ -186,6 +186,24 @@ mod tests {
     const B: Backoff = Backoff { base: Duration::from_secs(60), max: Duration::from_secs(3600) };
 
     #[test]
+    fn items_by_id_reads_a_page_at_once() {
+        let (_d, l) = ledger();
+        let run = l.begin_run().unwrap();
+        for i in [1, 2, 300] {
+            l.record(run, &format!("i{i}"), Outcome::Stored, Some("1:1"), Some("g"), None, "", B).unwrap();
+        }
+        // more ids than one chunk, unknown ones among them, a short last chunk
+        let ids: Vec<String> = (0..400).map(|i| format!("i{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let got = l.items_by_id(&ids).unwrap();
+        let mut keys: Vec<&str> = got.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["i1", "i2", "i300"]);
+        assert_eq!(got["i300"].state, Outcome::Stored);
+        assert!(l.items_by_id(&[]).unwrap().is_empty());
+    }
+
+    #[test]
     fn outcomes_attempts_and_backoff() {
         let (_d, l) = ledger();
         let run = l.begin_run().unwrap();

@@ -179,7 +179,11 @@ async fn send_task(
         })?;
         req = req.header(c.header_name().clone(), value);
     }
-    let host = base.split("//").nth(1).unwrap_or(base).split('/').next().unwrap_or_default().to_owned();
+    // host[:port] of the server, for the messages and `sentTo`
+    let host = reqwest::Url::parse(base)
+        .ok()
+        .and_then(|u| Some(format!("{}{}", u.host_str()?, u.port().map(|p| format!(":{p}")).unwrap_or_default())))
+        .unwrap_or_else(|| base.to_owned());
     let res = req.send().await.map_err(|e| {
         RequestError::Provider(format!(
             "cannot reach the provider's FHIR server at {host}: {}",
@@ -245,17 +249,13 @@ async fn send_mail(
         .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| RequestError::Provider(format!("the mail cannot be made: {e}")))?;
-    let builder = match cfg.security.as_str() {
-        "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.server),
-        "none" => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.server)),
-        _ => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.server),
-    }
-    .map_err(|e| RequestError::Provider(format!("the mail server {}: {e}", cfg.server)))?;
-    let default_port = match cfg.security.as_str() {
-        "tls" => 465,
-        "none" => 25,
-        _ => 587,
+    type Transport = AsyncSmtpTransport<Tokio1Executor>;
+    let (builder, default_port) = match cfg.security.as_str() {
+        "tls" => (Transport::relay(&cfg.server), 465),
+        "none" => (Ok(Transport::builder_dangerous(&cfg.server)), 25),
+        _ => (Transport::starttls_relay(&cfg.server), 587),
     };
+    let builder = builder.map_err(|e| RequestError::Provider(format!("the mail server {}: {e}", cfg.server)))?;
     let mut builder = builder.port(cfg.port.unwrap_or(default_port)).timeout(Some(TIMEOUT));
     if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
         builder = builder.credentials(Credentials::new(user.clone(), pass.0.clone()));
