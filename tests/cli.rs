@@ -120,3 +120,34 @@ fn check_names_the_typo_and_the_missing_grant() {
     let out = ferry(&["check", "pipeline.toml"], dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
+
+#[test]
+fn outside_the_upload_windows_items_wait_and_status_says_why() {
+    let (dir, _site) = setup(demo_site());
+    // a window that opens in an hour (local time, as the clinic writes it)
+    let at = |h: i64| (chrono::Local::now() + chrono::Duration::hours(h)).format("%H:%M").to_string();
+    let window = format!("{}-{}", at(1), at(2));
+    let toml = format!("{PIPELINE}max_rate = \"20Mbit/s\"\n\n[schedule]\nwindows = [\"{window}\"]\n");
+    std::fs::write(dir.path().join("windows.toml"), toml).unwrap();
+    let out = ferry(&["run", "windows.toml"], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "waiting is not failing:\n{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("stored=0") && stdout.contains("deferred=30"), "{stdout}");
+    assert_eq!(std::fs::read_dir(dir.path().join("store")).unwrap().count(), 0, "nothing uploaded");
+
+    let out = ferry(&["status", "windows.toml"], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "uploads: at most 20Mbit/s ([store] max_rate); windows {window}: closed now, the next opens in "
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "waiting for a later pass:\n      30  outside the upload windows ([schedule] windows = {window}); stored by a pass inside one"
+        )),
+        "{stdout}"
+    );
+}

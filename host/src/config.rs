@@ -113,17 +113,36 @@ fn default_retry_max() -> Duration {
     Duration::from_secs(6 * 3600)
 }
 
-/// `[schedule]`: run one pass after another (`ferry run` keeps going).
+/// `[schedule]`: run one pass after another (`ferry run` keeps going),
+/// and when uploads may use the clinic's network.
 ///
 /// ```toml
 /// [schedule]
-/// every = "5m"     # from the start of one pass to the start of the next
+/// every = "5m"                 # from the start of one pass to the start of the next
+/// windows = ["19:00-07:00"]    # uploads only then (local time); outside, new items wait
 /// ```
+///
+/// Outside the windows a pass still notices what is new, changed or
+/// removed, but a new upload waits for a pass inside a window (the item is
+/// *deferred*, `ferry status` says why); a multipart upload in flight
+/// pauses at its next part. `windows` works without `every` too (one-shot
+/// runs started by the system's scheduler).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
-    #[serde(deserialize_with = "de_duration")]
-    pub every: Duration,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub every: Option<Duration>,
+    #[serde(default)]
+    pub windows: Option<Vec<String>>,
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+fn de_opt_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::pace::parse_rate(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// `[resolver] cache`: how long answers are reused.
@@ -166,6 +185,7 @@ fn default_queue_depth() -> usize {
 /// concurrency = 4                  # instances working in parallel
 /// retries = 2                      # extra attempts on retryable errors within a run
 /// limits = { memory = "128MiB", timeout = "30s" }
+/// # max_rate = "20Mbit/s"         # [store] only: all uploads of the pipeline together
 /// grants.fs = { pdata = "/mnt/PDATA" }
 /// config = { }                     # handed to the plugin's configure() as JSON
 /// ```
@@ -189,6 +209,11 @@ pub struct StageConfig {
     /// them). Default 5s; `"0s"` turns it off.
     #[serde(default, deserialize_with = "de_opt_duration_or_zero")]
     pub min_age: Option<Duration>,
+    /// Store only: the most all uploads of the pipeline send together,
+    /// e.g. `"20Mbit/s"` (a token bucket; concurrent uploads share it
+    /// fairly). Default: no cap.
+    #[serde(default, deserialize_with = "de_opt_rate")]
+    pub max_rate: Option<u64>,
     #[serde(default)]
     pub config: toml::Table,
 }
@@ -334,6 +359,10 @@ pub struct Pipeline {
     pub serve: Option<ServeConfig>,
     /// `[source] min_age`.
     pub min_age: Duration,
+    /// `[store] max_rate`, bytes per second.
+    pub max_rate: Option<u64>,
+    /// `[schedule] windows`, parsed.
+    pub windows: Option<crate::pace::Windows>,
     /// Where bare plugin names are looked up ($FERRY_PLUGIN_DIR first).
     pub plugin_path: Vec<PathBuf>,
     /// The folder of the pipeline file (relative paths start there).
@@ -452,9 +481,25 @@ impl Compiler {
         self.check(within("pipeline.retry_max", p.retry_max, Duration::ZERO, bounds::RETRY_MAX, show_d, ""));
         let (lo, hi) = bounds::SPOOL_MAX;
         self.check(within("pipeline.spool_max", p.spool_max, lo, hi, show_b, ""));
+        let mut windows = None;
         if let Some(sc) = &raw.schedule {
-            let (lo, hi) = bounds::EVERY;
-            self.check(within("schedule.every", sc.every, lo, hi, show_d, ""));
+            if let Some(every) = sc.every {
+                let (lo, hi) = bounds::EVERY;
+                self.check(within("schedule.every", every, lo, hi, show_d, ""));
+            }
+            match sc.windows.as_deref().map(crate::pace::Windows::parse) {
+                Some(Ok(w)) => windows = Some(w),
+                Some(Err(m)) => self.fail("schedule.windows", m),
+                None => {}
+            }
+            if sc.every.is_none() && sc.windows.is_none() {
+                self.fail("schedule", "give `every = \"5m\"`, `windows = [\"19:00-07:00\"]` or both");
+            }
+        }
+        let max_rate = raw.store.max_rate;
+        if let Some(r) = max_rate {
+            let (lo, hi) = bounds::MAX_RATE;
+            self.check(within("store.max_rate", r, lo, hi, crate::pace::show_rate, ""));
         }
         let connections = self.connections(raw.connections);
         let mut plugin_path: Vec<PathBuf> = Vec::new();
@@ -504,6 +549,8 @@ impl Compiler {
             schedule: raw.schedule,
             cache,
             min_age,
+            max_rate,
+            windows,
             plugin_path,
             base_dir: self.base.clone(),
             serve,
@@ -543,6 +590,9 @@ impl Compiler {
         }
         if s.min_age.is_some() && role != Role::Source {
             self.fail(format!("{sec}.min_age"), "only the [source] has a min_age");
+        }
+        if s.max_rate.is_some() && role != Role::Store {
+            self.fail(format!("{sec}.max_rate"), "only the [store] has a max_rate (it caps the pipeline's uploads)");
         }
         let grants = self.grants(role, &s.grants, connections);
         let config_json =

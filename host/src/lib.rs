@@ -26,6 +26,7 @@ pub mod check;
 pub mod config;
 pub mod ledger;
 pub mod outcome;
+pub mod pace;
 pub mod plugin;
 pub mod retry;
 pub mod runner;

@@ -150,7 +150,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
             });
             init_logging(cli.log_format, progress.clone());
             let p = runtime::load_pipeline(&pipeline)?;
-            let every = every.or(p.schedule.as_ref().map(|s| s.every));
+            let every = every.or(p.schedule.as_ref().and_then(|s| s.every));
             let started = std::time::Instant::now();
             let runtime = Runtime::new(p, &Options::from_env()).await?;
             tracing::info!(pipeline = %runtime.pipeline.name, "pipeline ready in {:?}", started.elapsed());
@@ -204,6 +204,30 @@ async fn real_main(cli: Cli) -> Result<i32> {
             }
             let counts: Vec<String> = st.by_state.iter().map(|(s, n)| format!("{s}={n}")).collect();
             println!("items: {}", if counts.is_empty() { "none".into() } else { counts.join(" ") });
+            // how the pipeline paces its uploads, and whether they may go now
+            let mut pace = Vec::new();
+            if let Some(r) = p.max_rate {
+                pace.push(format!("at most {} ([store] max_rate)", ferry::pace::show_rate(r)));
+            }
+            if let Some(w) = &p.windows {
+                pace.push(match w.closed_now() {
+                    None => format!("windows {}: open now", w.describe()),
+                    Some(d) => format!(
+                        "windows {}: closed now, the next opens in {}",
+                        w.describe(),
+                        ferry::stage::humantime(d.max(Duration::from_secs(1)))
+                    ),
+                });
+            }
+            if !pace.is_empty() {
+                println!("uploads: {}", pace.join("; "));
+            }
+            if !st.waiting.is_empty() {
+                println!("waiting for a later pass:");
+                for (why, n) in &st.waiting {
+                    println!("  {n:>6}  {why}");
+                }
+            }
             if !st.oldest_problems.is_empty() {
                 println!("oldest problems:");
                 for r in &st.oldest_problems {

@@ -50,6 +50,8 @@ struct Shared {
     caps: SharedCaps,
     /// Where the ledger lives, as a real path (as far as it exists).
     state_dir: PathBuf,
+    /// The store stage's upload pace.
+    pace: crate::pace::Pace,
 }
 
 /// `dir` as a real path, created if need be (the spool folder).
@@ -75,6 +77,12 @@ impl Shared {
             all_fs_roots,
             caps: SharedCaps::init(Some(pipeline)),
             state_dir: crate::util::real_path(&pipeline.state_dir),
+            // one bucket for every upload of the pipeline
+            pace: crate::pace::Pace {
+                throttle: pipeline.max_rate.map(crate::pace::Throttle::new),
+                windows: pipeline.windows.clone().map(Arc::new),
+                held: Default::default(),
+            },
         })
     }
 
@@ -92,6 +100,7 @@ impl Shared {
             plugin_name: plugin.name(),
             all_fs_roots: self.all_fs_roots.clone(),
             caps,
+            pace: if stage.role == Role::Store { self.pace.clone() } else { Default::default() },
         })
     }
 
@@ -237,6 +246,7 @@ pub fn renderer(
         plugin_name: plugin.name(),
         all_fs_roots: BTreeMap::from([(root.to_owned(), real)]),
         caps: Caps::default(),
+        pace: Default::default(),
     });
     let config_json =
         serde_json::to_string(&toml::Value::Table(cfg.config.clone())).expect("TOML values are valid JSON");

@@ -43,6 +43,11 @@ pub const KEEP_IDLE_BELOW: usize = 64 << 20;
 /// Engine epoch tick. Deadlines are accurate to about this much.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// Epoch ticks in `d` (rounded down).
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() / TICK.as_millis()) as u64
+}
+
 /// Builds the engine all stages share, and starts its epoch ticker.
 pub fn engine() -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();
@@ -175,13 +180,21 @@ impl StagePool {
             .build();
         let mut store = Store::new(&self.engine, StageState::new(self.ctx.clone(), limits));
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        // the deadline is the state's (which host waits on purpose move
+        // on), looked at whenever the epoch deadline passes
+        store.epoch_deadline_callback(|cx| {
+            let left = cx.data().deadline().saturating_duration_since(Instant::now());
+            Ok(match ticks(left) {
+                0 => wasmtime::UpdateDeadline::Interrupt,
+                n => wasmtime::UpdateDeadline::Continue(n),
+            })
+        });
         store
     }
 
     fn arm(&self, store: &mut Store<StageState>) {
-        let ticks = (self.limits.timeout.as_millis() / TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(ticks(self.limits.timeout).max(1));
+        store.data_mut().held.reset();
         store.data_mut().deadline = Instant::now() + self.limits.timeout;
     }
 

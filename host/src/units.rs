@@ -20,6 +20,7 @@ pub type Problem = (String, String);
 /// | `pipeline.retry_after` | 100ms – 24h |
 /// | `pipeline.retry_max` | retry_after – 720h (30 days) |
 /// | `schedule.every` | 1s – 168h |
+/// | `store.max_rate` | 64kbit/s – 100Gbit/s |
 /// | `<stage>.concurrency` | 1 – 64 instances (each may use `limits.memory`) |
 /// | `<stage>.retries` | 0 – 10 |
 /// | `<stage>.limits.memory` | 1MiB – 4GiB (a wasm32 memory cannot grow further) |
@@ -53,6 +54,8 @@ pub mod bounds {
     /// `[serve.records] max_upload`.
     pub const UPLOAD: (u64, u64) = (1 << 10, 4 << 30);
     pub const SPOOL_MAX: (u64, u64) = (1 << 20, 64 << 30);
+    /// `[store] max_rate`, bytes per second.
+    pub const MAX_RATE: (u64, u64) = (8_000, 12_500_000_000);
 }
 
 /// `Err((key, message))` unless `lo <= v <= hi`; `show` formats values.

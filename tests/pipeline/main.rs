@@ -21,6 +21,7 @@ mod http_bodies;
 mod http_store;
 mod opendental;
 mod outside_plugin;
+mod pace;
 mod partial_files;
 mod patient_matching;
 mod production_path;

@@ -159,6 +159,9 @@ pub struct StageContext {
     /// the item under processing.
     pub all_fs_roots: BTreeMap<String, PathBuf>,
     pub caps: Caps,
+    /// The pipeline's upload pace (`[store] max_rate`, `[schedule]
+    /// windows`); the store stage's only, none for the others.
+    pub pace: crate::pace::Pace,
 }
 
 impl StageContext {
@@ -223,8 +226,12 @@ pub struct StageState {
     /// The file of the item the current call is about (readable without a
     /// grant: handing the item to the stage is the grant).
     pub current_file: Option<FileRef>,
-    /// When the current call must be over; host I/O is cut off then too.
+    /// When the current call must be over, not counting [`Self::held`];
+    /// host I/O is cut off then too.
     pub deadline: Instant,
+    /// Time the host held the current call back on purpose (the upload
+    /// rate cap, a closed window): added to the deadline.
+    pub held: crate::pace::Held,
     /// Spool files this instance wrote (`http.send-to-spool`): it may read them.
     pub spooled: std::collections::HashSet<String>,
 }
@@ -237,13 +244,24 @@ impl StageState {
             table: ResourceTable::new(),
             current_file: None,
             deadline: Instant::now(),
+            held: Default::default(),
             spooled: Default::default(),
         }
     }
 
+    /// When the current call must be over, time held included.
+    pub fn deadline(&self) -> Instant {
+        self.deadline + self.held.get()
+    }
+
     /// Time left in the current call.
     pub fn remaining(&self) -> std::time::Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        self.deadline().saturating_duration_since(Instant::now())
+    }
+
+    /// The stage's upload pace, counting into this call's held time.
+    pub fn pace(&self) -> crate::pace::Pace {
+        self.ctx.pace.for_call(&self.held)
     }
 
     /// Runs host I/O under the call's deadline. The returned future does
@@ -256,12 +274,22 @@ impl StageState {
     where
         F: std::future::Future<Output = Result<T, HostError>>,
     {
-        let remaining = self.remaining();
+        let (base, held) = (self.deadline, self.held.clone());
         let late = format!("{what} did not finish before the call deadline of {}", self.ctx.who());
         async move {
-            match tokio::time::timeout(remaining, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(HostError::Unavailable(late)),
+            let mut fut = std::pin::pin!(fut);
+            // the deadline moves on by what the host holds the call back
+            // while it runs (a throttled upload)
+            loop {
+                let until = base + held.get();
+                tokio::select! {
+                    r = &mut fut => return r,
+                    _ = tokio::time::sleep_until(until.into()) => {
+                        if base + held.get() <= Instant::now() {
+                            return Err(HostError::Unavailable(late));
+                        }
+                    }
+                }
             }
         }
     }

@@ -95,6 +95,10 @@ pub trait Items: Send + Sync {
 
     /// The `limit` oldest problems (failed, quarantined, unresolved).
     fn oldest_problems(&self, limit: u32) -> Result<Vec<ItemRecord>, LedgerError>;
+
+    /// Why items wait for a later pass (deferred: a file still being
+    /// written, a closed upload window), the `limit` most common reasons.
+    fn waiting_reasons(&self, limit: u32) -> Result<Vec<(String, u64)>, LedgerError>;
 }
 
 impl Items for SqliteLedger {
@@ -154,7 +158,8 @@ impl Items for SqliteLedger {
                 (_, false) => 0,
             };
             let next = if problem { now + backoff.delay(attempts as u32).as_millis() as i64 } else { 0 };
-            let last_error = if problem { Some(details) } else { None };
+            // why it is a problem, or why it waits (`ferry status` says)
+            let last_error = (problem || outcome == Outcome::Deferred).then_some(details);
             tx.execute(
                 "INSERT INTO items (id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, first_seen_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
@@ -218,6 +223,17 @@ impl Items for SqliteLedger {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT state, count(*) FROM items GROUP BY state ORDER BY state")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })
+    }
+
+    fn waiting_reasons(&self, limit: u32) -> Result<Vec<(String, u64)>, LedgerError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT coalesce(last_error, ''), count(*) AS n FROM items WHERE state = 'deferred'
+                 GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
             rows.collect()
         })
     }

@@ -82,6 +82,8 @@ pub struct Status {
     pub by_state: Vec<(String, u64)>,
     pub oldest_problems: Vec<ItemRecord>,
     pub last_run: Option<runs::RunRow>,
+    /// Why items wait for a later pass, most common first: `(why, count)`.
+    pub waiting: Vec<(String, u64)>,
 }
 
 /// Every store together (the CLI, the service). Calls are synchronous and
@@ -99,6 +101,7 @@ pub trait Ledger: Items + Runs + SyncLog + Resolutions + Index + Registry + Docu
             by_state: self.by_state()?,
             oldest_problems: self.oldest_problems(oldest)?,
             last_run: self.last_run()?,
+            waiting: self.waiting_reasons(5)?,
         })
     }
 }

@@ -450,6 +450,13 @@ async fn store_one(
         );
         return;
     }
+    // outside the upload windows the item waits for a pass inside one;
+    // it was extracted and resolved all the same, so that what a person
+    // must sort out (an unknown card, two patients) shows during the day
+    if let Some(why) = store.context().pace.windows.as_ref().and_then(|w| w.closed_reason()) {
+        summary.item(&w, Outcome::Deferred, why);
+        return;
+    }
     // recorded as stored only once the store said so
     let result = with_retries(retries, cancel, || store.store(&w.item, &md, &guid)).await;
     if changed_since_scan(roots, &w) {

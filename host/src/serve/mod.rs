@@ -262,7 +262,7 @@ pub async fn start(pipeline: Pipeline, listen: Option<String>, options: &Options
     let auth = validate(&pipeline, &cfg, &listen_addrs(&listen).await?)?;
     let grant = service_store(&pipeline, &cfg).expect("validated");
     let store = object_store::open(&grant);
-    let every = pipeline.schedule.as_ref().map(|s| s.every).unwrap_or(DEFAULT_EVERY);
+    let every = pipeline.schedule.as_ref().and_then(|s| s.every).unwrap_or(DEFAULT_EVERY);
     let previews_dir = cfg.preview_cache.clone().unwrap_or_else(|| pipeline.state_dir.join("previews"));
     let ledger_path = pipeline.ledger_path();
     let uploads_dir = pipeline.state_dir.join("uploads");

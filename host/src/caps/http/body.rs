@@ -116,12 +116,23 @@ impl FileRequestBody {
         self.segments.iter().map(Segment::len).sum()
     }
 
-    /// A fresh stream of the whole body.
-    pub fn stream(&self) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-        stream::iter(self.segments.clone()).flat_map(|s| match s {
-            Segment::Bytes(b) => stream::once(async move { Ok(b) }).boxed(),
-            Segment::File { path, len, base64 } => file_stream(path, len, base64).boxed(),
-        })
+    /// A fresh stream of the whole body, each chunk sent when `pace`'s
+    /// throttle lets it (at once without one).
+    pub fn stream(&self, pace: crate::pace::Pace) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        stream::iter(self.segments.clone())
+            .flat_map(|s| match s {
+                Segment::Bytes(b) => stream::once(async move { Ok(b) }).boxed(),
+                Segment::File { path, len, base64 } => file_stream(path, len, base64).boxed(),
+            })
+            .then(move |chunk| {
+                let pace = pace.clone();
+                async move {
+                    if let Ok(b) = &chunk {
+                        pace.take(b.len() as u64).await;
+                    }
+                    chunk
+                }
+            })
     }
 }
 
@@ -194,7 +205,7 @@ mod tests {
 
     async fn collect(body: &FileRequestBody) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        let mut s = std::pin::pin!(body.stream());
+        let mut s = std::pin::pin!(body.stream(crate::pace::Pace::none()));
         while let Some(chunk) = s.next().await {
             out.extend_from_slice(&chunk?);
         }

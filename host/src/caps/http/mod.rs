@@ -278,7 +278,12 @@ impl StageState {
         };
         let per_request = req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)).unwrap_or(DEFAULT_TIMEOUT);
         let client = grant.client.0.clone();
-        let deadline = tokio::time::Instant::from_std(self.deadline);
+        let deadline = tokio::time::Instant::from_std(self.deadline());
+        // a throttled body takes the time the cap says: no per-request
+        // timeout then, the call's deadline (which moves on by the time
+        // held) still bounds it
+        let pace = self.pace();
+        let paced_body = file_body.is_some() && pace.is_throttled();
         let attempts = if req.retry { MAX_ATTEMPTS } else { 1 };
         let fut = async move {
             let mut attempt = 0;
@@ -290,7 +295,10 @@ impl StageState {
                     None => None,
                 };
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let mut b = client.request(method.clone(), url.clone()).timeout(per_request.min(remaining));
+                let mut b = client.request(method.clone(), url.clone());
+                if !paced_body {
+                    b = b.timeout(per_request.min(remaining));
+                }
                 for (k, v) in &req.headers {
                     // the grant's credential replaces the plugin's
                     if cred.as_ref().is_some_and(|c| c.header_name().as_str().eq_ignore_ascii_case(k)) {
@@ -311,7 +319,7 @@ impl StageState {
                     }
                     b = b
                         .header(reqwest::header::CONTENT_LENGTH, fb.content_length())
-                        .body(reqwest::Body::wrap_stream(fb.stream()));
+                        .body(reqwest::Body::wrap_stream(fb.stream(pace.clone())));
                 }
                 let result = match &spool {
                     None => send_once(b, &host_port).await.map(Answer::Memory),

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{check_key, file_stream, range_span, ByteRange, ByteStream, Listing, Metadata, ObjectInfo, ObjectStore};
+use super::{
+    check_key, file_stream, range_span, ByteRange, ByteStream, Listing, Metadata, ObjectInfo, ObjectStore, Pace,
+};
 use crate::caps::CapError;
 
 /// A local folder. Object bytes live at `root/key`; what S3 would keep as
@@ -82,7 +84,7 @@ impl FsStore {
 
     /// Copies `source` to a temporary file in the store, hashing on the
     /// way: (temp path, size, hex SHA-256).
-    async fn copy_to_tmp(&self, key: &str, source: &Path) -> Result<(PathBuf, u64, String), CapError> {
+    async fn copy_to_tmp(&self, key: &str, source: &Path, pace: &Pace) -> Result<(PathBuf, u64, String), CapError> {
         let what = source.display().to_string();
         let tmp = self.tmp_path();
         create_parent(&tmp).await?;
@@ -96,6 +98,7 @@ impl FsStore {
             if n == 0 {
                 break;
             }
+            pace.take(n as u64).await;
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n]).await.map_err(|e| CapError::io(key, e))?;
             size += n as u64;
@@ -169,9 +172,10 @@ impl ObjectStore for FsStore {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
+        pace: &Pace,
     ) -> Result<ObjectInfo, CapError> {
         let dest = self.object_path(key)?;
-        let (tmp, size, sha256) = self.copy_to_tmp(key, source).await?;
+        let (tmp, size, sha256) = self.copy_to_tmp(key, source, pace).await?;
         create_parent(&dest).await?;
         // bytes first, then their record: a crash in between leaves a
         // record that does not match, which `head` notices
@@ -188,9 +192,10 @@ impl ObjectStore for FsStore {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
+        pace: &Pace,
     ) -> Result<Option<ObjectInfo>, CapError> {
         let dest = self.object_path(key)?;
-        let (tmp, size, sha256) = self.copy_to_tmp(key, source).await?;
+        let (tmp, size, sha256) = self.copy_to_tmp(key, source, pace).await?;
         create_parent(&dest).await?;
         // a hard link fails if the name exists: the atomic claim
         let linked = tokio::fs::hard_link(&tmp, &dest).await;

@@ -36,8 +36,9 @@ impl Host for StageState {
         check_key(&key).map_err(HostError::from)?;
         check_metadata(&metadata).map_err(HostError::from)?;
         let path = resolve(self, &source)?;
+        let pace = self.pace();
         self.bounded("an object-store upload", async move {
-            Ok(wit_info(store.put_file(&key, &path, &content_type, metadata).await?))
+            Ok(wit_info(store.put_file(&key, &path, &content_type, metadata, &pace).await?))
         })
         .await
     }
@@ -53,8 +54,9 @@ impl Host for StageState {
         check_key(&key).map_err(HostError::from)?;
         check_metadata(&metadata).map_err(HostError::from)?;
         let path = resolve(self, &source)?;
+        let pace = self.pace();
         self.bounded("an object-store upload", async move {
-            Ok(store.put_file_new(&key, &path, &content_type, metadata).await?.map(wit_info))
+            Ok(store.put_file_new(&key, &path, &content_type, metadata, &pace).await?.map(wit_info))
         })
         .await
     }

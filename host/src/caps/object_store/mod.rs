@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
 use crate::caps::CapError;
+pub use crate::pace::Pace;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Capability, Prepare, StageState};
@@ -57,12 +58,16 @@ pub trait ObjectStore: Send + Sync {
     /// For messages: `fs:/srv/store`, `s3://bucket/prefix`.
     fn describe(&self) -> String;
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CapError>;
+    /// Writes the file at `source` under `key`, its bytes read under
+    /// `pace` (the pipeline's rate cap; a multipart upload waits at its
+    /// part boundaries while the upload windows are closed).
     async fn put_file(
         &self,
         key: &str,
         source: &Path,
         content_type: &str,
         metadata: Metadata,
+        pace: &Pace,
     ) -> Result<ObjectInfo, CapError>;
     /// Writes only if `key` is free; `None` if an object is there.
     /// Must be atomic with respect to concurrent calls for the same key.
@@ -72,6 +77,7 @@ pub trait ObjectStore: Send + Sync {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
+        pace: &Pace,
     ) -> Result<Option<ObjectInfo>, CapError>;
     async fn put_bytes(
         &self,

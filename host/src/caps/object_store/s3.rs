@@ -14,19 +14,23 @@
 //! ranged GetObject) or hands out presigned GET URLs (`presign_get`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_smithy_types::body::SdkBody;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::{check_key, ByteRange, ByteStream as ObjectBytes, Listing, Metadata, ObjectInfo, ObjectStore};
+use super::{check_key, ByteRange, ByteStream as ObjectBytes, Listing, Metadata, ObjectInfo, ObjectStore, Pace};
 use crate::caps::CapError;
 
 use crate::config::S3Grant;
@@ -108,6 +112,7 @@ impl S3Store {
         ObjectInfo { key: key.to_owned(), size, sha256: meta.and_then(|m| m.get(SHA_META).cloned()), metadata }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn put_single(
         &self,
         key: &str,
@@ -116,10 +121,12 @@ impl S3Store {
         meta: HashMap<String, String>,
         sha: &[u8],
         create_only: bool,
+        pace: &Pace,
     ) -> Result<Option<String>, CapError> {
         let body = ByteStream::from_path(source)
             .await
             .map_err(|e| CapError::Failed(format!("reading {}: {e}", source.display())))?;
+        let body = paced(body, pace);
         let out = self
             .client()
             .await
@@ -143,6 +150,7 @@ impl S3Store {
     /// parts' bytes together must hash to `sha` (what the object's
     /// metadata says), else the upload is aborted: a file that changed
     /// while it was uploaded never becomes an object.
+    #[allow(clippy::too_many_arguments)]
     async fn put_multipart(
         &self,
         key: &str,
@@ -151,6 +159,7 @@ impl S3Store {
         content_type: &str,
         meta: HashMap<String, String>,
         sha: &[u8],
+        pace: &Pace,
     ) -> Result<(), CapError> {
         let client = self.client().await;
         let bucket = &self.grant.bucket;
@@ -173,6 +182,11 @@ impl S3Store {
             let mut number = 1i32;
             let mut whole = Sha256::new();
             while offset < size {
+                if number > 1 {
+                    // a window that closed mid-upload: wait here, at a
+                    // part boundary, for the next one
+                    pace.window().await;
+                }
                 let len = part_size.min(size - offset);
                 let (part_sha, w) = hash_range(source, offset, len, whole).await?;
                 whole = w;
@@ -183,6 +197,7 @@ impl S3Store {
                     .build()
                     .await
                     .map_err(|e| CapError::Failed(format!("reading {}: {e}", source.display())))?;
+                let body = paced(body, pace);
                 let sha_b64 = base64::engine::general_purpose::STANDARD.encode(part_sha);
                 let out = client
                     .upload_part()
@@ -234,6 +249,7 @@ impl S3Store {
         content_type: &str,
         metadata: Metadata,
         create_only: bool,
+        pace: &Pace,
     ) -> Result<ObjectInfo, CapError> {
         check_key(&self.full_key(key))?;
         let src = source.to_owned();
@@ -245,7 +261,7 @@ impl S3Store {
         let sha = hex::decode(&sha_hex).expect("hex we made");
         let meta = Self::user_metadata(&metadata, &sha_hex);
         if size <= self.grant.multipart_threshold {
-            let echoed = self.put_single(key, source, content_type, meta, &sha, create_only).await?;
+            let echoed = self.put_single(key, source, content_type, meta, &sha, create_only, pace).await?;
             let ours = base64::engine::general_purpose::STANDARD.encode(&sha);
             match echoed {
                 // S3 checked the body against our checksum and says so: no
@@ -275,7 +291,7 @@ impl S3Store {
                 None => {}
             }
         } else {
-            self.put_multipart(key, source, size, content_type, meta, &sha).await?;
+            self.put_multipart(key, source, size, content_type, meta, &sha, pace).await?;
         }
         // trust, then verify: the object is there with the size we sent
         match self.head(key).await? {
@@ -300,6 +316,84 @@ impl S3Store {
         if claims.get(key).is_some_and(|l| Arc::strong_count(l) == 1) {
             claims.remove(key);
         }
+    }
+}
+
+/// `body` with its chunks taken from the pace's throttle (as it is
+/// when there is none). Still retryable: each attempt re-reads the file
+/// and pays again.
+fn paced(body: ByteStream, pace: &Pace) -> ByteStream {
+    if !pace.is_throttled() {
+        return body;
+    }
+    let base = body.into_inner();
+    let pace = pace.clone();
+    ByteStream::new(SdkBody::retryable(move || {
+        SdkBody::from_body_1_x(Paced {
+            inner: base.try_clone().unwrap_or_else(SdkBody::taken),
+            pace: pace.clone(),
+            wait: None,
+        })
+    }))
+}
+
+/// An upload body that sends each chunk only when the throttle lets it.
+struct Paced {
+    inner: SdkBody,
+    pace: Pace,
+    /// A chunk taken from the file, and when it may go.
+    wait: Option<(Pin<Box<tokio::time::Sleep>>, http_body::Frame<bytes::Bytes>)>,
+}
+
+impl http_body::Body for Paced {
+    type Data = bytes::Bytes;
+    type Error = aws_smithy_types::body::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some((sleep, _)) = &mut this.wait {
+            ready!(sleep.as_mut().poll(cx));
+            let (_, frame) = this.wait.take().expect("just polled");
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            other => return Poll::Ready(other),
+        };
+        let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+        let Some(throttle) = &this.pace.throttle else { return Poll::Ready(Some(Ok(frame))) };
+        let wait = throttle.reserve_at(std::time::Instant::now(), n);
+        if wait.is_zero() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        this.pace.held.add(wait);
+        let mut sleep = Box::pin(tokio::time::sleep(wait));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => {
+                this.wait = Some((sleep, frame));
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.wait.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let mut hint = self.inner.size_hint();
+        if let Some((_, f)) = &self.wait {
+            let n = f.data_ref().map_or(0, |d| d.len() as u64);
+            hint.set_lower(hint.lower() + n);
+            if let Some(u) = hint.upper() {
+                hint.set_upper(u + n);
+            }
+        }
+        hint
     }
 }
 
@@ -398,8 +492,9 @@ impl ObjectStore for S3Store {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
+        pace: &Pace,
     ) -> Result<ObjectInfo, CapError> {
-        self.put_file_inner(key, source, content_type, metadata, false).await
+        self.put_file_inner(key, source, content_type, metadata, false, pace).await
     }
     async fn put_file_new(
         &self,
@@ -407,6 +502,7 @@ impl ObjectStore for S3Store {
         source: &Path,
         content_type: &str,
         metadata: Metadata,
+        pace: &Pace,
     ) -> Result<Option<ObjectInfo>, CapError> {
         // one writer per key in this process; on top of that the server
         // refuses to overwrite (single part), or a HEAD under the claim
@@ -421,7 +517,7 @@ impl ObjectStore for S3Store {
             if size > self.grant.multipart_threshold && self.head(key).await?.is_some() {
                 return Ok(None);
             }
-            match self.put_file_inner(key, source, content_type, metadata, true).await {
+            match self.put_file_inner(key, source, content_type, metadata, true, pace).await {
                 Err(CapError::Failed(m)) if m.contains(PRECONDITION) => Ok(None),
                 r => r.map(Some),
             }
@@ -589,7 +685,7 @@ mod tests {
 
         let meta = S3Store::user_metadata(&Vec::new(), &hex::encode(wrong));
         let err = store
-            .put_multipart("a/b.dcm", &file, bytes.len() as u64, "application/dicom", meta, &wrong)
+            .put_multipart("a/b.dcm", &file, bytes.len() as u64, "application/dicom", meta, &wrong, &Pace::none())
             .await
             .unwrap_err();
         assert!(matches!(&err, CapError::Unavailable(m) if m.contains("changed while it was uploaded")), "{err:?}");
@@ -600,7 +696,10 @@ mod tests {
 
         // the same file with its real checksum goes up
         let meta = S3Store::user_metadata(&Vec::new(), &hex::encode(right));
-        store.put_multipart("a/b.dcm", &file, bytes.len() as u64, "application/dicom", meta, &right).await.unwrap();
+        store
+            .put_multipart("a/b.dcm", &file, bytes.len() as u64, "application/dicom", meta, &right, &Pace::none())
+            .await
+            .unwrap();
         assert_eq!(s3.get("parts", "a/b.dcm").await.unwrap(), bytes);
     }
 

@@ -391,7 +391,11 @@ pub(super) async fn upload_document(
     let key = format!("{DOCUMENTS_PREFIX}{guid}/{id}.{}", extension(got.content_type));
     check_key(&key).map_err(|_| Problem::bad_request("invalid-guid", "the patient guid cannot be part of a key"))?;
     let metadata = vec![("ferry-document-id".to_owned(), id.clone()), ("ferry-patient-guid".to_owned(), guid.clone())];
-    let info = state.store.put_file(&key, got.file.path(), got.content_type, metadata).await.map_err(Problem::store)?;
+    let info = state
+        .store
+        .put_file(&key, got.file.path(), got.content_type, metadata, &crate::pace::Pace::none())
+        .await
+        .map_err(Problem::store)?;
     if info.sha256.as_deref().is_some_and(|s| s != got.sha256) {
         return Err(Problem::internal("the store holds other bytes than were uploaded; try again"));
     }
