@@ -86,15 +86,6 @@ impl Throttle {
         self.sent.fetch_add(n, Ordering::Relaxed);
         after.saturating_duration_since(now).saturating_sub(BURST + cost.min(BURST))
     }
-
-    /// Waits until `n` more bytes may go; the wait is added to `held`.
-    pub async fn take(&self, n: u64, held: &Held) {
-        let wait = self.reserve_at(Instant::now(), n);
-        if !wait.is_zero() {
-            held.add(wait);
-            tokio::time::sleep(wait).await;
-        }
-    }
 }
 
 /// What an upload is paced by: the pipeline's throttle and windows (the
@@ -121,10 +112,20 @@ impl Pace {
         self.throttle.is_some()
     }
 
+    /// Reserves `n` bytes now: how long to wait before sending them
+    /// (zero without a cap), counted as held.
+    pub fn reserve(&self, n: u64) -> Duration {
+        let Some(t) = &self.throttle else { return Duration::ZERO };
+        let wait = t.reserve_at(Instant::now(), n);
+        self.held.add(wait);
+        wait
+    }
+
     /// Waits until `n` more bytes may go (no-op without a cap).
     pub async fn take(&self, n: u64) {
-        if let Some(t) = &self.throttle {
-            t.take(n, &self.held).await;
+        let wait = self.reserve(n);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 

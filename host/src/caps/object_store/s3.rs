@@ -363,13 +363,10 @@ impl http_body::Body for Paced {
             Some(Ok(frame)) => frame,
             other => return Poll::Ready(other),
         };
-        let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-        let Some(throttle) = &this.pace.throttle else { return Poll::Ready(Some(Ok(frame))) };
-        let wait = throttle.reserve_at(std::time::Instant::now(), n);
+        let wait = this.pace.reserve(frame.data_ref().map_or(0, |d| d.len() as u64));
         if wait.is_zero() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        this.pace.held.add(wait);
         let mut sleep = Box::pin(tokio::time::sleep(wait));
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Ok(frame))),
