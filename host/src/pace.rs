@@ -88,8 +88,24 @@ impl Throttle {
     }
 }
 
-/// What an upload is paced by: the pipeline's throttle and windows (the
-/// store stage's; none elsewhere) and the call's count of time held.
+/// The pipeline's upload limits, as the store stage's context holds them
+/// (none for the other stages); [`PaceLimits::for_call`] pairs them with a
+/// call's count of time held.
+#[derive(Debug, Clone, Default)]
+pub struct PaceLimits {
+    pub throttle: Option<Arc<Throttle>>,
+    pub windows: Option<Arc<Windows>>,
+}
+
+impl PaceLimits {
+    /// These limits, counting time held into `held` (one plugin call's).
+    pub fn for_call(&self, held: &Held) -> Pace {
+        Pace { throttle: self.throttle.clone(), windows: self.windows.clone(), held: held.clone() }
+    }
+}
+
+/// What an upload is paced by: the limits and the call's count of time
+/// held.
 #[derive(Debug, Clone, Default)]
 pub struct Pace {
     pub throttle: Option<Arc<Throttle>>,
@@ -101,11 +117,6 @@ impl Pace {
     /// No cap, no windows (uploads through `ferry serve`, tests).
     pub fn none() -> Pace {
         Pace::default()
-    }
-
-    /// The same limits, counting held time into `held` (one plugin call's).
-    pub fn for_call(&self, held: &Held) -> Pace {
-        Pace { throttle: self.throttle.clone(), windows: self.windows.clone(), held: held.clone() }
     }
 
     pub fn is_throttled(&self) -> bool {

@@ -51,7 +51,7 @@ struct Shared {
     /// Where the ledger lives, as a real path (as far as it exists).
     state_dir: PathBuf,
     /// The store stage's upload pace.
-    pace: crate::pace::Pace,
+    pace: crate::pace::PaceLimits,
 }
 
 /// `dir` as a real path, created if need be (the spool folder).
@@ -78,10 +78,9 @@ impl Shared {
             caps: SharedCaps::init(Some(pipeline)),
             state_dir: crate::util::real_path(&pipeline.state_dir),
             // one bucket for every upload of the pipeline
-            pace: crate::pace::Pace {
+            pace: crate::pace::PaceLimits {
                 throttle: pipeline.max_rate.map(crate::pace::Throttle::new),
                 windows: pipeline.windows.clone().map(Arc::new),
-                held: Default::default(),
             },
         })
     }

@@ -161,7 +161,7 @@ pub struct StageContext {
     pub caps: Caps,
     /// The pipeline's upload pace (`[store] max_rate`, `[schedule]
     /// windows`); the store stage's only, none for the others.
-    pub pace: crate::pace::Pace,
+    pub pace: crate::pace::PaceLimits,
 }
 
 impl StageContext {
