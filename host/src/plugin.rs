@@ -22,7 +22,7 @@ use crate::config::Role;
 /// The WIT package every plugin is built against.
 pub const PACKAGE: &str = "ferry:pipeline";
 /// The version of the package this host implements (`wit/ferry.wit`).
-pub const VERSION: &str = "0.1.2";
+pub const VERSION: &str = "0.1.3";
 
 /// Whether a plugin built against `version` runs on this host: the same
 /// 0.1 series (the component model's rule for 0.x: patch releases are

@@ -45,6 +45,20 @@ async fn runaway_guests_are_stopped_and_the_run_goes_on() {
     assert_eq!(escape.outcome, Outcome::Failed);
     assert!(escape.detail.contains("leaves fs root"), "{}", escape.detail);
     assert!(escape.detail.contains("add `grants.fs.not-granted"), "{}", escape.detail);
+    // list-dirs: each place refused on its own, the item's folder too (an
+    // extractor may read its item's file, not list around it)
+    for refused in
+        ["list-dirs pdata:../../etc/passwd refused: denied: path", "list-dirs not-granted:x refused: denied: stage"]
+    {
+        assert!(escape.detail.contains(refused), "{refused}: {}", escape.detail);
+    }
+    assert!(escape.detail.contains("list-dirs pdata:P_"), "{}", escape.detail);
+    assert!(escape.detail.contains("may not read fs root `pdata`"), "{}", escape.detail);
+    assert!(
+        escape.detail.contains("list-dirs of 1001: invalid: list-dirs of 1001 directories: at most 1000 per call"),
+        "{}",
+        escape.detail
+    );
 
     let panicked = report(&s, &path(15));
     assert_eq!(panicked.outcome, Outcome::Failed);

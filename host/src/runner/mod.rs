@@ -127,8 +127,23 @@ pub fn fingerprint(roots: &BTreeMap<String, PathBuf>, file: &crate::bindings::ty
         return Some(format!("{size}:sha256:{sha}"));
     }
     let md = std::fs::metadata(root.join(&file.path)).ok()?;
-    let mtime = md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
-    Some(format!("{}:{mtime}", md.len()))
+    Some(format!("{}:{}", md.len(), crate::caps::fs::mtime_ns(&md)?))
+}
+
+/// What the source's listings saw of files during the page just scanned.
+type Listed = std::collections::HashMap<(String, String), (u64, u128)>;
+
+/// [`fingerprint`] at scan time: from what the source's listing saw
+/// moments ago when it saw the file, else by a `stat`.
+fn scan_fingerprint(
+    roots: &BTreeMap<String, PathBuf>,
+    listed: &Listed,
+    file: &crate::bindings::types::FileRef,
+) -> Option<String> {
+    match listed.get(&(file.root.clone(), file.path.clone())) {
+        Some((size, mtime)) if file.root != spool::ROOT => Some(format!("{size}:{mtime}")),
+        _ => fingerprint(roots, file),
+    }
 }
 
 /// How long ago the item's file was modified; `None` when it cannot be
@@ -561,6 +576,8 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                     }
                 };
                 let empty = page.items.is_empty() && page.notices.is_empty();
+                let listed = source.context().caps.fs.as_ref().and_then(|f| f.listed.as_ref()).map(|l| l.take());
+                let listed = listed.unwrap_or_default();
                 for n in page.notices {
                     if only.is_some() {
                         continue;
@@ -603,7 +620,7 @@ async fn run_stages(stages: &Stages, settings: &Settings, cancel: CancellationTo
                         }
                         wanted = wanted.map(|n| n.saturating_sub(1));
                     }
-                    let fp = fingerprint(&roots, &item.file);
+                    let fp = scan_fingerprint(&roots, &listed, &item.file);
                     let mut work = Work { item, fingerprint: fp, spool, document, page: page_no, previous: None };
                     let verdict = if force { Verdict::Process(None) } else { verdict(known.get(&work.item.id), &work) };
                     match verdict {

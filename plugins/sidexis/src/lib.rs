@@ -151,9 +151,18 @@ pub struct DirEntry {
     pub size: u64,
 }
 
+fn dir_entry(e: fs::Entry) -> DirEntry {
+    DirEntry { name: e.name, kind: e.kind, size: e.size }
+}
+
 /// What the scan needs from the host.
 pub trait Site {
     fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, HostError>;
+    /// Each folder's listing, in order; one host call for all of them
+    /// where the host can (a share's wait per page, not per folder).
+    fn list_dirs(&mut self, paths: &[&str]) -> Result<Vec<Result<Vec<DirEntry>, HostError>>, HostError> {
+        Ok(paths.iter().map(|p| self.list_dir(p)).collect())
+    }
     fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, HostError>;
 }
 
@@ -165,7 +174,13 @@ pub struct HostSite<'a> {
 impl Site for HostSite<'_> {
     fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, HostError> {
         let dir = FileRef { root: self.config.pdata_root.clone(), path: path.to_string() };
-        Ok(fs::list_dir(&dir)?.into_iter().map(|e| DirEntry { name: e.name, kind: e.kind, size: e.size }).collect())
+        Ok(fs::list_dir(&dir)?.into_iter().map(dir_entry).collect())
+    }
+
+    fn list_dirs(&mut self, paths: &[&str]) -> Result<Vec<Result<Vec<DirEntry>, HostError>>, HostError> {
+        let root = &self.config.pdata_root;
+        let dirs: Vec<FileRef> = paths.iter().map(|p| FileRef { root: root.clone(), path: p.to_string() }).collect();
+        Ok(fs::list_dirs(&dirs)?.into_iter().map(|r| r.map(|es| es.into_iter().map(dir_entry).collect())).collect())
     }
 
     fn query(&mut self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, HostError> {
@@ -261,11 +276,21 @@ fn page_after(
         });
     }
 
+    let folders: Vec<(u64, &str)> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Folder { name, id } => Some((*id, *name)),
+            Entry::Other(_) => None,
+        })
+        .collect();
+    let names: Vec<&str> = folders.iter().map(|(_, name)| *name).collect();
+    let listings = site.list_dirs(&names).context("listing the page's patient folders")?;
+    if listings.len() != folders.len() {
+        return Err(permanent(format!("the host listed {} of {} folders (host bug)", listings.len(), folders.len())));
+    }
     let mut listed: Vec<(u64, Listed)> = Vec::new();
-    for e in &entries {
-        if let Entry::Folder { name, id } = e {
-            listed.push((*id, list_patient_folder(site, name)?));
-        }
+    for ((id, name), listing) in folders.into_iter().zip(listings) {
+        listed.push((id, patient_folder(name, listing)?));
     }
     // who is who, for the folders that hold images; then the images' names
     // of the patients with a card id
@@ -303,8 +328,8 @@ enum Patient {
     Cards(Vec<String>),
 }
 
-fn list_patient_folder(site: &mut dyn Site, folder: &str) -> Result<Listed, StageError> {
-    let entries = match site.list_dir(folder) {
+fn patient_folder(folder: &str, listing: Result<Vec<DirEntry>, HostError>) -> Result<Listed, StageError> {
+    let entries = match listing {
         Ok(entries) => entries,
         Err(e @ HostError::Unavailable(_)) => return Err(e).context(format_args!("listing {folder}")),
         Err(e) => {

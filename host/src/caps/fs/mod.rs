@@ -24,6 +24,43 @@ pub const MAX_READ: u32 = 4 << 20;
 /// A stage's fs grant: its roots, by name, as real paths.
 pub struct Fs {
     pub roots: BTreeMap<String, PathBuf>,
+    /// The source's: what its listings saw of files (see [`Listed`]).
+    pub listed: Option<Listed>,
+}
+
+/// Size and modification time (ns) of the files a source's listings saw,
+/// by `(root, path)`, until the runner takes them for the page's
+/// fingerprints.
+///
+/// Why: on a pass where nothing changed, the fingerprint of every item is
+/// most of the work that is left, and it would `stat` each file a second
+/// time moments after the listing did. The runner falls back to its own
+/// `stat` for any item whose file the listings did not see (a source
+/// that names files without listing them, a path spelt differently).
+#[derive(Default)]
+pub struct Listed(std::sync::Mutex<std::collections::HashMap<(String, String), (u64, u128)>>);
+
+impl Listed {
+    /// Most files remembered between two takes: a source that lists far
+    /// more than it returns does not grow the host without bound.
+    pub const MAX: usize = 1 << 20;
+
+    fn record(&self, root: &str, dir: &str, files: impl Iterator<Item = (String, u64, u128)>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = dir.trim_end_matches('/');
+        for (name, size, mtime) in files {
+            if map.len() >= Self::MAX {
+                return;
+            }
+            let path = if dir.is_empty() || dir == "." { name } else { format!("{dir}/{name}") };
+            map.insert((root.to_owned(), path), (size, mtime));
+        }
+    }
+
+    /// Everything recorded since the last take.
+    pub fn take(&self) -> std::collections::HashMap<(String, String), (u64, u128)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Capability for Fs {
@@ -65,7 +102,8 @@ impl Capability for Fs {
             }
             roots.insert(name.clone(), real);
         }
-        Ok(Some(Fs { roots }))
+        let listed = (cx.stage.role == crate::config::Role::Source).then(Listed::default);
+        Ok(Some(Fs { roots, listed }))
     }
 
     async fn probe(&self) -> anyhow::Result<Vec<String>> {
@@ -90,24 +128,27 @@ pub struct OpenFile {
 
 /// Resolves `r` to a real path inside its root, or says why not.
 pub fn resolve(state: &StageState, r: &FileRef) -> Result<PathBuf, HostError> {
+    resolve_in(root_of(state, r)?, &r.root, &r.path)
+}
+
+/// The canonical folder of `r`'s root, if this stage may read there (its
+/// grants, its spool files, the file of its current item).
+fn root_of<'a>(state: &'a StageState, r: &FileRef) -> Result<&'a PathBuf, HostError> {
     let ctx = &state.ctx;
     check_relative(&r.root, &r.path)?;
-    let root = match ctx.caps.fs.as_ref().and_then(|f| f.roots.get(&r.root)) {
-        Some(root) => root,
+    match ctx.caps.fs.as_ref().and_then(|f| f.roots.get(&r.root)) {
+        Some(root) => Ok(root),
         None if r.root == super::http::spool::ROOT && state.spooled.contains(&r.path) => {
-            ctx.all_fs_roots.get(&r.root).ok_or_else(|| HostError::NotFound("this stage has no spool".into()))?
+            ctx.all_fs_roots.get(&r.root).ok_or_else(|| HostError::NotFound("this stage has no spool".into()))
         }
         None if state.current_file.as_ref().is_some_and(|c| c.root == r.root && c.path == r.path) => ctx
             .all_fs_roots
             .get(&r.root)
-            .ok_or_else(|| HostError::NotFound(format!("no fs root named `{}` in this pipeline", r.root)))?,
+            .ok_or_else(|| HostError::NotFound(format!("no fs root named `{}` in this pipeline", r.root))),
         None => {
-            return Err(
-                ctx.denied(&format!("read fs root `{}`", r.root), &format!("add `grants.fs.{} = \"/path\"`", r.root))
-            )
+            Err(ctx.denied(&format!("read fs root `{}`", r.root), &format!("add `grants.fs.{} = \"/path\"`", r.root)))
         }
-    };
-    resolve_in(root, &r.root, &r.path)
+    }
 }
 
 /// Joins a relative, `/`-separated path to a canonical root, refusing
@@ -153,6 +194,12 @@ fn entry(name: String, md: &std::fs::Metadata) -> Entry {
     Entry { name, kind, size: md.len(), modified }
 }
 
+/// Modification time in nanoseconds since the Unix epoch (the runner's
+/// fingerprint).
+pub fn mtime_ns(md: &std::fs::Metadata) -> Option<u128> {
+    Some(md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos())
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HostError> + Send + 'static,
 ) -> Result<T, HostError> {
@@ -161,6 +208,47 @@ async fn blocking<T: Send + 'static>(
 
 pub use crate::util::sha256_file;
 
+/// Most directories in one `list-dirs` call.
+pub const MAX_LIST_DIRS: usize = 1000;
+
+/// A file seen by a listing: name, size, modification time in ns.
+type SeenFile = (String, u64, u128);
+
+/// The entries of the directory at `path`, sorted by name; with
+/// `remember`, also the files' fingerprints (see [`Listed`]).
+fn list(path: &Path, what: &str, remember: bool) -> Result<(Vec<Entry>, Vec<SeenFile>), HostError> {
+    let mut out = Vec::new();
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(path).map_err(|e| io_error(what, e))? {
+        let e = e.map_err(|e| io_error(what, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        // relative to the open directory (no path walk); a link is
+        // followed to report what it points at (still checked on open)
+        let md = match e.file_type() {
+            Ok(t) if t.is_symlink() => std::fs::metadata(e.path()).or_else(|_| e.metadata()),
+            _ => e.metadata(),
+        }
+        .map_err(|e| io_error(what, e))?;
+        if remember && md.is_file() {
+            if let Some(mtime) = mtime_ns(&md) {
+                files.push((name.clone(), md.len(), mtime));
+            }
+        }
+        out.push(entry(name, &md));
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((out, files))
+}
+
+impl StageState {
+    /// Records what a listing of `dir` saw of its files, for the source.
+    fn remember(&self, dir: &FileRef, files: Vec<SeenFile>) {
+        if let Some(listed) = self.ctx.caps.fs.as_ref().and_then(|f| f.listed.as_ref()) {
+            listed.record(&dir.root, &dir.path, files.into_iter());
+        }
+    }
+}
+
 impl Host for StageState {
     async fn roots(&mut self) -> Vec<String> {
         self.ctx.caps.fs.as_ref().map(|f| f.roots.keys().cloned().collect()).unwrap_or_default()
@@ -168,26 +256,52 @@ impl Host for StageState {
 
     async fn list_dir(&mut self, dir: FileRef) -> Result<Vec<Entry>, HostError> {
         let path = resolve(self, &dir)?;
+        let remember = self.ctx.caps.fs.as_ref().is_some_and(|f| f.listed.is_some());
         let what = format!("`{}:{}`", dir.root, dir.path);
-        self.bounded(
-            "listing a directory",
-            blocking(move || {
-                let mut out = Vec::new();
-                for e in std::fs::read_dir(&path).map_err(|e| io_error(&what, e))? {
-                    let e = e.map_err(|e| io_error(&what, e))?;
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    // follow links to report what they point at (still checked on open)
-                    let md = match std::fs::metadata(e.path()) {
-                        Ok(md) => md,
-                        Err(_) => e.metadata().map_err(|e| io_error(&what, e))?,
-                    };
-                    out.push(entry(name, &md));
-                }
-                out.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(out)
-            }),
-        )
-        .await
+        let (entries, files) =
+            self.bounded("listing a directory", blocking(move || list(&path, &what, remember))).await?;
+        self.remember(&dir, files);
+        Ok(entries)
+    }
+
+    async fn list_dirs(&mut self, dirs: Vec<FileRef>) -> Result<Vec<Result<Vec<Entry>, HostError>>, HostError> {
+        if dirs.len() > MAX_LIST_DIRS {
+            return Err(HostError::Invalid(format!(
+                "list-dirs of {} directories: at most {MAX_LIST_DIRS} per call",
+                dirs.len()
+            )));
+        }
+        // grants are checked here; the paths are resolved and listed in
+        // one blocking task (a share's round trips, not a thread hand-off
+        // per folder)
+        let jobs: Vec<_> =
+            dirs.iter().map(|d| root_of(self, d).map(|root| (root.clone(), d.root.clone(), d.path.clone()))).collect();
+        let remember = self.ctx.caps.fs.as_ref().is_some_and(|f| f.listed.is_some());
+        let listed = self
+            .bounded(
+                "listing directories",
+                blocking(move || {
+                    Ok(jobs
+                        .into_iter()
+                        .map(|job| {
+                            let (root, name, rel) = job?;
+                            let path = resolve_in(&root, &name, &rel)?;
+                            list(&path, &format!("`{name}:{rel}`"), remember)
+                        })
+                        .collect::<Vec<_>>())
+                }),
+            )
+            .await?;
+        Ok(dirs
+            .iter()
+            .zip(listed)
+            .map(|(dir, r)| {
+                r.map(|(entries, files)| {
+                    self.remember(dir, files);
+                    entries
+                })
+            })
+            .collect())
     }
 
     async fn stat(&mut self, target: FileRef) -> Result<Entry, HostError> {
@@ -292,5 +406,29 @@ mod tests {
         assert!(msg(resolve_in(&root, "pdata", "P_000017/../../secret.txt")).contains("leaves"));
         assert!(msg(resolve_in(&root, "pdata", "link")).contains("through a link"));
         assert!(matches!(resolve_in(&root, "pdata", "nope"), Err(HostError::NotFound(_))));
+    }
+
+    #[test]
+    fn listings_remember_files_by_the_path_a_source_names_them_with() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("P_1")).unwrap();
+        std::fs::write(dir.path().join("P_1").join("a.dcm"), b"12345").unwrap();
+        let (entries, files) = list(&dir.path().join("P_1"), "`pdata:P_1`", true).unwrap();
+        assert_eq!(entries.len(), 1);
+        let md = std::fs::metadata(dir.path().join("P_1").join("a.dcm")).unwrap();
+        assert_eq!(files, vec![("a.dcm".to_string(), 5, mtime_ns(&md).unwrap())]);
+        let listed = Listed::default();
+        listed.record("pdata", "P_1/", files.clone().into_iter());
+        listed.record("pdata", "", files.clone().into_iter());
+        listed.record("pdata", ".", vec![("b".to_string(), 1, 2)].into_iter());
+        let seen = listed.take();
+        assert_eq!(seen.get(&("pdata".into(), "P_1/a.dcm".into())), Some(&(5, mtime_ns(&md).unwrap())));
+        assert!(seen.contains_key(&("pdata".into(), "a.dcm".into())));
+        assert!(seen.contains_key(&("pdata".into(), "b".into())));
+        assert!(listed.take().is_empty(), "a take empties it");
+        // bounded: a source listing far more than it returns
+        let many = (0..Listed::MAX + 10).map(|i| (format!("f{i}"), 1, 1));
+        listed.record("pdata", "big", many);
+        assert_eq!(listed.take().len(), Listed::MAX);
     }
 }
