@@ -151,3 +151,45 @@ fn outside_the_upload_windows_items_wait_and_status_says_why() {
         "{stdout}"
     );
 }
+
+/// What a service manager does: `ferry run --every` keeps running until
+/// SIGTERM (systemd's stop), then ends its pass and exits 0, and the next
+/// start finds the work done.
+#[test]
+fn sigterm_stops_a_scheduled_run_cleanly() {
+    let (dir, _site) = setup(demo_site());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--no-progress", "--every", "1h", "pipeline.toml"])
+        .current_dir(dir.path())
+        .env("FERRY_CACHE_DIR", ferry_tests::workspace_root().join("target/ferry-test-cache"))
+        .env("FERRY_PLUGIN_DIR", ferry_tests::plugin_dir())
+        .env("FERRY_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferry starts");
+    // the first pass's summary line, then it waits for the next pass
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.starts_with("done: scanned=39 stored=30"), "{line}");
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("ferry did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "a stop is not a failure: {status:?}\n{stderr}");
+    assert!(stderr.contains("stopping: finishing items in flight"), "{stderr}");
+    let again = ferry(&["run", "pipeline.toml"], dir.path());
+    assert!(text(&again.stdout).contains("stored=0 unchanged=30"), "{}", text(&again.stdout));
+}

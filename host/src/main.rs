@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry::ledger::prelude::*;
 use ferry::ledger::SqliteLedger;
@@ -112,6 +112,13 @@ enum Command {
         /// The pipeline file.
         pipeline: PathBuf,
     },
+    /// Compile plugins now into the cache ($FERRY_CACHE_DIR, else
+    /// ~/.cache/ferry), so that the first start after installing or
+    /// dropping in a plugin does not wait for the compiler.
+    Precompile {
+        /// Plugin files, or folders of them (default: $FERRY_PLUGIN_DIR).
+        paths: Vec<PathBuf>,
+    },
 }
 
 fn main() {
@@ -129,6 +136,10 @@ fn main() {
 
 async fn real_main(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Precompile { paths } => {
+            init_logging(cli.log_format, None);
+            precompile(paths)
+        }
         Command::Check { pipeline } => {
             init_logging(cli.log_format, None);
             let p = runtime::load_pipeline(&pipeline)?;
@@ -393,12 +404,59 @@ fn progress_message(s: &Summary) -> String {
     )
 }
 
-/// First Ctrl-C: stop scanning, let in-flight items finish. Second: abort.
+/// `ferry precompile`: every plugin named (files or folders of `.wasm`)
+/// compiled into the cache; exit 1 if one does not compile.
+fn precompile(paths: Vec<PathBuf>) -> Result<i32> {
+    let Some(cache) = ferry::plugin::default_cache_dir() else {
+        anyhow::bail!("no cache folder: set $FERRY_CACHE_DIR (or $HOME)");
+    };
+    let paths = if paths.is_empty() {
+        match std::env::var_os("FERRY_PLUGIN_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => vec![PathBuf::from(dir)],
+            None => anyhow::bail!("name the plugins (files or folders), or set $FERRY_PLUGIN_DIR"),
+        }
+    } else {
+        paths
+    };
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&path)
+                .with_context(|| format!("listing {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                anyhow::bail!("no .wasm file in {}", path.display());
+            }
+            files.extend(found);
+        } else {
+            files.push(path);
+        }
+    }
+    let engine = ferry::stage::engine()?;
+    let mut failed = 0;
+    for file in &files {
+        let started = std::time::Instant::now();
+        match ferry::plugin::load(&engine, file, Some(&cache)) {
+            Ok(p) if p.cached => println!("{}: already compiled", file.display()),
+            Ok(_) => println!("{}: compiled in {:.1?}", file.display(), started.elapsed()),
+            Err(e) => {
+                failed += 1;
+                println!("{}: {e}", file.display());
+            }
+        }
+    }
+    println!("{} plugin(s) in the cache {}", files.len() - failed, cache.display());
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// First Ctrl-C (or SIGTERM, a service manager's stop): stop scanning,
+/// let in-flight items finish. A second Ctrl-C aborts.
 fn spawn_ctrl_c(cancel: CancellationToken, progress: Option<ProgressBar>) {
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
-            return;
-        }
+        ferry::serve::stop_signal().await;
         let msg = "stopping: finishing items in flight (Ctrl-C again to abort)";
         match &progress {
             Some(pb) => pb.println(msg),

@@ -23,6 +23,7 @@ fn main() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("demo") => demo(&root),
         Some("bench") => bench(&root, &args[1..]),
+        Some("dist") => dist(&root, args.iter().any(|a| a == "--debug")),
         Some("lint") => lint(&root),
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("check") => {
@@ -38,6 +39,8 @@ fn main() -> Result<()> {
                  demo      build plugins, generate a synthetic Sidexis site, run pipelines/demo.toml, then a documents pipeline\n  \
                  check     build plugins, then `ferry check pipelines/demo.toml`\n  \
                  bench     build plugins and ferry, print pipeline vs plain-upload figures (--quick: smaller site; --release)\n  \
+                 dist      a release build for a Linux server in target/dist/ (binary, plugins, their compiled code, systemd units, install.sh) and its .tar.gz;\n            \
+                 --debug: the same from the test build, to check the packaging (CI)\n  \
                  lint      house rules: cargo fmt --check and clippy -D warnings in both workspaces (CI runs it)\n  \
                  fuzz      fuzz the DICOM parsers natively: --seconds N [--target extract|render|all] (args go to plugins/fuzz)"
             );
@@ -206,6 +209,147 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
     if !status.success() {
         bail!("bench failed ({status})");
     }
+    Ok(())
+}
+
+/// `cargo xtask dist`: what a clinic's server gets, in
+/// `target/dist/ferry-VERSION-linux-ARCH/` and a `.tar.gz` of it: the
+/// release binary, the stock plugins (not the test fixtures), their code
+/// compiled ahead of time by that binary (`ferry precompile`; a CPU that
+/// cannot use it compiles again at first start), the systemd units and
+/// `ferry-admin` from `dist/`, the production pipeline examples, the
+/// README and `install.sh`. Then it checks what it made: a staged install
+/// (`install.sh --root`) whose binary finds every plugin already compiled,
+/// and `systemd-analyze verify` of the units where systemd is installed.
+///
+/// `--debug` packages the debug binary of the test build instead (the
+/// same build as `test` and `demo`, nothing compiled again), so that CI
+/// checks the packaging without building every crate a second time in
+/// release; its archive is named `…-debug` and is not for servers.
+fn dist(root: &Path, debug: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let (plugins, _) = build_plugins(root)?;
+    if debug {
+        cargo(root, &["build", "--workspace", "--bins", "--tests", "--quiet"], &[])?;
+    } else {
+        cargo(root, &["build", "--release", "-p", "ferry", "--bin", "ferry"], &[])?;
+    }
+    let bin = root.join("target").join(if debug { "debug" } else { "release" }).join("ferry");
+    let version = String::from_utf8(Command::new(&bin).arg("--version").output()?.stdout)?;
+    let version = version.split_whitespace().nth(1).context("ferry --version printed no version")?.to_owned();
+    let name = format!("ferry-{version}-linux-{}{}", std::env::consts::ARCH, if debug { "-debug" } else { "" });
+    let dist = root.join("target").join("dist");
+    let out = dist.join(&name);
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    for sub in ["bin", "plugins", "cache", "systemd", "pipelines"] {
+        std::fs::create_dir_all(out.join(sub))?;
+    }
+    let copy = |from: &Path, to: &Path| -> Result<()> {
+        std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        Ok(())
+    };
+    copy(&bin, &out.join("bin").join("ferry"))?;
+    let mut stock = Vec::new();
+    for e in std::fs::read_dir(&plugins)? {
+        let p = e?.path();
+        let file = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if file.ends_with(".wasm") && !file.starts_with("fixture-") {
+            stock.push(file);
+        }
+    }
+    stock.sort();
+    for f in &stock {
+        copy(&plugins.join(f), &out.join("plugins").join(f))?;
+    }
+    let src = root.join("dist");
+    for f in ["ferry-run@.service", "ferry-serve@.service"] {
+        copy(&src.join("systemd").join(f), &out.join("systemd").join(f))?;
+    }
+    for f in ["install.sh", "ferry-admin", "ferry.env.example"] {
+        copy(&src.join(f), &out.join(f))?;
+    }
+    for f in ["sidexis-s3.toml", "documents-fhir.toml", "documents-opendental.toml"] {
+        copy(&root.join("pipelines").join(f), &out.join("pipelines").join(f))?;
+    }
+    copy(&root.join("README.md"), &out.join("README.md"))?;
+    eprintln!("==> compiling {} plugins ahead of time", stock.len());
+    let status = Command::new(out.join("bin").join("ferry"))
+        .arg("precompile")
+        .arg(out.join("plugins"))
+        .env("FERRY_CACHE_DIR", out.join("cache"))
+        .status()?;
+    if !status.success() {
+        bail!("ferry precompile failed ({status})");
+    }
+
+    // what an install looks like, checked
+    let staged = dist.join("staged");
+    if staged.exists() {
+        std::fs::remove_dir_all(&staged)?;
+    }
+    let status = Command::new("sh").arg(out.join("install.sh")).arg("--root").arg(&staged).status()?;
+    if !status.success() {
+        bail!("install.sh --root failed ({status})");
+    }
+    let check = Command::new(staged.join("usr/local/bin/ferry"))
+        .arg("precompile")
+        .arg(staged.join("usr/lib/ferry/plugins"))
+        .env("FERRY_CACHE_DIR", staged.join("var/cache/ferry"))
+        .output()?;
+    let said = String::from_utf8_lossy(&check.stdout);
+    let cached = said.lines().filter(|l| l.ends_with(": already compiled")).count();
+    if !check.status.success() || cached != stock.len() {
+        bail!("the installed binary did not find every plugin compiled ({cached} of {}):\n{said}", stock.len());
+    }
+    match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(o) if o.status.success() => verify_units(&staged)?,
+        _ => eprintln!("==> no systemd-analyze here: the units were not verified"),
+    }
+
+    let tarball = dist.join(format!("{name}.tar.gz"));
+    let status = Command::new("tar").arg("-C").arg(&dist).arg("-czf").arg(&tarball).arg(&name).status()?;
+    if !status.success() {
+        bail!("tar failed ({status})");
+    }
+    let size = std::fs::metadata(&tarball)?.len();
+    eprintln!(
+        "==> {} ({:.1} MiB) in {:.0?}\n    on the server: tar xzf {name}.tar.gz && sudo ./{name}/install.sh",
+        tarball.display(),
+        size as f64 / (1 << 20) as f64,
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// `systemd-analyze verify` of the installed units as instances, with
+/// their `ExecStart` pointing at the staged binary (verify checks that it
+/// exists); any complaint about them (an unknown key is only a warning to
+/// systemd) fails.
+fn verify_units(staged: &Path) -> Result<()> {
+    let dir = staged.join("verify");
+    std::fs::create_dir_all(&dir)?;
+    let bin = staged.join("usr/local/bin/ferry");
+    let mut units = Vec::new();
+    for kind in ["run", "serve"] {
+        let text = std::fs::read_to_string(staged.join(format!("etc/systemd/system/ferry-{kind}@.service")))?;
+        let unit = dir.join(format!("ferry-{kind}@sidexis-s3.service"));
+        std::fs::write(&unit, text.replace("/usr/local/bin/ferry", &bin.display().to_string()))?;
+        units.push(unit);
+    }
+    let out = Command::new("systemd-analyze").arg("verify").args(&units).output()?;
+    let complaints: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stdout).lines())
+        .filter(|l| l.contains("ferry-"))
+        .map(str::to_owned)
+        .collect();
+    if !out.status.success() || !complaints.is_empty() {
+        bail!("systemd-analyze verify of the units failed ({}):\n{}", out.status, complaints.join("\n"));
+    }
+    std::fs::remove_dir_all(&dir)?;
+    eprintln!("==> systemd-analyze verify: both units are valid");
     Ok(())
 }
 

@@ -430,7 +430,8 @@ pub async fn serve(pipeline: Pipeline, listen: Option<String>, options: &Options
     Ok(())
 }
 
-async fn stop_signal() {
+/// Ctrl-C, or SIGTERM where there are signals.
+pub async fn stop_signal() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
