@@ -38,7 +38,7 @@ fn main() -> Result<()> {
                  test      build plugins, then run every test (extra args go to cargo test)\n  \
                  demo      build plugins, generate a synthetic Sidexis site, run pipelines/demo.toml, then a documents pipeline\n  \
                  check     build plugins, then `ferry check pipelines/demo.toml`\n  \
-                 bench     build plugins and ferry, print pipeline vs plain-upload figures (--quick: smaller site; --release)\n  \
+                 bench     release build; ferry next to rclone and a PutObject loop on one S3 server: small, large, 100,000-image sites (--quick, --noop-only, --noop-site N, --debug)\n  \
                  dist      a release build for a Linux server in target/dist/ (binary, plugins, their compiled code, systemd units, install.sh) and its .tar.gz;\n            \
                  --debug: the same from the test build, to check the packaging (CI)\n  \
                  lint      house rules: cargo fmt --check and clippy -D warnings in both workspaces (CI runs it)\n  \
@@ -188,9 +188,18 @@ fn demo(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench [--quick] [--debug] [--noop-only] [--noop-site N]`:
+/// the release build (a debug build's figures say little about a
+/// clinic's), with rclone — the peer the figures are read against —
+/// installed from the distribution's packages when missing.
 fn bench(root: &Path, extra: &[String]) -> Result<()> {
     let (out, _) = build_plugins(root)?;
-    let release = extra.iter().any(|a| a == "--release");
+    let release = !extra.iter().any(|a| a == "--debug");
+    if Command::new("rclone").arg("version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        if let Err(e) = apt_install(&["rclone"]) {
+            eprintln!("==> no rclone ({e:#}): the bench leaves out its rows");
+        }
+    }
     // the same build as `cargo xtask test` (see `demo`)
     let mut build = vec!["build", "--workspace", "--bins", "--tests"];
     if release {
@@ -201,9 +210,7 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
     let target = root.join("target").join(profile);
     let mut cmd = Command::new(target.join("bench"));
     cmd.arg(target.join("ferry")).current_dir(root).env("FERRY_PLUGIN_DIR", &out);
-    if extra.iter().any(|a| a == "--quick") {
-        cmd.arg("--quick");
-    }
+    cmd.args(extra.iter().filter(|a| *a != "--debug" && *a != "--release"));
     eprintln!("==> bench ({profile} build)");
     let status = cmd.status().context("running the bench")?;
     if !status.success() {
@@ -484,7 +491,9 @@ fn pick_toolchain() -> Result<Toolchain> {
     let rustc = PathBuf::from("/usr/bin/rustc");
     let std_src = Path::new("/usr/lib/rustlib/src/rust/library");
     if !rustc.exists() || !std_src.exists() {
-        apt_install(&["rustc-web", "rust-web-src"])?;
+        apt_install(&["rustc-web", "rust-web-src"]).with_context(|| {
+            format!("installing Debian's rustc-web for {WASM_TARGET} (or run `rustup target add {WASM_TARGET}`)")
+        })?;
     }
     // rust-lld ships with every rustup host toolchain.
     let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().context("rustc --print sysroot")?;
@@ -513,11 +522,7 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
             .status()
             .with_context(|| format!("running {}", all.join(" ")))?;
         if !status.success() {
-            bail!(
-                "`{}` failed; install {} by hand or `rustup target add {WASM_TARGET}`",
-                all.join(" "),
-                pkgs.join(" ")
-            );
+            bail!("`{}` failed; install {} by hand", all.join(" "), pkgs.join(" "));
         }
         Ok(())
     };

@@ -680,6 +680,10 @@ pub struct Placed {
     pub outcome: Outcome,
 }
 
+/// Files up to this size are created without looking first (see
+/// [`Placer::place`]).
+pub const CREATE_FIRST_MAX: u64 = 1 << 20;
+
 /// Puts one item's file at a key, if the key is free for it.
 struct Placer<'a> {
     item: &'a Item,
@@ -709,8 +713,21 @@ impl Placer<'_> {
     fn place(&mut self, backend: &mut dyn Backend, key: &str) -> Result<Option<(ObjectInfo, Outcome)>, StageError> {
         let content_type = content_type(key);
         let file = &self.item.file;
+        // A small file is created first: the store refuses a key that is
+        // taken, so a new image costs one request, not a look and a put
+        // (most of a first pass over intra-oral images). A big file looks
+        // first: a refused create would have sent its bytes for nothing.
+        let create_first = self.item.size <= CREATE_FIRST_MAX;
         // Twice at most: a create that loses a race looks again.
-        for _ in 0..2 {
+        for round in 0..2 {
+            if create_first && round == 0 {
+                if let Some(info) = backend
+                    .create_file(key, file, content_type, &self.object_meta())
+                    .context(format_args!("storing {key}"))?
+                {
+                    return Ok(Some((info, Outcome::Stored)));
+                }
+            }
             let Some(info) = backend.head(key).context(format_args!("looking up {key}"))? else {
                 match backend
                     .create_file(key, file, content_type, &self.object_meta())

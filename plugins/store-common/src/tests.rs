@@ -99,6 +99,8 @@ struct Fake {
     race: Option<(String, Object)>,
     /// A store that knows no checksums.
     no_checksums: bool,
+    /// Requests, in order (`head KEY`, `create KEY`), for counting.
+    requests: Vec<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -118,6 +120,7 @@ impl Fake {
 
 impl Backend for Fake {
     fn head(&mut self, key: &str) -> Result<Option<ObjectInfo>, HostError> {
+        self.requests.push(format!("head {key}"));
         Ok(self.info(key))
     }
     fn put_file(
@@ -139,6 +142,7 @@ impl Backend for Fake {
         ct: &str,
         meta: &[(String, String)],
     ) -> Result<Option<ObjectInfo>, HostError> {
+        self.requests.push(format!("create {key}"));
         if let Some((k, object)) = self.race.take_if(|(k, _)| k == key) {
             self.objects.insert(k, object);
         }
@@ -244,6 +248,33 @@ fn store_is_idempotent_and_avoids_collisions() {
     fake.objects.insert(alt_c, (b"y".to_vec(), String::new(), vec![]));
     let e = store_item(&config, &mut fake, &c, &vec![], "guid-1").unwrap_err();
     assert!(e.message.contains("collision"), "{}", e.message);
+}
+
+#[test]
+fn a_new_small_image_is_created_without_looking_first_and_a_big_one_looks() {
+    let config = fs_settings("{}");
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    assert_eq!(run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano")).1, Outcome::Stored);
+    // the image in one request; the sidecar's put is not a look either
+    assert_eq!(fake.requests, ["create images/guid-1/Pano.dcm"]);
+    assert_eq!(fake.puts, ["images/guid-1/Pano.dcm", "images/guid-1/Pano.dcm.json"]);
+
+    // again: the refused create looks, finds its own bytes
+    fake.requests.clear();
+    assert_eq!(run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano")).1, Outcome::Unchanged);
+    assert_eq!(
+        fake.requests,
+        ["create images/guid-1/Pano.dcm", "head images/guid-1/Pano.dcm", "head images/guid-1/Pano.dcm.json"]
+    );
+
+    // a CBCT: looked up before its bytes go anywhere
+    let mut big = item("P_2/0000_7.dcm", "CBCT");
+    big.size = CREATE_FIRST_MAX + 1;
+    fake.files.insert("P_2/0000_7.dcm".into(), b"volume".to_vec());
+    fake.requests.clear();
+    assert_eq!(run(&mut fake, &config, &big).1, Outcome::Stored);
+    assert_eq!(fake.requests, ["head images/guid-1/CBCT.dcm", "create images/guid-1/CBCT.dcm"]);
 }
 
 #[test]

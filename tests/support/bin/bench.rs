@@ -1,29 +1,40 @@
-//! `bench`: how fast is the whole ferry pipeline next to a plain upload loop?
+//! `bench`: how fast is the whole ferry pipeline next to the peer a clinic
+//! would otherwise use (rclone) and a plain upload loop?
 //!
-//! Run with `cargo xtask bench`. Everything runs on this machine, in one
-//! run, against the same real S3 server (s3s-fs on 127.0.0.1):
+//! Run with `cargo xtask bench` (a release build). Everything runs on this
+//! machine, in one run, against the same real S3 server (s3s-fs on
+//! 127.0.0.1), on three generated Sidexis sites:
 //!
-//! 1. a generated Sidexis site: 2,000 small and 300 realistic intra-oral
-//!    DICOM files (~2.6 MB each);
-//! 2. **baseline**: an in-process aws-sdk-s3 `PutObject` loop over the same
-//!    files with the same concurrency as the pipeline's store stage;
-//! 3. **ferry**: `ferry run` of the production pipeline (sidexis → dicom-meta
-//!    → http-resolver → store) as a separate process;
-//! 4. a no-op re-run (nothing changed: the ledger answers);
-//! 5. peak RSS of `ferry run` moving one ~300 MB file (bytes stream from
-//!    disk in parts, so this should stay far below the file size);
-//! 6. the clinic-scale no-op: a site of 100,000 small images (10,000 with
-//!    `--quick`, `--noop-site N` to choose) stored once, then a pass where
-//!    nothing changed, next to a stat walk of the same tree (the floor: what
-//!    any change detection by size and mtime has to do). `--noop-only` runs
-//!    just this part (for profiling: `perf record -g target/release/ferry
-//!    run …` in the printed directory).
+//! - **small**: 2,000 intra-oral images of ~30 KB;
+//! - **large**: 300 images of ~2.6 MB and 20 of ~7 MB;
+//! - **clinic scale**: 100,000 small images (10,000 with `--quick`,
+//!   `--noop-site N` to choose).
 //!
-//! It prints a table; nothing is asserted. Speed targets are read as the
-//! ratio ferry/baseline, which cancels out the machine.
+//! On each, the same files go up three ways, each into its own bucket:
+//!
+//! 1. **PutObject loop**: in-process aws-sdk-s3 with the same concurrency
+//!    as the pipeline's store stage (the ceiling for this server);
+//! 2. **rclone** `copy --transfers 8` of the PDATA folder (what an IT
+//!    person would script instead; installed by `cargo xtask bench` from
+//!    the distribution when missing, skipped with a note when absent);
+//! 3. **ferry**: `ferry run` of the production pipeline (sidexis →
+//!    dicom-meta → http-resolver → store: patient lookup, metadata, a JSON
+//!    sidecar per image) as a separate process;
+//!
+//! then rclone and ferry again over the unchanged site (the no-op pass),
+//! with wall time, CPU seconds and peak RSS of each process. The clinic-scale
+//! site adds a stat walk of its tree (the floor of any change detection by
+//! size and mtime). One ~300 MB file gives ferry's peak RSS for a CBCT.
+//! `--noop-only` runs just the clinic-scale site (for profiling:
+//! `perf record -g target/release/ferry run …` in the printed directory).
+//!
+//! It prints tables; nothing is asserted. Speed targets are read as ratios
+//! against rclone, run in the same run on the same server, which cancels
+//! out the machine.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,58 +42,43 @@ use anyhow::{bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use ferry_tests::{guid, ImageKind, ImageSpec, PatientSpec, ResolverServer, S3Server, SiteBuilder};
 
-const SMALL: u32 = 2_000;
-const LARGE: u32 = 300;
 const CONCURRENCY: usize = 8;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let ferry_bin = PathBuf::from(args.first().context("usage: bench <path to ferry binary> [--quick]")?);
     let quick = args.iter().any(|a| a == "--quick");
-    let (small, large) = if quick { (200, 30) } else { (SMALL, LARGE) };
     let noop_n: u32 = match args.iter().position(|a| a == "--noop-site") {
         Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).context("--noop-site takes a number of images")?,
         None if quick => 10_000,
         None => 100_000,
     };
+    let rclone = rclone_version();
+    match &rclone {
+        Some(v) => eprintln!("bench: peer {v}"),
+        None => eprintln!("bench: no rclone on PATH: its rows are left out (`cargo xtask bench` installs it)"),
+    }
+    let rclone = rclone.is_some();
     if args.iter().any(|a| a == "--noop-only") {
-        let noop = noop_pass(&ferry_bin, noop_n)?;
+        let noop = noop_pass(&ferry_bin, noop_n, rclone)?;
         println!();
         noop.print();
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-
-    // a fresh directory per run (file creation right after mass deletion
-    // is slow on these machines)
-    let work = tempfile::Builder::new().prefix("ferry-bench-").tempdir_in(bench_root())?;
-    eprintln!("bench: generating a site with {small} small and {large} intra-oral files in {}", work.path().display());
-    let t = Instant::now();
-    let site = site(small, large).build(&work.path().join("site"))?;
-    let files: Vec<PathBuf> = site.images.iter().map(|i| i.path.clone()).collect();
-    let bytes: u64 = site.images.iter().map(|i| i.size).sum();
-    eprintln!("bench: {} files, {:.1} MB, generated in {:.1?}", files.len(), mb(bytes), t.elapsed());
-
     let s3 = S3Server::start();
-    s3.create_bucket("baseline");
-    s3.create_bucket("ferry");
-    let resolver = ResolverServer::start(site.card_map.clone());
 
-    // baseline: the same files, the same server, plain PutObject
-    let client = s3.client();
-    let t = Instant::now();
-    rt.block_on(put_all(client, files.clone()))?;
-    let baseline = t.elapsed();
-
-    // ferry, as a clinic runs it
-    write_pipeline(work.path(), &s3, &resolver, "ferry")?;
-    let (first, out) = run_ferry(&ferry_bin, work.path())?;
-    let line = last_line(&out);
-    if !line.contains(&format!("stored={}", files.len())) {
-        bail!("ferry did not store every file: {line}");
-    }
-    let (noop, out) = run_ferry(&ferry_bin, work.path())?;
-    let noop_line = last_line(&out);
+    let (small_n, large_n, larger_n) = if quick { (200, 30, 2) } else { (2_000, 300, 20) };
+    let small = compare(&rt, &s3, &ferry_bin, rclone, "small", &format!("{small_n} × 30 KB"), site(small_n, 0, 0))?;
+    let large = compare(
+        &rt,
+        &s3,
+        &ferry_bin,
+        rclone,
+        "large",
+        &format!("{large_n} × 2.6 MB + {larger_n} × 7 MB"),
+        site(0, large_n, larger_n),
+    )?;
 
     // one ~300 MB file: peak memory of the ferry process
     let big = tempfile::Builder::new().prefix("ferry-bench-big-").tempdir_in(bench_root())?;
@@ -95,83 +91,266 @@ fn main() -> Result<()> {
     let big_resolver = ResolverServer::start(big_site.card_map.clone());
     s3.create_bucket("big");
     write_pipeline(big.path(), &s3, &big_resolver, "big")?;
-    let (big_time, big_rss, out) = run_ferry_measuring_rss(&ferry_bin, big.path())?;
-    let big_line = last_line(&out);
+    let big_run = measure(ferry_cmd(&ferry_bin, big.path()))?;
 
-    let noop_site = noop_pass(&ferry_bin, noop_n)?;
+    let noop_site = noop_pass(&ferry_bin, noop_n, rclone)?;
 
-    let files_n = files.len() as f64;
     println!();
-    println!("| measure | baseline (aws-sdk-s3 PutObject ×{CONCURRENCY}) | ferry pipeline | ferry / baseline |");
-    println!("|---|---:|---:|---:|");
+    println!("| site | how | wall s | files/s | MB/s | CPU s | peak RSS MB | speed vs rclone |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    small.print();
+    large.print();
+    println!();
     println!(
-        "| files/s ({} files, {:.0} MB) | {:.0} | {:.0} | {:.2} |",
-        files.len(),
-        mb(bytes),
-        files_n / baseline.as_secs_f64(),
-        files_n / first.as_secs_f64(),
-        baseline.as_secs_f64() / first.as_secs_f64()
+        "one {:.0} MB file through ferry: {:.2?}, peak RSS {:.0} MB ({})",
+        mb(big_size),
+        big_run.wall,
+        mb(big_run.rss),
+        last_line(&big_run.out).trim_start_matches("done: ")
     );
-    println!(
-        "| MB/s | {:.1} | {:.1} | {:.2} |",
-        mb(bytes) / baseline.as_secs_f64(),
-        mb(bytes) / first.as_secs_f64(),
-        baseline.as_secs_f64() / first.as_secs_f64()
-    );
-    println!("| wall time | {:.2?} | {:.2?} | |", baseline, first);
-    println!("| no-op re-run | | {:.2?} ({}) | |", noop, noop_line.trim_start_matches("done: "));
-    println!("| one {:.0} MB file | | {:.2?}, peak RSS {:.0} MB | |", mb(big_size), big_time, mb(big_rss));
+    println!();
     noop_site.print();
     println!();
-    println!("ferry first run: {line}");
-    println!("big file run: {big_line}");
+    println!("ferry, small site: {}", small.ferry_line);
+    println!("ferry, large site: {}", large.ferry_line);
     Ok(())
 }
 
-/// The clinic-scale no-op figures.
+/// What one process did: wall time, CPU seconds (user + system), peak RSS.
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+    rss: u64,
+    out: String,
+}
+
+/// Runs `cmd` to its end, sampling its peak resident set (VmHWM); its
+/// output is read on threads so that a full pipe never stalls it.
+fn measure(mut cmd: Command) -> Result<Measured> {
+    let cpu = children_cpu();
+    let t = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting a measured process")?;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(s) = std::fs::read_to_string(&status_file) {
+            if let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb * 1024);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let wall = t.elapsed();
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    if !status.success() {
+        bail!("{:?} failed ({status}):\n{out}\n{err}", cmd.get_program());
+    }
+    Ok(Measured { wall, cpu: children_cpu() - cpu, rss: peak, out })
+}
+
+/// One site, uploaded by the loop, rclone and ferry, then again unchanged.
+struct Comparison {
+    label: String,
+    files: usize,
+    bytes: u64,
+    baseline: Duration,
+    rclone: Option<(Measured, Measured)>,
+    ferry: (Measured, Measured),
+    ferry_line: String,
+}
+
+impl Comparison {
+    fn print(&self) {
+        let secs = |d: Duration| d.as_secs_f64().max(1e-6);
+        let vs = |d: Duration| match &self.rclone {
+            Some((r, _)) => format!("{:.2}×", secs(r.wall) / secs(d)),
+            None => "—".into(),
+        };
+        let row = |how: &str, wall: Duration, cpu: Option<Duration>, rss: Option<u64>, ratio: String| {
+            println!(
+                "| {} | {how} | {:.2} | {:.0} | {:.1} | {} | {} | {ratio} |",
+                self.label,
+                secs(wall),
+                self.files as f64 / secs(wall),
+                mb(self.bytes) / secs(wall),
+                cpu.map(|c| format!("{:.2}", c.as_secs_f64())).unwrap_or_else(|| "—".into()),
+                rss.map(|r| format!("{:.0}", mb(r))).unwrap_or_else(|| "—".into()),
+            )
+        };
+        row(&format!("PutObject ×{CONCURRENCY} (in process)"), self.baseline, None, None, vs(self.baseline));
+        if let Some((first, _)) = &self.rclone {
+            row("rclone copy --transfers 8", first.wall, Some(first.cpu), Some(first.rss), "1.00×".into());
+        }
+        let (first, again) = &self.ferry;
+        row("**ferry**", first.wall, Some(first.cpu), Some(first.rss), vs(first.wall));
+        let again_vs = match &self.rclone {
+            Some((_, r)) => format!("{:.2}×", secs(r.wall) / secs(again.wall)),
+            None => "—".into(),
+        };
+        if let Some((_, r)) = &self.rclone {
+            println!(
+                "| {} | rclone, nothing changed | {:.2} | | | {:.2} | {:.0} | 1.00× |",
+                self.label,
+                secs(r.wall),
+                r.cpu.as_secs_f64(),
+                mb(r.rss)
+            );
+        }
+        println!(
+            "| {} | ferry, nothing changed | {:.2} | | | {:.2} | {:.0} | {again_vs} |",
+            self.label,
+            secs(again.wall),
+            again.cpu.as_secs_f64(),
+            mb(again.rss)
+        );
+    }
+}
+
+fn compare(
+    rt: &tokio::runtime::Runtime,
+    s3: &S3Server,
+    ferry_bin: &Path,
+    rclone: bool,
+    label: &str,
+    what: &str,
+    builder: SiteBuilder,
+) -> Result<Comparison> {
+    // a fresh directory per site (file creation right after mass deletion
+    // is slow on these machines)
+    let work = tempfile::Builder::new().prefix(&format!("ferry-bench-{label}-")).tempdir_in(bench_root())?;
+    let t = Instant::now();
+    let site = builder.build(&work.path().join("site"))?;
+    let files: Vec<PathBuf> = site.images.iter().map(|i| i.path.clone()).collect();
+    let bytes: u64 = site.images.iter().map(|i| i.size).sum();
+    eprintln!("bench: {label} site: {what}, {:.1} MB, generated in {:.1?}", mb(bytes), t.elapsed());
+    for b in ["baseline", "rclone", "ferry"] {
+        s3.create_bucket(&format!("{label}-{b}"));
+    }
+    let resolver = ResolverServer::start(site.card_map.clone());
+
+    eprintln!("bench: {label}: PutObject loop");
+    let t = Instant::now();
+    rt.block_on(put_all(s3.client(), format!("{label}-baseline"), files.clone()))?;
+    let baseline = t.elapsed();
+    let rclone = if rclone {
+        eprintln!("bench: {label}: rclone copy, then again unchanged");
+        let src = work.path().join("site").join("PDATA");
+        let first = measure(rclone_cmd(s3, &src, &format!("{label}-rclone"), work.path()))?;
+        let again = measure(rclone_cmd(s3, &src, &format!("{label}-rclone"), work.path()))?;
+        Some((first, again))
+    } else {
+        None
+    };
+    eprintln!("bench: {label}: ferry run, then again unchanged");
+    write_pipeline(work.path(), s3, &resolver, &format!("{label}-ferry"))?;
+    let first = measure(ferry_cmd(ferry_bin, work.path()))?;
+    let ferry_line = last_line(&first.out);
+    if !ferry_line.contains(&format!("stored={}", files.len())) {
+        bail!("ferry did not store every file of the {label} site: {ferry_line}");
+    }
+    let again = measure(ferry_cmd(ferry_bin, work.path()))?;
+    if !last_line(&again.out).contains(&format!("unchanged={}", files.len())) {
+        bail!("ferry's second pass over the {label} site was not a no-op: {}", last_line(&again.out));
+    }
+    Ok(Comparison {
+        label: label.to_owned(),
+        files: files.len(),
+        bytes,
+        baseline,
+        rclone,
+        ferry: (first, again),
+        ferry_line,
+    })
+}
+
+/// `rclone version`'s first line, if rclone is on PATH.
+fn rclone_version() -> Option<String> {
+    let out = Command::new("rclone").arg("version").output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("rclone").to_owned())
+}
+
+/// `rclone copy --transfers 8 SRC bench:BUCKET/images`, the remote given in
+/// the environment (no config file), as an IT person would run it.
+fn rclone_cmd(s3: &S3Server, src: &Path, bucket: &str, dir: &Path) -> Command {
+    let mut c = Command::new("rclone");
+    c.arg("copy")
+        .args(["--transfers", "8", "--s3-no-check-bucket", "-q"])
+        .arg(src)
+        .arg(format!("bench:{bucket}/images"))
+        .env("RCLONE_CONFIG", dir.join("rclone.conf"))
+        .env("RCLONE_CONFIG_BENCH_TYPE", "s3")
+        .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_BENCH_ENDPOINT", s3.endpoint())
+        .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", ferry_tests::s3_server::ACCESS_KEY)
+        .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", ferry_tests::s3_server::SECRET_KEY)
+        .env("RCLONE_CONFIG_BENCH_REGION", ferry_tests::s3_server::REGION)
+        .env("RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE", "true");
+    c
+}
+
+/// The clinic-scale figures.
 struct Noop {
     images: u32,
-    first: Duration,
-    first_cpu: Duration,
-    noop: Duration,
-    noop_cpu: Duration,
-    noop_rss: u64,
+    first: Measured,
+    noop: Measured,
+    rclone: Option<(Measured, Measured)>,
     walk: Duration,
-    line: String,
     dir: PathBuf,
 }
 
 impl Noop {
     fn print(&self) {
         let per = |d: Duration| d.as_secs_f64() * 1e6 / self.images as f64;
-        println!("| {} small images, nothing changed | seconds | CPU s | µs / image | vs stat walk |", self.images);
-        println!("|---|---:|---:|---:|---:|");
+        let walk = self.walk.as_secs_f64().max(1e-6);
+        println!("| {} small images | seconds | CPU s | peak RSS MB | µs / image | vs stat walk |", self.images);
+        println!("|---|---:|---:|---:|---:|---:|");
         println!(
-            "| stat walk of the tree (read_dir + metadata) | {:.2} | | {:.1} | 1.0× |",
+            "| stat walk of the tree (read_dir + metadata) | {:.2} | | | {:.1} | 1.0× |",
             self.walk.as_secs_f64(),
             per(self.walk)
         );
-        println!(
-            "| ferry no-op pass | {:.2} | {:.2} | {:.1} | {:.1}× |",
-            self.noop.as_secs_f64(),
-            self.noop_cpu.as_secs_f64(),
-            per(self.noop),
-            self.noop.as_secs_f64() / self.walk.as_secs_f64().max(1e-6)
-        );
-        println!(
-            "| (first pass, storing them) | {:.1} | {:.1} | {:.0} | |",
-            self.first.as_secs_f64(),
-            self.first_cpu.as_secs_f64(),
-            per(self.first)
-        );
-        println!("no-op pass: {}; peak RSS {:.0} MB", self.line.trim_start_matches("done: "), mb(self.noop_rss));
+        let row = |how: &str, m: &Measured| {
+            println!(
+                "| {how} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1}× |",
+                m.wall.as_secs_f64(),
+                m.cpu.as_secs_f64(),
+                mb(m.rss),
+                per(m.wall),
+                m.wall.as_secs_f64() / walk
+            )
+        };
+        row("**ferry, nothing changed**", &self.noop);
+        if let Some((first, again)) = &self.rclone {
+            row("rclone copy, nothing changed", again);
+            row("rclone copy --transfers 8, first copy", first);
+        }
+        row("ferry, first pass (stores them)", &self.first);
+        println!("ferry's no-op pass: {}", last_line(&self.noop.out).trim_start_matches("done: "));
         println!("site and ledger kept in {} (for profiling)", self.dir.display());
     }
 }
 
 /// Stores a site of `n` small images once, then times a pass where
-/// nothing changed, next to a stat walk of the same tree.
-fn noop_pass(ferry_bin: &Path, n: u32) -> Result<Noop> {
+/// nothing changed, next to rclone doing the same and a stat walk of the
+/// same tree.
+fn noop_pass(ferry_bin: &Path, n: u32, rclone: bool) -> Result<Noop> {
     let work = tempfile::Builder::new().prefix("ferry-bench-noop-").tempdir_in(bench_root())?.keep();
     let patients = (n / 10).max(1);
     eprintln!("bench: generating a site with {n} small images over {patients} patients in {}", work.display());
@@ -191,23 +370,28 @@ fn noop_pass(ferry_bin: &Path, n: u32) -> Result<Noop> {
     eprintln!("bench: generated in {:.1?}", t.elapsed());
     let s3 = S3Server::start();
     s3.create_bucket("noop");
+    s3.create_bucket("noop-rclone");
     let resolver = ResolverServer::start(site.card_map.clone());
     write_pipeline(&work, &s3, &resolver, "noop")?;
     eprintln!("bench: the first pass (stores {n} images)");
-    let cpu = children_cpu();
-    let (first, out) = run_ferry(ferry_bin, &work)?;
-    let first_cpu = children_cpu() - cpu;
-    if !last_line(&out).contains(&format!("stored={n}")) {
-        bail!("the first pass did not store every image: {}", last_line(&out));
+    let first = measure(ferry_cmd(ferry_bin, &work))?;
+    if !last_line(&first.out).contains(&format!("stored={n}")) {
+        bail!("the first pass did not store every image: {}", last_line(&first.out));
     }
     eprintln!("bench: the no-op pass");
-    let cpu = children_cpu();
-    let (noop, noop_rss, out) = run_ferry_measuring_rss(ferry_bin, &work)?;
-    let noop_cpu = children_cpu() - cpu;
-    let line = last_line(&out);
-    if !line.contains(&format!("unchanged={n}")) {
-        bail!("the no-op pass was not one: {line}");
+    let noop = measure(ferry_cmd(ferry_bin, &work))?;
+    if !last_line(&noop.out).contains(&format!("unchanged={n}")) {
+        bail!("the no-op pass was not one: {}", last_line(&noop.out));
     }
+    let rclone = if rclone {
+        eprintln!("bench: rclone copy of the {n} images, then again unchanged");
+        let src = work.join("site").join("PDATA");
+        let first = measure(rclone_cmd(&s3, &src, "noop-rclone", &work))?;
+        let again = measure(rclone_cmd(&s3, &src, "noop-rclone", &work))?;
+        Some((first, again))
+    } else {
+        None
+    };
     // the floor: every file's size and mtime, as a walk of the tree
     let t = Instant::now();
     let mut seen = 0u64;
@@ -225,7 +409,7 @@ fn noop_pass(ferry_bin: &Path, n: u32) -> Result<Noop> {
     }
     let walk = t.elapsed();
     std::hint::black_box(seen);
-    Ok(Noop { images: n, first, first_cpu, noop, noop_cpu, noop_rss, walk, line, dir: work })
+    Ok(Noop { images: n, first, noop, rclone, walk, dir: work })
 }
 
 /// User + system CPU time of the children waited for so far.
@@ -247,9 +431,11 @@ fn mb(b: u64) -> f64 {
     b as f64 / 1e6
 }
 
-/// 2,000 small + 300 large images over 230 patients, all resolvable.
-fn site(small: u32, large: u32) -> SiteBuilder {
-    let patients = (small + large) / 10;
+/// `small` images of ~30 KB, `large` of ~2.6 MB and `larger` of ~7 MB,
+/// ten per patient, every patient resolvable.
+fn site(small: u32, large: u32, larger: u32) -> SiteBuilder {
+    let n = small + large + larger;
+    let patients = (n / 10).max(1);
     let mut b = SiteBuilder::new();
     for p in 1..=patients {
         let card = format!("C-{p:05}");
@@ -257,26 +443,32 @@ fn site(small: u32, large: u32) -> SiteBuilder {
             .patient(PatientSpec::new(p, &card, "Bench", &format!("Patient{p}")))
             .map_card(&card, &guid(&format!("bench/{p}")));
     }
-    for i in 0..small + large {
+    for i in 0..n {
         let patient = i % patients + 1;
         let spec = ImageSpec::new(patient, i + 1, &format!("Image {}", i + 1), ImageKind::IntraOral);
-        b = b.image(if i < large { spec.pixels(1024, 1280) } else { spec });
+        b = b.image(if i < larger {
+            spec.pixels(1870, 1870)
+        } else if i < larger + large {
+            spec.pixels(1024, 1280)
+        } else {
+            spec
+        });
     }
     b
 }
 
-async fn put_all(client: aws_sdk_s3::Client, files: Vec<PathBuf>) -> Result<()> {
+async fn put_all(client: aws_sdk_s3::Client, bucket: String, files: Vec<PathBuf>) -> Result<()> {
     let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, f) in files.into_iter().enumerate() {
         let permit = sem.clone().acquire_owned().await?;
-        let client = client.clone();
+        let (client, bucket) = (client.clone(), bucket.clone());
         tasks.spawn(async move {
             let _permit = permit;
             let body = ByteStream::from_path(&f).await?;
             client
                 .put_object()
-                .bucket("baseline")
+                .bucket(bucket)
                 .key(format!("images/{i}.dcm"))
                 .content_type("application/dicom")
                 .body(body)
@@ -311,45 +503,6 @@ fn ferry_cmd(bin: &Path, dir: &Path) -> Command {
         .env("FERRY_LOG", "warn")
         .env("FERRY_CACHE_DIR", ferry_tests::workspace_root().join("target/ferry-test-cache"));
     c
-}
-
-fn run_ferry(bin: &Path, dir: &Path) -> Result<(Duration, String)> {
-    let t = Instant::now();
-    let out = ferry_cmd(bin, dir).output().context("running ferry")?;
-    let elapsed = t.elapsed();
-    if !out.status.success() {
-        bail!("ferry failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok((elapsed, String::from_utf8_lossy(&out.stdout).into_owned()))
-}
-
-/// Runs ferry, sampling its peak resident set (VmHWM) until it exits.
-fn run_ferry_measuring_rss(bin: &Path, dir: &Path) -> Result<(Duration, u64, String)> {
-    let t = Instant::now();
-    let mut child = ferry_cmd(bin, dir).stdout(std::process::Stdio::piped()).spawn()?;
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0u64;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&status_file) {
-            if let Some(kb) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak = peak.max(kb * 1024);
-            }
-        }
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let elapsed = t.elapsed();
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("ferry failed on the big file: {}", String::from_utf8_lossy(&out.stdout));
-    }
-    Ok((elapsed, peak, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 fn last_line(s: &str) -> String {
