@@ -130,14 +130,11 @@ pub fn fingerprint(roots: &BTreeMap<String, PathBuf>, file: &crate::bindings::ty
     Some(format!("{}:{}", md.len(), crate::caps::fs::mtime_ns(&md)?))
 }
 
-/// What the source's listings saw of files during the page just scanned.
-type Listed = std::collections::HashMap<(String, String), (u64, u128)>;
-
 /// [`fingerprint`] at scan time: from what the source's listing saw
 /// moments ago when it saw the file, else by a `stat`.
 fn scan_fingerprint(
     roots: &BTreeMap<String, PathBuf>,
-    listed: &Listed,
+    listed: &crate::caps::fs::Seen,
     file: &crate::bindings::types::FileRef,
 ) -> Option<String> {
     match listed.get(&(file.root.clone(), file.path.clone())) {

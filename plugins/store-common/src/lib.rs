@@ -718,17 +718,15 @@ impl Placer<'_> {
         // (most of a first pass over intra-oral images). A big file looks
         // first: a refused create would have sent its bytes for nothing.
         let create_first = self.item.size <= CREATE_FIRST_MAX;
-        // Twice at most: a create that loses a race looks again.
-        for round in 0..2 {
-            if create_first && round == 0 {
-                if let Some(info) = backend
-                    .create_file(key, file, content_type, &self.object_meta())
-                    .context(format_args!("storing {key}"))?
-                {
-                    return Ok(Some((info, Outcome::Stored)));
-                }
-            }
-            let Some(info) = backend.head(key).context(format_args!("looking up {key}"))? else {
+        // A create that loses a race looks again: twice at most, after the
+        // blind first create of a small file.
+        for round in 0..2 + usize::from(create_first) {
+            let found = if create_first && round == 0 {
+                None
+            } else {
+                backend.head(key).context(format_args!("looking up {key}"))?
+            };
+            let Some(info) = found else {
                 match backend
                     .create_file(key, file, content_type, &self.object_meta())
                     .context(format_args!("storing {key}"))?

@@ -38,7 +38,11 @@ pub struct Fs {
 /// `stat` for any item whose file the listings did not see (a source
 /// that names files without listing them, a path spelt differently).
 #[derive(Default)]
-pub struct Listed(std::sync::Mutex<std::collections::HashMap<(String, String), (u64, u128)>>);
+pub struct Listed(std::sync::Mutex<Seen>);
+
+/// Size and mtime (ns) of files, by `(root, path)`: what a [`Listed`]
+/// hands the runner.
+pub type Seen = std::collections::HashMap<(String, String), (u64, u128)>;
 
 impl Listed {
     /// Most files remembered between two takes: a source that lists far
@@ -58,7 +62,7 @@ impl Listed {
     }
 
     /// Everything recorded since the last take.
-    pub fn take(&self) -> std::collections::HashMap<(String, String), (u64, u128)> {
+    pub fn take(&self) -> Seen {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -241,9 +245,14 @@ fn list(path: &Path, what: &str, remember: bool) -> Result<(Vec<Entry>, Vec<Seen
 }
 
 impl StageState {
+    /// The source's record of what its listings saw (none for other stages).
+    fn listed(&self) -> Option<&Listed> {
+        self.ctx.caps.fs.as_ref().and_then(|f| f.listed.as_ref())
+    }
+
     /// Records what a listing of `dir` saw of its files, for the source.
     fn remember(&self, dir: &FileRef, files: Vec<SeenFile>) {
-        if let Some(listed) = self.ctx.caps.fs.as_ref().and_then(|f| f.listed.as_ref()) {
+        if let Some(listed) = self.listed() {
             listed.record(&dir.root, &dir.path, files.into_iter());
         }
     }
@@ -256,7 +265,7 @@ impl Host for StageState {
 
     async fn list_dir(&mut self, dir: FileRef) -> Result<Vec<Entry>, HostError> {
         let path = resolve(self, &dir)?;
-        let remember = self.ctx.caps.fs.as_ref().is_some_and(|f| f.listed.is_some());
+        let remember = self.listed().is_some();
         let what = format!("`{}:{}`", dir.root, dir.path);
         let (entries, files) =
             self.bounded("listing a directory", blocking(move || list(&path, &what, remember))).await?;
@@ -276,7 +285,7 @@ impl Host for StageState {
         // per folder)
         let jobs: Vec<_> =
             dirs.iter().map(|d| root_of(self, d).map(|root| (root.clone(), d.root.clone(), d.path.clone()))).collect();
-        let remember = self.ctx.caps.fs.as_ref().is_some_and(|f| f.listed.is_some());
+        let remember = self.listed().is_some();
         let listed = self
             .bounded(
                 "listing directories",
