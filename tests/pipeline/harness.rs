@@ -82,7 +82,30 @@ grants.object_store = {{ kind = "fs", path = "store" }}
         Pipeline::load(&path).unwrap_or_else(|e| panic!("pipeline loads: {e}"))
     }
 
-    /// Objects in the fs store: key → bytes' SHA-256 (sidecars included).
+    /// What the fs store's sidecar of `key` says: the one stored with the
+    /// object (its `ferry-sidecar` metadata, which the fs store keeps in
+    /// `.ferry/meta/{key}.json`), else the `{key}.json` object.
+    pub fn sidecar(&self, key: &str) -> serde_json::Value {
+        let meta = self.store_dir().join(".ferry/meta").join(format!("{key}.json"));
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&meta).unwrap_or_else(|e| panic!("{key} is stored ({}: {e})", meta.display())),
+        )
+        .unwrap();
+        let inline = meta["metadata"]
+            .as_array()
+            .and_then(|pairs| pairs.iter().find(|p| p[0] == ferry_tests::SIDECAR_META).and_then(|p| p[1].as_str()));
+        match inline {
+            Some(v) => ferry_tests::decode_inline_sidecar(v),
+            None => {
+                let path = self.store_dir().join(format!("{key}.json"));
+                serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+                    .unwrap()
+            }
+        }
+    }
+
+    /// Objects in the fs store: key → bytes' SHA-256 (sidecar objects
+    /// included).
     pub fn stored(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let root = self.store_dir();

@@ -140,8 +140,7 @@ async fn forty_megabytes_pass_through_a_sixteen_megabyte_guest_both_ways() {
     let stored = fx.stored();
     assert_eq!(stored.get(&key), Some(&sha(&file)), "{stored:#?}");
     // the document's facts reached the store as `document.*` metadata
-    let sidecar: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fx.store_dir().join(format!("{key}.json"))).unwrap()).unwrap();
+    let sidecar = fx.sidecar(&key);
     let md = &sidecar["metadata"];
     assert_eq!(md["document.type.system"], "http://loinc.org", "{sidecar:#}");
     assert_eq!(md["document.type.code"], "11502-2");

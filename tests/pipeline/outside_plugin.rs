@@ -45,8 +45,7 @@ async fn a_plugin_built_outside_the_repository_runs_as_a_stage() {
     for id in [11, 12] {
         let img = fx.site.image(id);
         let key = report(&s, &img.rel_path).location.expect("stored items have a location");
-        let sidecar: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(fx.store_dir().join(format!("{key}.json"))).unwrap()).unwrap();
+        let sidecar = fx.sidecar(&key);
         // the stamp, with the size of this item: the plugin's configured
         // instance ran on each item
         let want = format!("stamped outside ({} bytes)", img.size);

@@ -35,14 +35,16 @@ async fn end_to_end(fx: &Fixture, sql: Sql) {
         let head = s3.head(BUCKET, &key).await.unwrap();
         assert_eq!(head.content_type.as_deref(), Some("application/dicom"));
         assert_eq!(head.metadata.get("ferry-sha256"), Some(&img.sha256));
-        let sidecar: serde_json::Value =
-            serde_json::from_slice(&s3.get(BUCKET, &format!("{key}.json")).await.expect("sidecar")).unwrap();
+        // the sidecar travels with the object, through S3's metadata
+        let inline = head.metadata.get(ferry_tests::SIDECAR_META).unwrap_or_else(|| panic!("{key}: {head:?}"));
+        let sidecar = ferry_tests::decode_inline_sidecar(inline);
         assert_eq!(sidecar["patientGuid"], guid.as_str());
+        assert_eq!(sidecar["sourceName"], img.spec.image_name.as_str());
         assert_eq!(sidecar["metadata"]["sop.instance-uid"], img.dicom.as_ref().unwrap().sop_instance_uid.as_str());
+        assert_eq!(sidecar["clinicId"], "clinic-7");
         expected_keys.push(key.clone());
-        expected_keys.push(format!("{key}.json"));
     }
-    // nothing else: not the quarantined, not the unresolved; names with
+    // nothing else: no sidecar objects, not the quarantined, not the unresolved; names with
     // `/`, `..`, unicode and duplicates became distinct, safe keys
     let mut listed = s3.list(BUCKET, "").await;
     listed.sort();
@@ -125,9 +127,13 @@ async fn large_file_goes_up_in_parts() {
     assert!(img.size > 10 << 20, "{}", img.size);
     let key = report(&s, &img.rel_path).location.unwrap();
     assert_eq!(s3.get(BUCKET, &key).await.unwrap(), std::fs::read(&img.path).unwrap());
-    // three parts and a sidecar at least
-    assert!(s3.put_requests() - puts >= 4, "multipart upload used ({} puts)", s3.put_requests() - puts);
-    assert_eq!(s3.head(BUCKET, &key).await.unwrap().metadata.get("ferry-sha256"), Some(&img.sha256));
+    // three parts at least
+    assert!(s3.put_requests() - puts >= 3, "multipart upload used ({} puts)", s3.put_requests() - puts);
+    let head = s3.head(BUCKET, &key).await.unwrap();
+    assert_eq!(head.metadata.get("ferry-sha256"), Some(&img.sha256));
+    // the sidecar came with the upload's metadata
+    assert_eq!(s3.sidecar(BUCKET, &key).await.unwrap()["itemId"], img.rel_path.as_str());
+    assert!(s3.get(BUCKET, &format!("{key}.json")).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,28 @@ async fn images_not_in_the_index_get_their_facts_from_the_sidecar() {
     svc.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_with_a_sidecar_object_get_their_facts_from_it() {
+    // as an older ferry (or `sidecar = "object"`) stored them: no inline
+    // sidecar, a `{key}.json` next to the object
+    let svc = Service::start().await;
+    let guid = demo_guid(61);
+    let img = svc.stored_for(&guid)[0];
+    let key = svc.key_of(img);
+    assert_eq!(forget_index(&svc, &guid), 1);
+    let bucket = crate::harness::BUCKET;
+    let bytes = svc.s3.get(bucket, &key).await.unwrap();
+    svc.s3.put(bucket, &key, bytes, &[("ferry-item-id", &img.rel_path)]).await;
+    let sidecar = serde_json::json!({"sourceName": "Älter", "metadata": {"modality": "XX", "rows": 7}});
+    svc.s3.put(bucket, &format!("{key}.json"), sidecar.to_string().into_bytes(), &[]).await;
+    let page = svc.json(&format!("/api/v1/patients/{guid}/images"), Role::Viewer).await;
+    let images = page["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "the sidecar object is not an image: {page:#}");
+    assert_eq!(images[0]["displayName"], "Älter");
+    assert_eq!((images[0]["modality"].as_str(), images[0]["rows"].as_i64()), (Some("XX"), Some(7)));
+    svc.stop().await;
+}
+
 /// Deletes the patient's rows from the ledger's image index (the ledger
 /// has no API to forget; a second SQLite connection, as WAL allows).
 fn forget_index(svc: &Service, guid: &str) -> usize {

@@ -61,6 +61,28 @@ pub use site::{
 };
 pub use smtp_server::{Mail, SmtpServer};
 
+/// The user metadata key of a sidecar stored with its object (the
+/// `store` plugin's default, `sidecar = "inline"`).
+pub const SIDECAR_META: &str = "ferry-sidecar";
+
+/// Decodes an inline sidecar (percent-encoded compact JSON), asserting
+/// that it is a value HTTP carries byte for byte (printable ASCII, no
+/// spaces).
+pub fn decode_inline_sidecar(value: &str) -> serde_json::Value {
+    assert!(value.bytes().all(|b| (0x21..0x7f).contains(&b)), "not header-safe: {value}");
+    let mut bytes = Vec::with_capacity(value.len());
+    let mut it = value.bytes();
+    while let Some(b) = it.next() {
+        if b == b'%' {
+            let hex: String = it.by_ref().take(2).map(char::from).collect();
+            bytes.push(u8::from_str_radix(&hex, 16).unwrap_or_else(|_| panic!("bad escape %{hex} in {value}")));
+        } else {
+            bytes.push(b);
+        }
+    }
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("inline sidecar is not JSON ({e}): {value}"))
+}
+
 /// The workspace root (the directory of the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()

@@ -193,6 +193,36 @@ impl S3Server {
             .await
     }
 
+    /// What the object's sidecar says: the one stored with it (its
+    /// `ferry-sidecar` metadata, decoded), else `{key}.json`.
+    pub async fn sidecar(&self, bucket: &str, key: &str) -> Option<serde_json::Value> {
+        let head = self.head(bucket, key).await?;
+        if let Some(v) = head.metadata.get(crate::SIDECAR_META) {
+            return Some(crate::decode_inline_sidecar(v));
+        }
+        let bytes = self.get(bucket, &format!("{key}.json")).await?;
+        Some(serde_json::from_slice(&bytes).expect("the sidecar object is JSON"))
+    }
+
+    /// Writes an object with `metadata` (as another uploader would).
+    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, metadata: &[(&str, &str)]) {
+        let (c, b, k) = (self.helper.clone(), bucket.to_owned(), key.to_owned());
+        let md: std::collections::HashMap<String, String> =
+            metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.rt
+            .run(async move {
+                c.put_object()
+                    .bucket(&b)
+                    .key(&k)
+                    .set_metadata(Some(md))
+                    .body(body.into())
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("PUT {b}/{k}: {}", describe(&e)));
+            })
+            .await
+    }
+
     /// Keys starting with `prefix`, sorted (all pages).
     pub async fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let (c, b, p) = (self.helper.clone(), bucket.to_owned(), prefix.to_owned());

@@ -2,8 +2,8 @@
 //!
 //! A store plugin puts each item into the object store the host grants (a
 //! local folder, an S3 bucket: the pipeline's `grants.object_store` decides,
-//! not the plugin) under a key built from a template, with an optional
-//! JSON sidecar. The `store` plugin is a thin crate over this one: its
+//! not the plugin) under a key built from a template, with a JSON sidecar
+//! describing it. The `store` plugin is a thin crate over this one: its
 //! [`Store`](ferry_plugin_sdk::Store) implementation and the
 //! `store_plugin!` export.
 //!
@@ -30,6 +30,14 @@
 //! name that was already boring keeps the key it always had, so changing
 //! these rules never re-uploads an existing object under a new key.
 //!
+//! The sidecar goes **with the object** by default, as its
+//! `ferry-sidecar` user metadata (see [`Sidecar::Inline`]): the retrieval
+//! side reads it with the HEAD it needs anyway, and a new image costs one
+//! request instead of two — the second PUT was half of a first pass over
+//! small intra-oral images. A description too big for the store's metadata
+//! limit goes to a separate `{key}.json` object, as `sidecar = "object"`
+//! always does.
+//!
 //! The logic is written against the small [`Backend`] trait so that it can
 //! be tested without a host; [`HostBackend`] is the real one.
 use std::collections::BTreeMap;
@@ -44,14 +52,15 @@ use sha2::{Digest, Sha256};
 /// | key | default | meaning |
 /// |---|---|---|
 /// | `key` | [`Profile::default_key`] | key template: `{patientGuid}`, `{imageName}`, `{itemId}`, `{modality}`, `{clinicId}` |
-/// | `sidecar` | `true` | also write `{key}.json` describing the item |
+/// | `sidecar` | `"inline"` | where the JSON describing the item goes: `"inline"` with the object (its `ferry-sidecar` metadata; `{key}.json` when too big), `"object"` always `{key}.json`, `"off"` nowhere (`true`/`false` mean `"object"`/`"off"`) |
 /// | `clinic_id` | none | value of `{clinicId}`; required if the template uses it |
 /// | `max_key_bytes` | 1024 | longest object key (sidecar key included), for stores with a shorter limit than S3's 1024 |
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(crate = "ferry_plugin_sdk::serde", deny_unknown_fields)]
 pub struct Config {
     pub key: Option<String>,
-    pub sidecar: Option<bool>,
+    /// A string or a bool: see [`Sidecar::parse`].
+    pub sidecar: Option<serde_json::Value>,
     pub clinic_id: Option<String>,
     pub max_key_bytes: Option<usize>,
 }
@@ -62,11 +71,48 @@ pub struct Profile {
     /// Key template when the config has none.
     pub default_key: &'static str,
     /// Sidecar when the config does not say.
-    pub default_sidecar: bool,
+    pub default_sidecar: Sidecar,
 }
 
 /// `store`'s defaults, whatever the granted store (a folder, an S3 bucket).
-pub const PROFILE: Profile = Profile { default_key: "images/{patientGuid}/{imageName}", default_sidecar: true };
+pub const PROFILE: Profile =
+    Profile { default_key: "images/{patientGuid}/{imageName}", default_sidecar: Sidecar::Inline };
+
+/// Where the JSON describing an item goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sidecar {
+    /// With the object, as its [`SIDECAR_META`] user metadata: the
+    /// description without `key`, `sha256` and `size` (the object's own
+    /// key, `ferry-sha256` and size), compact JSON percent-encoded by
+    /// [`meta_encode`]. When it does not fit in [`MAX_METADATA_BYTES`], a
+    /// `{key}.json` object instead, as [`Sidecar::Object`]. An unchanged
+    /// object stored without one (by an older ferry) keeps its `{key}.json`.
+    Inline,
+    /// Always a separate `{key}.json` object (for readers of the bucket
+    /// that expect files).
+    Object,
+    /// No description at all.
+    Off,
+}
+
+impl Sidecar {
+    /// `sidecar` of `[config]`: `"inline"`, `"object"`, `"off"`, or the
+    /// older `true` (= `"object"`) and `false` (= `"off"`).
+    pub fn parse(v: &serde_json::Value) -> Result<Sidecar, StageError> {
+        use serde_json::Value as J;
+        match v {
+            J::Bool(true) => Ok(Sidecar::Object),
+            J::Bool(false) => Ok(Sidecar::Off),
+            J::String(s) if s == "inline" => Ok(Sidecar::Inline),
+            J::String(s) if s == "object" => Ok(Sidecar::Object),
+            J::String(s) if s == "off" => Ok(Sidecar::Off),
+            other => Err(permanent(format!(
+                "invalid [config] sidecar: {other}; expected \"inline\" (the default: with the object, as its \
+                 {SIDECAR_META} metadata), \"object\" (a separate {{key}}.json) or \"off\""
+            ))),
+        }
+    }
+}
 
 /// Object keys are at most this long (S3's limit and the host's rule).
 pub const MAX_KEY: usize = 1024;
@@ -78,12 +124,18 @@ pub const MAX_SEGMENT: usize = 255;
 const SIDECAR_SUFFIX: &str = ".json";
 /// The metadata key tying an object to its item.
 pub const ITEM_ID_META: &str = "ferry-item-id";
+/// The metadata key of an inline sidecar ([`Sidecar::Inline`]).
+pub const SIDECAR_META: &str = "ferry-sidecar";
+/// Most user metadata (keys + values, in bytes) the host's stores take for
+/// one object: S3 allows 2 KiB, and the host keeps room for its own
+/// `ferry-sha256`.
+pub const MAX_METADATA_BYTES: usize = 1900;
 
 /// A configured store: what `configure` decided.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub template: Template,
-    pub sidecar: bool,
+    pub sidecar: Sidecar,
     /// Sanitised `clinic_id`.
     pub clinic_id: Option<String>,
     pub max_key: usize,
@@ -114,7 +166,11 @@ impl Settings {
                 "invalid [config] max_key_bytes: {max_key} is outside {MIN_KEY}..={MAX_KEY}"
             )));
         }
-        Ok(Settings { template, sidecar: config.sidecar.unwrap_or(profile.default_sidecar), clinic_id, max_key })
+        let sidecar = match &config.sidecar {
+            Some(v) => Sidecar::parse(v)?,
+            None => profile.default_sidecar,
+        };
+        Ok(Settings { template, sidecar, clinic_id, max_key })
     }
 }
 
@@ -572,9 +628,20 @@ impl Key {
 
 /// Percent-encodes what is not printable ASCII (and `%`), for metadata.
 pub fn percent_encode(s: &str) -> String {
+    encode_except(s, |b| (0x20..0x7f).contains(&b) && b != b'%')
+}
+
+/// Percent-encodes what is not printable ASCII, `%` and spaces: a value
+/// that survives HTTP header handling (which trims and may fold spaces)
+/// byte for byte. Decoded by any percent-decoder.
+pub fn meta_encode(s: &str) -> String {
+    encode_except(s, |b| (0x21..0x7f).contains(&b) && b != b'%')
+}
+
+fn encode_except(s: &str, keep: impl Fn(u8) -> bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
+        if keep(b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -691,6 +758,8 @@ struct Placer<'a> {
     item_meta: String,
     /// SHA-256 of the item's file, once computed.
     content_sha: Option<String>,
+    /// The inline sidecar, when it goes with the object.
+    inline: Option<String>,
 }
 
 impl Placer<'_> {
@@ -705,7 +774,11 @@ impl Placer<'_> {
     }
 
     fn object_meta(&self) -> Vec<(String, String)> {
-        vec![(ITEM_ID_META.to_string(), self.item_meta.clone())]
+        let mut meta = vec![(ITEM_ID_META.to_string(), self.item_meta.clone())];
+        if let Some(inline) = &self.inline {
+            meta.push((SIDECAR_META.to_string(), inline.clone()));
+        }
+        meta
     }
 
     /// Stores at `key` unless another item's (or nobody's) object is
@@ -760,7 +833,8 @@ impl Placer<'_> {
     }
 }
 
-/// Stores one item: the object, then the sidecar.
+/// Stores one item: the object (with its inline sidecar), then the
+/// sidecar object where one is needed.
 pub fn store_item(
     settings: &Settings,
     backend: &mut dyn Backend,
@@ -779,7 +853,12 @@ pub fn store_item(
         })
     });
     let key = Key::new(&rendered, &extension(&item.file.path))?;
-    let mut placer = Placer { item, item_meta: percent_encode(&item.id), content_sha: None };
+    let item_meta = percent_encode(&item.id);
+    let inline = (settings.sidecar == Sidecar::Inline)
+        .then(|| meta_encode(&description(item, metadata, patient_guid, settings.clinic_id.as_deref()).to_string()))
+        .filter(|v| ITEM_ID_META.len() + item_meta.len() + SIDECAR_META.len() + v.len() <= MAX_METADATA_BYTES);
+    let inlined = inline.is_some();
+    let mut placer = Placer { item, item_meta, content_sha: None, inline };
 
     let primary = key.render_checked("", settings.max_key)?;
     let (object_key, (info, outcome)) = match placer.place(backend, &primary)? {
@@ -799,7 +878,17 @@ pub fn store_item(
     };
     debug(&format!("{}: {} ({object_key})", item.id, if outcome == Outcome::Stored { "stored" } else { "unchanged" }));
 
-    if settings.sidecar {
+    let object_sidecar = match settings.sidecar {
+        Sidecar::Off => false,
+        Sidecar::Object => true,
+        // an unchanged object keeps what it was stored with: its inline
+        // sidecar, or (stored by an older ferry, or too big) its object
+        Sidecar::Inline => match outcome {
+            Outcome::Stored => !inlined,
+            Outcome::Unchanged => meta_get(&info, SIDECAR_META).is_none(),
+        },
+    };
+    if object_sidecar {
         let sidecar_key = format!("{object_key}{SIDECAR_SUFFIX}");
         let missing = outcome == Outcome::Stored
             || backend.head(&sidecar_key).context(format_args!("looking up {sidecar_key}"))?.is_none();
@@ -818,18 +907,11 @@ pub fn store_item(
     Ok(Placed { location: object_key, outcome })
 }
 
-/// The sidecar: a pretty, deterministic JSON object (sorted keys, no
-/// timestamps), so re-runs produce the same bytes. `clinicId` is there
-/// only when the store is configured with one.
-pub fn sidecar(
-    item: &Item,
-    metadata: &Metadata,
-    patient_guid: &str,
-    clinic_id: Option<&str>,
-    key: &str,
-    sha256: &str,
-    size: u64,
-) -> Vec<u8> {
+/// What a sidecar says of an item, whichever way it is stored: item id,
+/// patient guid, source name, the extractor's metadata, the source's
+/// attributes, the clinic id when configured. Keys sort (serde_json's
+/// map), so the same item always gives the same bytes.
+pub fn description(item: &Item, metadata: &Metadata, patient_guid: &str, clinic_id: Option<&str>) -> serde_json::Value {
     use serde_json::{json, Map, Value as J};
     let value = |v: &Value| -> J {
         let real = |r: f64| serde_json::Number::from_f64(r).map_or(J::Null, J::Number);
@@ -846,15 +928,34 @@ pub fn sidecar(
     let mut doc = json!({
         "itemId": item.id,
         "patientGuid": patient_guid,
-        "key": key,
-        "sha256": sha256,
-        "size": size,
         "sourceName": item.display_name,
         "metadata": metadata,
         "attributes": attributes,
     });
     if let (Some(clinic), Some(obj)) = (clinic_id, doc.as_object_mut()) {
         obj.insert("clinicId".into(), J::String(clinic.to_string()));
+    }
+    doc
+}
+
+/// The sidecar object: a pretty, deterministic JSON object (sorted keys, no
+/// timestamps), so re-runs produce the same bytes. `clinicId` is there
+/// only when the store is configured with one.
+pub fn sidecar(
+    item: &Item,
+    metadata: &Metadata,
+    patient_guid: &str,
+    clinic_id: Option<&str>,
+    key: &str,
+    sha256: &str,
+    size: u64,
+) -> Vec<u8> {
+    use serde_json::Value as J;
+    let mut doc = description(item, metadata, patient_guid, clinic_id);
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("key".into(), J::String(key.to_string()));
+        obj.insert("sha256".into(), J::String(sha256.to_string()));
+        obj.insert("size".into(), J::from(size));
     }
     let mut body = serde_json::to_vec_pretty(&doc).expect("JSON values always serialise");
     body.push(b'\n');

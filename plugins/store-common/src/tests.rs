@@ -193,9 +193,103 @@ fn run(fake: &mut Fake, config: &Settings, item: &Item) -> (String, Outcome) {
     (s.location, s.outcome)
 }
 
+/// The inline sidecar of the object at `key`, decoded.
+fn inline_sidecar(fake: &Fake, key: &str) -> Option<serde_json::Value> {
+    let (_, _, meta) = &fake.objects[key];
+    let v = &meta.iter().find(|(k, _)| k == SIDECAR_META)?.1;
+    assert!(v.bytes().all(|b| (0x21..0x7f).contains(&b)), "header-safe: {v}");
+    let mut bytes = Vec::new();
+    let mut it = v.bytes();
+    while let Some(b) = it.next() {
+        if b == b'%' {
+            let h: String = [it.next().unwrap() as char, it.next().unwrap() as char].into_iter().collect();
+            bytes.push(u8::from_str_radix(&h, 16).unwrap());
+        } else {
+            bytes.push(b);
+        }
+    }
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+#[test]
+fn the_sidecar_goes_with_the_object() {
+    let config = fs_settings("{}");
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    let mut a = item("P_1/0000_5.dcm", "Pano  Müller 100%");
+    a.attributes.push(("note".into(), " leading and trailing ".into()));
+    assert_eq!(run(&mut fake, &config, &a).1, Outcome::Stored);
+    let key = "images/guid-1/Pano  Müller 100%.dcm";
+    assert_eq!(fake.objects.keys().collect::<Vec<_>>(), [key], "one object, no {{key}}.json");
+    let (_, ct, meta) = &fake.objects[key];
+    assert_eq!(ct, "application/dicom");
+    assert_eq!(meta[0], ("ferry-item-id".to_string(), "P_1/0000_5.dcm".to_string()));
+    let doc = inline_sidecar(&fake, key).unwrap();
+    assert_eq!(doc["itemId"], "P_1/0000_5.dcm");
+    assert_eq!(doc["sourceName"], "Pano  Müller 100%", "spaces, non-ASCII and % survive");
+    assert_eq!(doc["attributes"]["note"], " leading and trailing ");
+    assert_eq!(doc["patientGuid"], "guid-1");
+    assert_eq!(doc["metadata"]["rows"], 2);
+    assert_eq!(doc["metadata"]["modality"], "IO");
+    // the object's own facts are not repeated
+    assert!(doc.get("key").is_none() && doc.get("sha256").is_none() && doc.get("size").is_none(), "{doc}");
+
+    // unchanged: one look, nothing written, no sidecar object looked for
+    fake.puts.clear();
+    fake.requests.clear();
+    assert_eq!(run(&mut fake, &config, &a).1, Outcome::Unchanged);
+    assert!(fake.puts.is_empty());
+    assert_eq!(fake.requests, [format!("create {key}"), format!("head {key}")]);
+
+    // changed content: replaced, with its sidecar
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one, fixed".to_vec());
+    assert_eq!(run(&mut fake, &config, &a).1, Outcome::Stored);
+    assert_eq!(fake.objects[key].0, b"one, fixed");
+    assert_eq!(inline_sidecar(&fake, key).unwrap()["itemId"], "P_1/0000_5.dcm");
+    assert_eq!(fake.objects.len(), 1);
+}
+
+#[test]
+fn a_sidecar_too_big_for_metadata_goes_next_to_the_object() {
+    let config = fs_settings("{}");
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    let mut a = item("P_1/0000_5.dcm", "Pano");
+    a.attributes.push(("comment".into(), "ä".repeat(400)));
+    assert_eq!(run(&mut fake, &config, &a).1, Outcome::Stored);
+    let meta = &fake.objects["images/guid-1/Pano.dcm"].2;
+    assert!(meta.iter().all(|(k, _)| k != SIDECAR_META), "{meta:?}");
+    let total: usize = meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(total <= MAX_METADATA_BYTES);
+    let doc: serde_json::Value = serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
+    assert_eq!(doc["attributes"]["comment"], "ä".repeat(400));
+    assert_eq!(doc["sha256"], hex(b"one"));
+
+    // unchanged: its sidecar object is looked up (and rewritten if lost)
+    fake.objects.remove("images/guid-1/Pano.dcm.json");
+    assert_eq!(run(&mut fake, &config, &a).1, Outcome::Unchanged);
+    assert!(fake.objects.contains_key("images/guid-1/Pano.dcm.json"));
+}
+
+#[test]
+fn an_object_stored_with_a_sidecar_object_keeps_it() {
+    // stored by an older ferry (or with sidecar = "object"), then run with
+    // the inline default: the object is unchanged, its sidecar object stays
+    let mut fake = Fake::default();
+    fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
+    let a = item("P_1/0000_5.dcm", "Pano");
+    run(&mut fake, &fs_settings(r#"{"sidecar": true}"#), &a);
+    let before = fake.objects["images/guid-1/Pano.dcm.json"].clone();
+    fake.puts.clear();
+    assert_eq!(run(&mut fake, &fs_settings("{}"), &a).1, Outcome::Unchanged);
+    assert!(fake.puts.is_empty(), "{:?}", fake.puts);
+    assert_eq!(fake.objects["images/guid-1/Pano.dcm.json"], before);
+    assert!(inline_sidecar(&fake, "images/guid-1/Pano.dcm").is_none());
+}
+
 #[test]
 fn store_is_idempotent_and_avoids_collisions() {
-    let config = fs_settings("{}");
+    let config = fs_settings(r#"{"sidecar": "object"}"#);
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     fake.files.insert("P_1/0000_6.dcm".into(), b"two".to_vec());
@@ -256,17 +350,14 @@ fn a_new_small_image_is_created_without_looking_first_and_a_big_one_looks() {
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     assert_eq!(run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano")).1, Outcome::Stored);
-    // the image in one request; the sidecar's put is not a look either
+    // the image and its sidecar in one request
     assert_eq!(fake.requests, ["create images/guid-1/Pano.dcm"]);
-    assert_eq!(fake.puts, ["images/guid-1/Pano.dcm", "images/guid-1/Pano.dcm.json"]);
+    assert_eq!(fake.puts, ["images/guid-1/Pano.dcm"]);
 
     // again: the refused create looks, finds its own bytes
     fake.requests.clear();
     assert_eq!(run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano")).1, Outcome::Unchanged);
-    assert_eq!(
-        fake.requests,
-        ["create images/guid-1/Pano.dcm", "head images/guid-1/Pano.dcm", "head images/guid-1/Pano.dcm.json"]
-    );
+    assert_eq!(fake.requests, ["create images/guid-1/Pano.dcm", "head images/guid-1/Pano.dcm"]);
 
     // a CBCT: looked up before its bytes go anywhere
     let mut big = item("P_2/0000_7.dcm", "CBCT");
@@ -306,14 +397,32 @@ fn other_templates() {
     let config = fs_settings(r#"{"key": "x/{modality}/{imageName}", "sidecar": true}"#);
     let s = store_item(&config, &mut fake, &item("P_1/0000_5.dcm", "../../etc"), &vec![], "g").unwrap();
     assert_eq!(s.location, format!("x/unknown/___etc~{}.dcm", &hex(b"../../etc")[..8]));
+    assert!(fake.objects.contains_key(&format!("{}.json", s.location)));
+
+    let config = fs_settings(r#"{"key": "y/{itemId}", "sidecar": "off"}"#);
+    let s = store_item(&config, &mut fake, &item("P_1/0000_5.dcm", "Pano"), &vec![], "g").unwrap();
+    assert_eq!(fake.objects[&s.location].2.len(), 1, "only the item id");
+    assert!(!fake.objects.contains_key(&format!("{}.json", s.location)));
 }
 
 #[test]
 fn config_errors() {
     let c = fs_settings("{}");
-    assert!(c.sidecar && c.clinic_id.is_none() && c.max_key == MAX_KEY);
-    let s3 = settings_of("{}", &PROFILE);
-    assert!(s3.sidecar && s3.template.uses(Placeholder::PatientGuid) && s3.template.uses(Placeholder::ImageName));
+    assert!(c.sidecar == Sidecar::Inline && c.clinic_id.is_none() && c.max_key == MAX_KEY);
+    assert!(c.template.uses(Placeholder::PatientGuid) && c.template.uses(Placeholder::ImageName));
+    for (json, want) in [
+        (r#"{"sidecar": true}"#, Sidecar::Object),
+        (r#"{"sidecar": false}"#, Sidecar::Off),
+        (r#"{"sidecar": "object"}"#, Sidecar::Object),
+        (r#"{"sidecar": "inline"}"#, Sidecar::Inline),
+        (r#"{"sidecar": "off"}"#, Sidecar::Off),
+    ] {
+        assert_eq!(fs_settings(json).sidecar, want, "{json}");
+    }
+    for bad in [r#"{"sidecar": "yes"}"#, r#"{"sidecar": 1}"#] {
+        let e = Settings::configure(bad, &PROFILE).unwrap_err();
+        assert!(e.message.contains("sidecar") && e.message.contains("\"inline\""), "{bad}: {}", e.message);
+    }
     let e = Settings::configure(r#"{"sidecars": false}"#, &PROFILE).unwrap_err();
     assert!(e.message.contains("sidecars"), "{}", e.message);
     let e = Settings::configure(r#"{"key": "images/{patientGuid}/{imageNme}"}"#, &PROFILE).unwrap_err();
@@ -344,21 +453,19 @@ fn clinic_id() {
         fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
         let (key, _) = run(&mut fake, &config, &item("P_1/0000_5.dcm", "Pano"));
         assert_eq!(key, "Praxis_Süd_ 1/guid-1/Pano.dcm");
-        let doc: serde_json::Value = serde_json::from_slice(&fake.objects[&format!("{key}.json")].0).unwrap();
-        assert_eq!(doc["clinicId"], "Praxis_Süd_ 1");
+        assert_eq!(inline_sidecar(&fake, &key).unwrap()["clinicId"], "Praxis_Süd_ 1");
     }
 
     // Without a clinic id the sidecar has no such field.
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     run(&mut fake, &fs_settings("{}"), &item("P_1/0000_5.dcm", "Pano"));
-    let doc: serde_json::Value = serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
-    assert!(doc.get("clinicId").is_none());
+    assert!(inline_sidecar(&fake, "images/guid-1/Pano.dcm").unwrap().get("clinicId").is_none());
 
     // Set but unused by the template: only in the sidecar.
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
-    run(&mut fake, &fs_settings(r#"{"clinic_id": "c-7"}"#), &item("P_1/0000_5.dcm", "Pano"));
+    run(&mut fake, &fs_settings(r#"{"clinic_id": "c-7", "sidecar": "object"}"#), &item("P_1/0000_5.dcm", "Pano"));
     let doc: serde_json::Value = serde_json::from_slice(&fake.objects["images/guid-1/Pano.dcm.json"].0).unwrap();
     assert_eq!(doc["clinicId"], "c-7");
 }
@@ -369,7 +476,7 @@ fn key_limit() {
     let mut fake = Fake::default();
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     fake.files.insert("P_1/0000_6.dcm".into(), b"two".to_vec());
-    let config = fs_settings(r#"{"max_key_bytes": 150}"#);
+    let config = fs_settings(r#"{"max_key_bytes": 150, "sidecar": "object"}"#);
     let (a, _) = run(&mut fake, &config, &item("P_1/0000_5.dcm", &long));
     let (b, _) = run(&mut fake, &config, &item("P_1/0000_6.dcm", &long));
     assert_ne!(a, b);
@@ -390,7 +497,7 @@ fn key_limit() {
 
 #[test]
 fn without_store_checksums_an_own_object_is_rewritten() {
-    let config = fs_settings("{}");
+    let config = fs_settings(r#"{"sidecar": "object"}"#);
     let mut fake = Fake { no_checksums: true, ..Fake::default() };
     fake.files.insert("P_1/0000_5.dcm".into(), b"one".to_vec());
     let a = item("P_1/0000_5.dcm", "Pano");

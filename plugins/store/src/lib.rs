@@ -1,5 +1,5 @@
 //! ferry store: puts each item into the object store the host grants
-//! under a key built from a template, with an optional JSON sidecar.
+//! under a key built from a template, with a JSON sidecar describing it.
 //!
 //! Which store that is, is the pipeline's business, never the plugin's:
 //! the stage's grant decides the backend, and this plugin stores the same
@@ -9,7 +9,7 @@
 //!   local folder (or a mounted share). ferry never creates its root.
 //! - `grants.object_store = { kind = "s3", bucket = "...", region = "..." }`:
 //!   an S3 bucket (endpoint, credentials: the host's business). `.dcm`
-//!   objects get `Content-Type: application/dicom`, sidecars
+//!   objects get `Content-Type: application/dicom`, sidecar objects
 //!   `application/json`. Every object carries `ferry-item-id` user metadata
 //!   (`x-amz-meta-ferry-item-id`); the host adds `ferry-sha256`, which tells
 //!   `unchanged` items from changed ones without downloading anything.
@@ -19,7 +19,7 @@
 //! | key | default |
 //! |---|---|
 //! | `key` | `images/{patientGuid}/{imageName}` (placeholders `{patientGuid}`, `{imageName}`, `{itemId}`, `{modality}`, `{clinicId}`) |
-//! | `sidecar` | `true` |
+//! | `sidecar` | `"inline"`: the JSON describing the item goes with the object as its `ferry-sidecar` metadata (`x-amz-meta-ferry-sidecar`, percent-encoded compact JSON; one request per new image), or as a `{key}.json` object when it is over the 1,900 bytes an object's metadata may hold. `"object"`: always `{key}.json` (for tools that read files). `"off"`: none. `true`/`false` mean `"object"`/`"off"`. |
 //! | `clinic_id` | none; required if `key` uses `{clinicId}` |
 //! | `max_key_bytes` | 1024 (S3's limit); lower it for S3-compatible stores with shorter keys |
 //!

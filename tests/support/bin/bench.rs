@@ -25,8 +25,9 @@
 //! with wall time, CPU seconds and peak RSS of each process. The clinic-scale
 //! site adds a stat walk of its tree (the floor of any change detection by
 //! size and mtime). One ~300 MB file gives ferry's peak RSS for a CBCT.
-//! `--noop-only` runs just the clinic-scale site (for profiling:
-//! `perf record -g target/release/ferry run …` in the printed directory).
+//! `--noop-only` runs just the clinic-scale site, `--small-only` just the
+//! small one; `FERRY_BENCH_WRAP="perf record -g -o FILE --"` runs every
+//! `ferry` under a profiler.
 //!
 //! It prints tables; nothing is asserted. Speed targets are read as ratios
 //! against rclone, run in the same run on the same server, which cancels
@@ -70,6 +71,14 @@ fn main() -> Result<()> {
 
     let (small_n, large_n, larger_n) = if quick { (200, 30, 2) } else { (2_000, 300, 20) };
     let small = compare(&rt, &s3, &ferry_bin, rclone, "small", &format!("{small_n} × 30 KB"), site(small_n, 0, 0))?;
+    if args.iter().any(|a| a == "--small-only") {
+        println!();
+        println!("| site | how | wall s | files/s | MB/s | CPU s | peak RSS MB | speed vs rclone |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        small.print();
+        println!("ferry, small site: {}", small.ferry_line);
+        return Ok(());
+    }
     let large = compare(
         &rt,
         &s3,
@@ -499,8 +508,20 @@ fn write_pipeline(dir: &Path, s3: &S3Server, resolver: &ResolverServer, bucket: 
     Ok(())
 }
 
+/// `ferry run` in `dir`; `FERRY_BENCH_WRAP` (e.g. `perf record -g -o
+/// /tmp/ferry.perf --`) runs it under a profiler.
 fn ferry_cmd(bin: &Path, dir: &Path) -> Command {
-    let mut c = Command::new(bin);
+    let wrap: Vec<String> = std::env::var("FERRY_BENCH_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut c = match wrap.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     c.args(["run", "pipeline.toml", "--no-progress"])
         .current_dir(dir)
         .env("FERRY_LOG", "warn")

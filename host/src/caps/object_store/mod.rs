@@ -205,7 +205,18 @@ pub fn check_key(key: &str) -> Result<(), CapError> {
     Ok(())
 }
 
+/// Most user metadata (keys + values, bytes) a guest may give one object:
+/// S3 takes 2 KiB, and the host keeps room for its own `ferry-sha256`.
+pub const MAX_METADATA_BYTES: usize = 1900;
+
 pub(crate) fn check_metadata(md: &Metadata) -> Result<(), CapError> {
+    let total: usize = md.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_METADATA_BYTES {
+        return Err(CapError::Invalid(format!(
+            "metadata of {total} bytes (keys + values) is over the {MAX_METADATA_BYTES} an object may carry \
+             (S3 takes 2 KiB); put a longer description in an object of its own"
+        )));
+    }
     for (k, v) in md {
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
             return Err(CapError::Invalid(format!("metadata key `{k}` must be lowercase ascii letters, digits or -")));
@@ -217,4 +228,27 @@ pub(crate) fn check_metadata(md: &Metadata) -> Result<(), CapError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md(pairs: &[(&str, &str)]) -> Metadata {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn metadata_rules() {
+        assert!(check_metadata(&md(&[("ferry-item-id", "P_1/0000_5.dcm"), ("ferry-sidecar", "%7B%7D")])).is_ok());
+        let e = check_metadata(&md(&[("Ferry", "x")])).unwrap_err().to_string();
+        assert!(e.contains("`Ferry`") && e.contains("lowercase"), "{e}");
+        let e = check_metadata(&md(&[("a", "Müller")])).unwrap_err().to_string();
+        assert!(e.contains("percent-encode"), "{e}");
+        // keys and values count, up to S3's 2 KiB less the host's own
+        let fits = "v".repeat(MAX_METADATA_BYTES - 2);
+        assert!(check_metadata(&md(&[("ab", &fits)])).is_ok());
+        let e = check_metadata(&md(&[("abc", &fits)])).unwrap_err().to_string();
+        assert!(e.contains(&format!("{} bytes", MAX_METADATA_BYTES + 1)) && e.contains("2 KiB"), "{e}");
+    }
 }

@@ -52,21 +52,23 @@ pub struct ImagePage {
     pub next: Option<String>,
 }
 
-/// Facts of an image from its JSON sidecar (images stored before the
-/// ledger indexed them).
+/// The metadata key of a sidecar stored with its object (the `store`
+/// plugin's default; percent-encoded compact JSON).
+const SIDECAR_META: &str = "ferry-sidecar";
+
+/// Facts of an image from its sidecar (images stored before the ledger
+/// indexed them, or by another uploader): the one stored with the object
+/// (its `ferry-sidecar` metadata), else the `{key}.json` object next to it.
 pub(super) async fn sidecar_facts(state: &AppState, key: &str) -> Option<ImageFacts> {
-    let (_, total, mut body) = state.store.get(&format!("{key}.json"), None).await.ok()??;
-    if total > 1 << 20 {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(total as usize);
-    while let Some(chunk) = body.next().await {
-        bytes.extend_from_slice(&chunk.ok()?);
-        // the declared size is the store's word; the bytes are checked too
-        if bytes.len() > 1 << 20 {
-            return None;
-        }
-    }
+    let inline = match state.store.head(key).await {
+        Ok(Some(info)) => info.metadata.into_iter().find(|(k, _)| k == SIDECAR_META).map(|(_, v)| v),
+        _ => None,
+    };
+    let bytes = match inline {
+        // bounded by the store's metadata limit (2 KiB on S3)
+        Some(v) => percent_encoding::percent_decode_str(&v).collect::<Vec<u8>>(),
+        None => sidecar_object(state, key).await?,
+    };
     // serde_json caps nesting at 128 levels
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let md = &v["metadata"];
@@ -79,6 +81,23 @@ pub(super) async fn sidecar_facts(state: &AppState, key: &str) -> Option<ImageFa
         rows: md["rows"].as_i64(),
         columns: md["columns"].as_i64(),
     })
+}
+
+/// The bytes of `{key}.json`, at most 1 MiB.
+async fn sidecar_object(state: &AppState, key: &str) -> Option<Vec<u8>> {
+    let (_, total, mut body) = state.store.get(&format!("{key}.json"), None).await.ok()??;
+    if total > 1 << 20 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(total as usize);
+    while let Some(chunk) = body.next().await {
+        bytes.extend_from_slice(&chunk.ok()?);
+        // the declared size is the store's word; the bytes are checked too
+        if bytes.len() > 1 << 20 {
+            return None;
+        }
+    }
+    Some(bytes)
 }
 
 /// List a patient's images.
