@@ -163,7 +163,7 @@ fn demo(root: &Path) -> Result<()> {
     eprintln!("==> ferry run took {:.2?}", started.elapsed());
     eprintln!(
         "\nLook at:\n  \
-         target/demo/store/images/<patientGuid>/  the stored images and their .json sidecars\n  \
+         target/demo/store/images/<patientGuid>/  the stored images (sidecars in .ferry/meta/)\n  \
          target/demo/site/                        the synthetic PDATA share, sidexis.db, card-map.csv\n  \
          pipelines/demo.toml                      the pipeline that did it\n\
          Run `cargo xtask demo` again: nothing new is stored (unchanged=30).\n\n\

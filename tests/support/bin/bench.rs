@@ -19,9 +19,11 @@
 //!    the distribution when missing, skipped with a note when absent);
 //! 3. **ferry**: `ferry run` of the production pipeline (sidexis →
 //!    dicom-meta → http-resolver → store: patient lookup, metadata, a JSON
-//!    sidecar per image) as a separate process;
+//!    sidecar per image, inline) as a separate process;
 //!
-//! then rclone and ferry again over the unchanged site (the no-op pass),
+//! three rounds of the three first passes (the server's speed drifts
+//! between runs, so a ratio is the median of the rounds' ratios), then
+//! rclone and ferry again over the unchanged site (the no-op pass),
 //! with wall time, CPU seconds and peak RSS of each process. The clinic-scale
 //! site adds a stat walk of its tree (the floor of any change detection by
 //! size and mtime). One ~300 MB file gives ferry's peak RSS for a CBCT.
@@ -179,19 +181,44 @@ struct Comparison {
     label: String,
     files: usize,
     bytes: u64,
-    baseline: Duration,
-    rclone: Option<(Measured, Measured)>,
-    ferry: (Measured, Measured),
+    /// One per round.
+    baseline: Vec<Duration>,
+    /// First passes (one per round), the no-op pass.
+    rclone: Option<(Vec<Measured>, Measured)>,
+    ferry: (Vec<Measured>, Measured),
     ferry_line: String,
+}
+
+/// First passes per site and way (see [`compare`]).
+const ROUNDS: usize = 3;
+
+/// The middle value (of an odd count; the upper middle otherwise).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The round whose wall time is the median.
+fn median_run(runs: &[Measured]) -> &Measured {
+    let mut by_wall: Vec<&Measured> = runs.iter().collect();
+    by_wall.sort_by_key(|m| m.wall);
+    by_wall[by_wall.len() / 2]
 }
 
 impl Comparison {
     fn print(&self) {
         let secs = |d: Duration| d.as_secs_f64().max(1e-6);
-        let vs = |d: Duration| match &self.rclone {
-            Some((r, _)) => format!("{:.2}×", secs(r.wall) / secs(d)),
+        // the median of the rounds' ratios, and each round's
+        let vs = |walls: &[Duration]| match &self.rclone {
+            Some((r, _)) => {
+                let ratios: Vec<f64> = r.iter().zip(walls).map(|(r, w)| secs(r.wall) / secs(*w)).collect();
+                let each: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+                format!("**{:.2}×** ({})", median(ratios.clone()), each.join(", "))
+            }
             None => "—".into(),
         };
+        let median_wall =
+            |walls: &[Duration]| Duration::from_secs_f64(median(walls.iter().map(|w| secs(*w)).collect()));
         let row = |how: &str, wall: Duration, cpu: Option<Duration>, rss: Option<u64>, ratio: String| {
             println!(
                 "| {} | {how} | {:.2} | {:.0} | {:.1} | {} | {} | {ratio} |",
@@ -203,12 +230,21 @@ impl Comparison {
                 rss.map(|r| format!("{:.0}", mb(r))).unwrap_or_else(|| "—".into()),
             )
         };
-        row(&format!("PutObject ×{CONCURRENCY} (in process)"), self.baseline, None, None, vs(self.baseline));
-        if let Some((first, _)) = &self.rclone {
-            row("rclone copy --transfers 8", first.wall, Some(first.cpu), Some(first.rss), "1.00×".into());
+        row(
+            &format!("PutObject ×{CONCURRENCY} (in process)"),
+            median_wall(&self.baseline),
+            None,
+            None,
+            vs(&self.baseline),
+        );
+        if let Some((runs, _)) = &self.rclone {
+            let m = median_run(runs);
+            row("rclone copy --transfers 8", m.wall, Some(m.cpu), Some(m.rss), "1.00×".into());
         }
-        let (first, again) = &self.ferry;
-        row("**ferry**", first.wall, Some(first.cpu), Some(first.rss), vs(first.wall));
+        let (runs, again) = &self.ferry;
+        let m = median_run(runs);
+        let walls: Vec<Duration> = runs.iter().map(|r| r.wall).collect();
+        row("**ferry**", m.wall, Some(m.cpu), Some(m.rss), vs(&walls));
         let again_vs = match &self.rclone {
             Some((_, r)) => format!("{:.2}×", secs(r.wall) / secs(again.wall)),
             None => "—".into(),
@@ -249,32 +285,48 @@ fn compare(
     let files: Vec<PathBuf> = site.images.iter().map(|i| i.path.clone()).collect();
     let bytes: u64 = site.images.iter().map(|i| i.size).sum();
     eprintln!("bench: {label} site: {what}, {:.1} MB, generated in {:.1?}", mb(bytes), t.elapsed());
-    for b in ["baseline", "rclone", "ferry"] {
-        s3.create_bucket(&format!("{label}-{b}"));
-    }
     let resolver = ResolverServer::start(site.card_map.clone());
 
-    eprintln!("bench: {label}: PutObject loop");
-    let t = Instant::now();
-    rt.block_on(put_all(s3.client(), format!("{label}-baseline"), files.clone()))?;
-    let baseline = t.elapsed();
+    // The server's speed drifts by 2× between runs on these machines
+    // (its disk): each first pass runs ROUNDS times, the three ways one
+    // after the other in each round, and the ratio is the median of the
+    // rounds' ratios.
+    let src = work.path().join("site").join("PDATA");
+    let (mut baselines, mut rclones, mut ferries) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ferry_line = String::new();
+    for r in 0..ROUNDS {
+        for b in ["baseline", "rclone", "ferry"] {
+            s3.create_bucket(&format!("{label}-{b}-{r}"));
+        }
+        eprintln!("bench: {label}, round {}: PutObject loop, rclone copy, ferry run", r + 1);
+        let t = Instant::now();
+        rt.block_on(put_all(s3.client(), format!("{label}-baseline-{r}"), files.clone()))?;
+        baselines.push(t.elapsed());
+        if rclone {
+            rclones.push(measure(rclone_cmd(s3, &src, &format!("{label}-rclone-{r}"), work.path()))?);
+        }
+        // a ledger of its own per round, over the same site
+        let dir = work.path().join(format!("ferry-{r}"));
+        std::fs::create_dir_all(&dir)?;
+        std::os::unix::fs::symlink(work.path().join("site"), dir.join("site"))?;
+        write_pipeline(&dir, s3, &resolver, &format!("{label}-ferry-{r}"))?;
+        let first = measure(ferry_cmd(ferry_bin, &dir))?;
+        ferry_line = last_line(&first.out);
+        if !ferry_line.contains(&format!("stored={}", files.len())) {
+            bail!("ferry did not store every file of the {label} site: {ferry_line}");
+        }
+        ferries.push(first);
+    }
+    let last = ROUNDS - 1;
     let rclone = if rclone {
-        eprintln!("bench: {label}: rclone copy, then again unchanged");
-        let src = work.path().join("site").join("PDATA");
-        let first = measure(rclone_cmd(s3, &src, &format!("{label}-rclone"), work.path()))?;
-        let again = measure(rclone_cmd(s3, &src, &format!("{label}-rclone"), work.path()))?;
-        Some((first, again))
+        eprintln!("bench: {label}: rclone again, unchanged");
+        let again = measure(rclone_cmd(s3, &src, &format!("{label}-rclone-{last}"), work.path()))?;
+        Some((rclones, again))
     } else {
         None
     };
-    eprintln!("bench: {label}: ferry run, then again unchanged");
-    write_pipeline(work.path(), s3, &resolver, &format!("{label}-ferry"))?;
-    let first = measure(ferry_cmd(ferry_bin, work.path()))?;
-    let ferry_line = last_line(&first.out);
-    if !ferry_line.contains(&format!("stored={}", files.len())) {
-        bail!("ferry did not store every file of the {label} site: {ferry_line}");
-    }
-    let again = measure(ferry_cmd(ferry_bin, work.path()))?;
+    eprintln!("bench: {label}: ferry again, unchanged");
+    let again = measure(ferry_cmd(ferry_bin, &work.path().join(format!("ferry-{last}"))))?;
     if !last_line(&again.out).contains(&format!("unchanged={}", files.len())) {
         bail!("ferry's second pass over the {label} site was not a no-op: {}", last_line(&again.out));
     }
@@ -282,9 +334,9 @@ fn compare(
         label: label.to_owned(),
         files: files.len(),
         bytes,
-        baseline,
+        baseline: baselines,
         rclone,
-        ferry: (first, again),
+        ferry: (ferries, again),
         ferry_line,
     })
 }
