@@ -853,12 +853,13 @@ pub fn store_item(
         })
     });
     let key = Key::new(&rendered, &extension(&item.file.path))?;
-    let item_meta = percent_encode(&item.id);
     let inline = (settings.sidecar == Sidecar::Inline)
-        .then(|| meta_encode(&description(item, metadata, patient_guid, settings.clinic_id.as_deref()).to_string()))
-        .filter(|v| ITEM_ID_META.len() + item_meta.len() + SIDECAR_META.len() + v.len() <= MAX_METADATA_BYTES);
-    let inlined = inline.is_some();
-    let mut placer = Placer { item, item_meta, content_sha: None, inline };
+        .then(|| meta_encode(&description(item, metadata, patient_guid, settings.clinic_id.as_deref()).to_string()));
+    let mut placer = Placer { item, item_meta: percent_encode(&item.id), content_sha: None, inline };
+    // the host's rule, over the very metadata the object would carry
+    if placer.object_meta().iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_METADATA_BYTES {
+        placer.inline = None;
+    }
 
     let primary = key.render_checked("", settings.max_key)?;
     let (object_key, (info, outcome)) = match placer.place(backend, &primary)? {
@@ -884,7 +885,7 @@ pub fn store_item(
         // an unchanged object keeps what it was stored with: its inline
         // sidecar, or (stored by an older ferry, or too big) its object
         Sidecar::Inline => match outcome {
-            Outcome::Stored => !inlined,
+            Outcome::Stored => placer.inline.is_none(),
             Outcome::Unchanged => meta_get(&info, SIDECAR_META).is_none(),
         },
     };
