@@ -62,6 +62,25 @@ pub fn forget_sha256(path: &Path) {
     known().remove(&real_path(path));
 }
 
+/// A file's bytes and their hex SHA-256, read in one go, when it has at
+/// most `limit` bytes; `None` for a larger one (hash it with
+/// [`sha256_file`] and stream it). The digest is of exactly the bytes
+/// returned, so a file rewritten meanwhile cannot make them disagree.
+pub fn read_whole(path: &Path, limit: u64) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len > limit {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // one byte more than the limit tells a file that grew since the stat
+    f.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Ok(None);
+    }
+    Ok(Some((hex::encode(Sha256::digest(&bytes)), bytes)))
+}
+
 /// Hex SHA-256 of a file and its size, streamed (256 KiB at a time), or
 /// as remembered for a file the host wrote ([`remember_sha256`]).
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
@@ -105,6 +124,19 @@ mod sha256_tests {
         std::fs::write(&path, b"hello").unwrap();
         forget_sha256(&path);
         assert_eq!(sha256_file(&path).unwrap(), real);
+    }
+
+    #[test]
+    fn a_small_file_is_read_whole_with_its_digest_and_a_large_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.dcm");
+        std::fs::write(&path, b"hello").unwrap();
+        let (sha, bytes) = read_whole(&path, 5).unwrap().expect("at the limit: read");
+        assert_eq!((sha, bytes), (sha256_file(&path).unwrap().0, b"hello".to_vec()));
+        assert_eq!(read_whole(&path, 4).unwrap(), None, "over the limit: left to stream");
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(read_whole(&path, 4).unwrap().unwrap().1, b"");
+        assert!(read_whole(&dir.path().join("gone"), 4).is_err());
     }
 }
 

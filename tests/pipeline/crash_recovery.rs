@@ -59,7 +59,7 @@ async fn kill_dash_nine_then_rerun_is_exactly_once() {
 
     // exactly the expected images, once each, each with its sidecar
     let listed = s3.list(BUCKET, "").await;
-    assert_eq!(listed.len(), DEMO_EXPECTED.stored, "{listed:#?}");
+    assert_eq!(listed.len(), DEMO_EXPECTED.stored, "{listed:#?}\n({after_kill} after the kill)\n{stdout}");
     for key in &listed {
         assert!(s3.sidecar(BUCKET, key).await.is_some_and(|s| s["itemId"].is_string()), "{key} has its sidecar");
     }

@@ -106,6 +106,29 @@ async fn images_with_a_sidecar_object_get_their_facts_from_it() {
     svc.stop().await;
 }
 
+#[tokio::test]
+async fn a_malformed_inline_sidecar_leaves_the_image_listed_without_its_facts() {
+    // the `ferry-sidecar` value is a peer's bytes: broken escapes, bytes
+    // that are no UTF-8, JSON of the wrong shape or nested past serde's cap
+    let svc = Service::start().await;
+    let guid = demo_guid(61);
+    let img = svc.stored_for(&guid)[0];
+    let key = svc.key_of(img);
+    assert_eq!(forget_index(&svc, &guid), 1);
+    let bucket = crate::harness::BUCKET;
+    let bytes = svc.s3.get(bucket, &key).await.unwrap();
+    let deep = format!("{}{}", "%5B".repeat(300), "%5D".repeat(300));
+    for hostile in ["%ZZ%", "%FF%FE%7B", "%7B%22metadata%22%3A5%7D", "null", deep.as_str()] {
+        svc.s3.put(bucket, &key, bytes.clone(), &[("ferry-item-id", &img.rel_path), ("ferry-sidecar", hostile)]).await;
+        let page = svc.json(&format!("/api/v1/patients/{guid}/images"), Role::Viewer).await;
+        let images = page["images"].as_array().unwrap();
+        assert_eq!(images.len(), 1, "{hostile}: {page:#}");
+        assert_eq!(images[0]["modality"], serde_json::Value::Null, "{hostile}: no facts made up");
+        assert_eq!(images[0]["size"], bytes.len(), "{hostile}");
+    }
+    svc.stop().await;
+}
+
 /// Deletes the patient's rows from the ledger's image index (the ledger
 /// has no API to forget; a second SQLite connection, as WAL allows).
 fn forget_index(svc: &Service, guid: &str) -> usize {

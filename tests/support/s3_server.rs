@@ -349,7 +349,16 @@ async fn handle(
             ));
         }
     }
-    s3.call(req.map(s3s::Body::from)).await
+    // S3 commits a request it has taken in whole, whether or not the
+    // client waits for the answer. s3s-fs does its work in steps (the
+    // object's bytes, then its metadata): a handler dropped with the
+    // connection (a client killed mid-request) would leave an object
+    // without its metadata, which no real S3 does. So it runs to its end.
+    let call = tokio::spawn(async move { s3.call(req.map(s3s::Body::from)).await });
+    match call.await {
+        Ok(r) => r,
+        Err(e) => Ok(xml_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e.to_string(), "")),
+    }
 }
 
 async fn serve(listener: tokio::net::TcpListener, s3: S3Service, faults: Option<Arc<Faults>>) {

@@ -234,6 +234,9 @@ pub struct StageState {
     pub held: crate::pace::Held,
     /// Spool files this instance wrote (`http.send-to-spool`): it may read them.
     pub spooled: std::collections::HashSet<String>,
+    /// Bytes its open files hold read ahead (`fs::OpenFile`), bounded by
+    /// `fs::READ_AHEAD_BUDGET` however many files a guest keeps open.
+    pub read_ahead: u64,
 }
 
 impl StageState {
@@ -246,6 +249,7 @@ impl StageState {
             deadline: Instant::now(),
             held: Default::default(),
             spooled: Default::default(),
+            read_ahead: 0,
         }
     }
 

@@ -105,21 +105,17 @@ impl Index for SqliteLedger {
     /// Records where a stored image is and what it shows, for the service.
     fn index_image(&self, item_id: &str, guid: &str, location: &str, facts: &ImageFacts) -> Result<(), LedgerError> {
         let now = now_ms();
-        self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            tx.execute(
-                "INSERT INTO images (item_id, patient_guid, location, name, modality, study_date, rows, columns, updated_at)
+        self.batched(|c| {
+            let tx = super::Atomic::begin(c)?;
+            tx.prepare_cached("INSERT INTO images (item_id, patient_guid, location, name, modality, study_date, rows, columns, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(item_id) DO UPDATE SET patient_guid = ?2, location = ?3, name = ?4, modality = ?5,
-                    study_date = ?6, rows = ?7, columns = ?8, updated_at = ?9",
-                params![item_id, guid, location, facts.name, facts.modality, facts.study_date, facts.rows, facts.columns, now],
+                    study_date = ?6, rows = ?7, columns = ?8, updated_at = ?9")?.execute(params![item_id, guid, location, facts.name, facts.modality, facts.study_date, facts.rows, facts.columns, now],
             )?;
             if let Some(pn) = facts.patient_name.as_deref().filter(|p| !p.trim().is_empty()) {
                 let (display, search) = person_name(pn);
-                tx.execute(
-                    "INSERT INTO patients (guid, name, search, updated_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(guid) DO UPDATE SET name = ?2, search = ?3, updated_at = ?4",
-                    params![guid, display, search, now],
+                tx.prepare_cached("INSERT INTO patients (guid, name, search, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(guid) DO UPDATE SET name = ?2, search = ?3, updated_at = ?4")?.execute(params![guid, display, search, now],
                 )?;
             }
             tx.commit()

@@ -116,7 +116,7 @@ impl Items for SqliteLedger {
             std::iter::repeat_n("?", CHUNK).collect::<Vec<_>>().join(", ")
         );
         let mut out = std::collections::HashMap::with_capacity(ids.len());
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
             for chunk in ids.chunks(CHUNK) {
                 let padded = chunk.iter().chain(std::iter::repeat(&chunk[0])).take(CHUNK);
@@ -146,10 +146,9 @@ impl Items for SqliteLedger {
         backoff: Backoff,
     ) -> Result<(), LedgerError> {
         let now = now_ms();
-        self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            let prev: Option<(String, i64)> = tx
-                .query_row("SELECT state, attempts FROM items WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+        self.batched(|c| {
+            let tx = super::Atomic::begin(c)?;
+            let prev: Option<(String, i64)> = tx.prepare_cached("SELECT state, attempts FROM items WHERE id = ?1")?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let problem = matches!(outcome, Outcome::Unresolved | Outcome::Quarantined | Outcome::Failed);
             let attempts: i64 = match (&prev, problem) {
@@ -160,13 +159,11 @@ impl Items for SqliteLedger {
             let next = if problem { now + backoff.delay(attempts as u32).as_millis() as i64 } else { 0 };
             // why it is a problem, or why it waits (`ferry status` says)
             let last_error = (problem || outcome == Outcome::Deferred).then_some(details);
-            tx.execute(
-                "INSERT INTO items (id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, first_seen_at, updated_at)
+            tx.prepare_cached("INSERT INTO items (id, state, fingerprint, patient_guid, location, attempts, last_error, next_attempt_at, first_seen_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
                  ON CONFLICT(id) DO UPDATE SET state = ?2, fingerprint = COALESCE(?3, fingerprint),
                     patient_guid = COALESCE(?4, patient_guid), location = COALESCE(?5, location),
-                    attempts = ?6, last_error = ?7, next_attempt_at = ?8, updated_at = ?9",
-                params![id, state_name(outcome), fingerprint, patient_guid, location, attempts, last_error, next, now],
+                    attempts = ?6, last_error = ?7, next_attempt_at = ?8, updated_at = ?9")?.execute(params![id, state_name(outcome), fingerprint, patient_guid, location, attempts, last_error, next, now],
             )?;
             // the log says what was done; a skip seen again says nothing new
             let unchanged_skip = matches!(outcome, Outcome::Skipped | Outcome::Deferred)
@@ -181,9 +178,7 @@ impl Items for SqliteLedger {
                     Outcome::Failed => ("process", "error"),
                     Outcome::Deferred => ("defer", "waiting"),
                 };
-                tx.execute(
-                    "INSERT INTO sync_log (at, run_id, item_id, patient_guid, action, status, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![now, run_id, id, patient_guid, action, status, details],
+                tx.prepare_cached("INSERT INTO sync_log (at, run_id, item_id, patient_guid, action, status, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(params![now, run_id, id, patient_guid, action, status, details],
                 )?;
             }
             tx.commit()

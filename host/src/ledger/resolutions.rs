@@ -59,13 +59,10 @@ impl Resolutions for SqliteLedger {
     /// A fresh cached answer for a key, if any.
     fn cached(&self, scheme: &str, value: &str) -> Result<Option<CachedAnswer>, LedgerError> {
         let now = now_ms();
-        self.with(|c| {
-            c.query_row(
-                "SELECT answer FROM resolutions WHERE key_hash = ?1 AND expires_at > ?2",
-                params![key_hash(scheme, value), now],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()
+        self.read(|c| {
+            c.prepare_cached("SELECT answer FROM resolutions WHERE key_hash = ?1 AND expires_at > ?2")?
+                .query_row(params![key_hash(scheme, value), now], |r| r.get::<_, String>(0))
+                .optional()
         })
         .map(|a| a.and_then(|a| decode_answer(&a)))
     }
@@ -82,15 +79,17 @@ impl Resolutions for SqliteLedger {
         let now = now_ms();
         let hash = key_hash(scheme, value);
         let encoded = encode_answer(answer);
-        self.with(|c| {
+        // a cached answer lost to a crash is only asked again
+        self.batched(|c| {
             let prev: Option<String> = c
-                .query_row("SELECT answer FROM resolutions WHERE key_hash = ?1", params![hash], |r| r.get(0))
+                .prepare_cached("SELECT answer FROM resolutions WHERE key_hash = ?1")?
+                .query_row(params![hash], |r| r.get(0))
                 .optional()?;
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO resolutions (key_hash, scheme, answer, fetched_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(key_hash) DO UPDATE SET answer = ?3, fetched_at = ?4, expires_at = ?5",
-                params![hash, scheme, encoded, now, now + ttl.as_millis() as i64],
-            )?;
+            )?
+            .execute(params![hash, scheme, encoded, now, now + ttl.as_millis() as i64])?;
             let prev = prev.and_then(|p| decode_answer(&p));
             Ok(match (prev, answer) {
                 (Some(CachedAnswer::Resolved(old)), CachedAnswer::Resolved(new)) if old != *new => {

@@ -28,7 +28,9 @@
 //! site adds a stat walk of its tree (the floor of any change detection by
 //! size and mtime). One ~300 MB file gives ferry's peak RSS for a CBCT.
 //! `--noop-only` runs just the clinic-scale site, `--small-only` just the
-//! small one; `FERRY_BENCH_WRAP="perf record -g -o FILE --"` runs every
+//! small one; `--scale-site [N]` a site of N images (1,000,000 by default)
+//! through a first and a no-op pass, without rclone, for peak RSS and
+//! ledger bytes per image at scale; `FERRY_BENCH_WRAP="perf record -g -o FILE --"` runs every
 //! `ferry` under a profiler.
 //!
 //! It prints tables; nothing is asserted. Speed targets are read as ratios
@@ -62,6 +64,19 @@ fn main() -> Result<()> {
         None => eprintln!("bench: no rclone on PATH: its rows are left out (`cargo xtask bench` installs it)"),
     }
     let rclone = rclone.is_some();
+    // the scale evidence: a site of N images (1,000,000 by default), its
+    // first and no-op pass with peak RSS and ledger bytes per image; no
+    // rclone (it would take an hour here)
+    if let Some(i) = args.iter().position(|a| a == "--scale-site") {
+        let n: u32 = match args.get(i + 1).filter(|a| !a.starts_with("--")) {
+            Some(n) => n.parse().context("--scale-site takes a number of images")?,
+            None => 1_000_000,
+        };
+        let scale = noop_pass(&ferry_bin, n, false)?;
+        println!();
+        scale.print();
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--noop-only") {
         let noop = noop_pass(&ferry_bin, noop_n, rclone)?;
         println!();
@@ -75,8 +90,8 @@ fn main() -> Result<()> {
     let small = compare(&rt, &s3, &ferry_bin, rclone, "small", &format!("{small_n} × 30 KB"), site(small_n, 0, 0))?;
     if args.iter().any(|a| a == "--small-only") {
         println!();
-        println!("| site | how | wall s | files/s | MB/s | CPU s | peak RSS MB | speed vs rclone |");
-        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        println!("| site | how | wall s | files/s | MB/s | CPU s | machine busy | peak RSS MB | speed vs rclone |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
         small.print();
         println!("ferry, small site: {}", small.ferry_line);
         return Ok(());
@@ -107,8 +122,8 @@ fn main() -> Result<()> {
     let noop_site = noop_pass(&ferry_bin, noop_n, rclone)?;
 
     println!();
-    println!("| site | how | wall s | files/s | MB/s | CPU s | peak RSS MB | speed vs rclone |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("| site | how | wall s | files/s | MB/s | CPU s | machine busy | peak RSS MB | speed vs rclone |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     small.print();
     large.print();
     println!();
@@ -127,18 +142,33 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// What one process did: wall time, CPU seconds (user + system), peak RSS.
+/// What one process did: wall time, CPU seconds (user + system), peak RSS,
+/// and how busy the whole machine was meanwhile (its CPUs, the S3 server
+/// included: near 100 % means CPU-bound, less means waiting).
 struct Measured {
     wall: Duration,
     cpu: Duration,
     rss: u64,
+    busy: f64,
     out: String,
+}
+
+/// (busy, total) jiffies of all CPUs, from `/proc/stat`.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else { return (0, 0) };
+    let v: Vec<u64> = cpu.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle and iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 /// Runs `cmd` to its end, sampling its peak resident set (VmHWM); its
 /// output is read on threads so that a full pipe never stalls it.
 fn measure(mut cmd: Command) -> Result<Measured> {
     let cpu = children_cpu();
+    let jiffies = machine_jiffies();
     let t = Instant::now();
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting a measured process")?;
     let drain = |mut r: Box<dyn Read + Send>| {
@@ -173,7 +203,9 @@ fn measure(mut cmd: Command) -> Result<Measured> {
     if !status.success() {
         bail!("{:?} failed ({status}):\n{out}\n{err}", cmd.get_program());
     }
-    Ok(Measured { wall, cpu: children_cpu() - cpu, rss: peak, out })
+    let (busy, total) = machine_jiffies();
+    let busy = (busy - jiffies.0) as f64 / (total - jiffies.1).max(1) as f64;
+    Ok(Measured { wall, cpu: children_cpu() - cpu, rss: peak, busy, out })
 }
 
 /// One site, uploaded by the loop, rclone and ferry, then again unchanged.
@@ -219,50 +251,47 @@ impl Comparison {
         };
         let median_wall =
             |walls: &[Duration]| Duration::from_secs_f64(median(walls.iter().map(|w| secs(*w)).collect()));
-        let row = |how: &str, wall: Duration, cpu: Option<Duration>, rss: Option<u64>, ratio: String| {
+        let row = |how: &str, wall: Duration, m: Option<&Measured>, ratio: String| {
             println!(
-                "| {} | {how} | {:.2} | {:.0} | {:.1} | {} | {} | {ratio} |",
+                "| {} | {how} | {:.2} | {:.0} | {:.1} | {} | {} | {} | {ratio} |",
                 self.label,
                 secs(wall),
                 self.files as f64 / secs(wall),
                 mb(self.bytes) / secs(wall),
-                cpu.map(|c| format!("{:.2}", c.as_secs_f64())).unwrap_or_else(|| "—".into()),
-                rss.map(|r| format!("{:.0}", mb(r))).unwrap_or_else(|| "—".into()),
+                m.map(|m| format!("{:.2}", m.cpu.as_secs_f64())).unwrap_or_else(|| "—".into()),
+                m.map(|m| format!("{:.0} %", m.busy * 100.0)).unwrap_or_else(|| "—".into()),
+                m.map(|m| format!("{:.0}", mb(m.rss))).unwrap_or_else(|| "—".into()),
             )
         };
-        row(
-            &format!("PutObject ×{CONCURRENCY} (in process)"),
-            median_wall(&self.baseline),
-            None,
-            None,
-            vs(&self.baseline),
-        );
+        row(&format!("PutObject ×{CONCURRENCY} (in process)"), median_wall(&self.baseline), None, vs(&self.baseline));
         if let Some((runs, _)) = &self.rclone {
             let m = median_run(runs);
-            row("rclone copy --transfers 8", m.wall, Some(m.cpu), Some(m.rss), "1.00×".into());
+            row("rclone copy --transfers 8", m.wall, Some(m), "1.00×".into());
         }
         let (runs, again) = &self.ferry;
         let m = median_run(runs);
         let walls: Vec<Duration> = runs.iter().map(|r| r.wall).collect();
-        row("**ferry**", m.wall, Some(m.cpu), Some(m.rss), vs(&walls));
+        row("**ferry**", m.wall, Some(m), vs(&walls));
         let again_vs = match &self.rclone {
             Some((_, r)) => format!("{:.2}×", secs(r.wall) / secs(again.wall)),
             None => "—".into(),
         };
         if let Some((_, r)) = &self.rclone {
             println!(
-                "| {} | rclone, nothing changed | {:.2} | | | {:.2} | {:.0} | 1.00× |",
+                "| {} | rclone, nothing changed | {:.2} | | | {:.2} | {:.0} % | {:.0} | 1.00× |",
                 self.label,
                 secs(r.wall),
                 r.cpu.as_secs_f64(),
+                r.busy * 100.0,
                 mb(r.rss)
             );
         }
         println!(
-            "| {} | ferry, nothing changed | {:.2} | | | {:.2} | {:.0} | {again_vs} |",
+            "| {} | ferry, nothing changed | {:.2} | | | {:.2} | {:.0} % | {:.0} | {again_vs} |",
             self.label,
             secs(again.wall),
             again.cpu.as_secs_f64(),
+            again.busy * 100.0,
             mb(again.rss)
         );
     }
@@ -377,6 +406,8 @@ struct Noop {
     rclone: Option<(Measured, Measured)>,
     walk: Duration,
     dir: PathBuf,
+    /// Bytes of the ledger (`state/`) after both passes.
+    ledger: u64,
 }
 
 impl Noop {
@@ -407,6 +438,11 @@ impl Noop {
         }
         row("ferry, first pass (stores them)", &self.first);
         println!("ferry's no-op pass: {}", last_line(&self.noop.out).trim_start_matches("done: "));
+        println!(
+            "ledger: {:.1} MB, {:.0} bytes per image (items, sync log of both passes, image index)",
+            mb(self.ledger),
+            self.ledger as f64 / self.images as f64
+        );
         println!("site and ledger kept in {} (for profiling)", self.dir.display());
     }
 }
@@ -473,7 +509,26 @@ fn noop_pass(ferry_bin: &Path, n: u32, rclone: bool) -> Result<Noop> {
     }
     let walk = t.elapsed();
     std::hint::black_box(seen);
-    Ok(Noop { images: n, first, noop, rclone, walk, dir: work })
+    let ledger = dir_size(&work.join("state"))?;
+    Ok(Noop { images: n, first, noop, rclone, walk, dir: work, ledger })
+}
+
+/// Bytes of the files under `dir`.
+fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            let md = e.metadata()?;
+            if md.is_dir() {
+                dirs.push(e.path());
+            } else {
+                total += md.len();
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// User + system CPU time of the children waited for so far.

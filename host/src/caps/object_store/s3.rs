@@ -1,7 +1,8 @@
 //! The S3 backend of `object-store` (AWS S3 or any S3-compatible server).
 //!
-//! Bytes stream from disk: files up to `multipart_threshold` go up in one
-//! `PutObject` read straight from the file; larger ones in parts of
+//! Files up to `multipart_threshold` go up in one `PutObject`: a small one
+//! (≤ 4 MiB, most X-rays) read once into memory, hashed and sent from
+//! those bytes, a larger one streamed from the file; larger ones in parts of
 //! `part_size`, each read from its offset, so memory stays constant for a
 //! 300 MB CBCT volume. The SHA-256 of the whole file is computed host-side
 //! first and sent with the object (`x-amz-checksum-sha256` for single puts,
@@ -37,6 +38,12 @@ use crate::config::S3Grant;
 
 /// Marks the error of a conditional put that found the key taken.
 const PRECONDITION: &str = "PreconditionFailed";
+
+/// Files up to this size are read once, into memory, hashed and sent from
+/// the same bytes: one blocking task per upload instead of one per chunk
+/// read, and the checksum is of exactly what went up. Larger files stream
+/// from disk. Extra memory: at most the store's concurrency × this.
+const READ_WHOLE: u64 = 4 << 20;
 
 /// User metadata key holding the hex SHA-256 of the object.
 pub const SHA_META: &str = "ferry-sha256";
@@ -112,21 +119,30 @@ impl S3Store {
         ObjectInfo { key: key.to_owned(), size, sha256: meta.and_then(|m| m.get(SHA_META).cloned()), metadata }
     }
 
+    /// One `PutObject`: from `bytes` when the file was read whole (and the
+    /// upload is not paced, which wants the file's chunks), else streamed
+    /// from the file.
     #[allow(clippy::too_many_arguments)]
     async fn put_single(
         &self,
         key: &str,
         source: &Path,
+        bytes: Option<Vec<u8>>,
         content_type: &str,
         meta: HashMap<String, String>,
         sha: &[u8],
         create_only: bool,
         pace: &Pace,
     ) -> Result<Option<String>, CapError> {
-        let body = ByteStream::from_path(source)
-            .await
-            .map_err(|e| CapError::Failed(format!("reading {}: {e}", source.display())))?;
-        let body = paced(body, pace);
+        let body = match bytes {
+            Some(b) if !pace.is_throttled() => ByteStream::from(b),
+            _ => paced(
+                ByteStream::from_path(source)
+                    .await
+                    .map_err(|e| CapError::Failed(format!("reading {}: {e}", source.display())))?,
+                pace,
+            ),
+        };
         let out = self
             .client()
             .await
@@ -242,6 +258,8 @@ impl S3Store {
         result
     }
 
+    /// Puts `source` at `key`; with `create_only`, only where the key is
+    /// free (`None`: it was taken).
     async fn put_file_inner(
         &self,
         key: &str,
@@ -250,18 +268,29 @@ impl S3Store {
         metadata: Metadata,
         create_only: bool,
         pace: &Pace,
-    ) -> Result<ObjectInfo, CapError> {
+    ) -> Result<Option<ObjectInfo>, CapError> {
         check_key(&self.full_key(key))?;
         let src = source.to_owned();
         let what = source.display().to_string();
-        let (sha_hex, size) = tokio::task::spawn_blocking(move || crate::util::sha256_file(&src))
-            .await
-            .map_err(|e| CapError::Failed(format!("host task failed: {e}")))?
-            .map_err(|e| CapError::io(&what, e))?;
+        // one blocking task per upload: a small file is read once, hashed
+        // and sent from memory; a larger one is hashed here and streamed
+        let whole = READ_WHOLE.min(self.grant.multipart_threshold);
+        let (sha_hex, size, bytes) = tokio::task::spawn_blocking(move || match crate::util::read_whole(&src, whole)? {
+            Some((sha, bytes)) => Ok((sha, bytes.len() as u64, Some(bytes))),
+            None => crate::util::sha256_file(&src).map(|(sha, size)| (sha, size, None)),
+        })
+        .await
+        .map_err(|e| CapError::Failed(format!("host task failed: {e}")))?
+        .map_err(|e| CapError::io(&what, e))?;
         let sha = hex::decode(&sha_hex).expect("hex we made");
         let meta = Self::user_metadata(&metadata, &sha_hex);
         if size <= self.grant.multipart_threshold {
-            let echoed = self.put_single(key, source, content_type, meta, &sha, create_only, pace).await?;
+            let echoed = match self.put_single(key, source, bytes, content_type, meta, &sha, create_only, pace).await {
+                // single-part puts carry `If-None-Match: *`: the server
+                // refuses an existing key itself
+                Err(CapError::Failed(m)) if create_only && m.contains(PRECONDITION) => return Ok(None),
+                r => r?,
+            };
             let ours = base64::engine::general_purpose::STANDARD.encode(&sha);
             match echoed {
                 // S3 checked the body against our checksum and says so: no
@@ -271,7 +300,7 @@ impl S3Store {
                     info.sha256 = Some(sha_hex);
                     info.metadata = metadata;
                     info.metadata.sort();
-                    return Ok(info);
+                    return Ok(Some(info));
                 }
                 // the server hashed other bytes than ours (a server that
                 // does not enforce the checksum, and a file that changed
@@ -291,11 +320,16 @@ impl S3Store {
                 None => {}
             }
         } else {
+            // a multipart upload cannot be conditional: look first (under
+            // the claim, see `put_file_new`)
+            if create_only && self.head(key).await?.is_some() {
+                return Ok(None);
+            }
             self.put_multipart(key, source, size, content_type, meta, &sha, pace).await?;
         }
         // trust, then verify: the object is there with the size we sent
         match self.head(key).await? {
-            Some(info) if info.size == size && info.sha256.as_deref() == Some(sha_hex.as_str()) => Ok(info),
+            Some(info) if info.size == size && info.sha256.as_deref() == Some(sha_hex.as_str()) => Ok(Some(info)),
             Some(info) => Err(CapError::Unavailable(format!(
                 "s3://{}/{key}: after upload the object has {} bytes (sent {size}) / checksum {:?}",
                 self.grant.bucket, info.size, info.sha256
@@ -491,7 +525,9 @@ impl ObjectStore for S3Store {
         metadata: Metadata,
         pace: &Pace,
     ) -> Result<ObjectInfo, CapError> {
-        self.put_file_inner(key, source, content_type, metadata, false, pace).await
+        self.put_file_inner(key, source, content_type, metadata, false, pace).await?.ok_or_else(|| {
+            CapError::Failed(format!("s3://{}/{key}: an unconditional put was refused", self.grant.bucket))
+        })
     }
     async fn put_file_new(
         &self,
@@ -507,17 +543,7 @@ impl ObjectStore for S3Store {
         let lock = self.claim(key);
         let result = async {
             let _guard = lock.lock().await;
-            // single-part puts carry `If-None-Match: *`: the server refuses
-            // an existing key itself; multipart uploads look first
-            let size =
-                tokio::fs::metadata(source).await.map_err(|e| CapError::io(&source.display().to_string(), e))?.len();
-            if size > self.grant.multipart_threshold && self.head(key).await?.is_some() {
-                return Ok(None);
-            }
-            match self.put_file_inner(key, source, content_type, metadata, true, pace).await {
-                Err(CapError::Failed(m)) if m.contains(PRECONDITION) => Ok(None),
-                r => r.map(Some),
-            }
+            self.put_file_inner(key, source, content_type, metadata, true, pace).await
         }
         .await;
         self.release(key, lock);
