@@ -38,7 +38,7 @@ fn main() -> Result<()> {
                  test      build plugins, then run every test (extra args go to cargo test)\n  \
                  demo      build plugins, generate a synthetic Sidexis site, run pipelines/demo.toml, then a documents pipeline\n  \
                  check     build plugins, then `ferry check pipelines/demo.toml`\n  \
-                 bench     release build; ferry next to rclone and a PutObject loop on one S3 server: small, large, 100,000-image sites (--quick, --small-only, --noop-only, --noop-site N, --scale-site [N], --debug)\n  \
+                 bench     release build; ferry next to rclone and a PutObject loop on one S3 server: small, large, 100,000-image sites (--quick, --small-only, --large-only, --noop-only, --noop-site N, --scale-site [N], --debug)\n  \
                  dist      a release build for a Linux server in target/dist/ (binary, plugins, their compiled code, systemd units, install.sh) and its .tar.gz;\n            \
                  --debug: the same from the test build, to check the packaging (CI)\n  \
                  lint      house rules: cargo fmt --check and clippy -D warnings in both workspaces (CI runs it)\n  \

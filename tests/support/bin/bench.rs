@@ -27,8 +27,8 @@
 //! with wall time, CPU seconds and peak RSS of each process. The clinic-scale
 //! site adds a stat walk of its tree (the floor of any change detection by
 //! size and mtime). One ~300 MB file gives ferry's peak RSS for a CBCT.
-//! `--noop-only` runs just the clinic-scale site, `--small-only` just the
-//! small one; `--scale-site [N]` a site of N images (1,000,000 by default)
+//! `--noop-only` runs just the clinic-scale site, `--small-only` and
+//! `--large-only` just the small or the large one; `--scale-site [N]` a site of N images (1,000,000 by default)
 //! through a first and a no-op pass, without rclone, for peak RSS and
 //! ledger bytes per image at scale; `FERRY_BENCH_WRAP="perf record -g -o FILE --"` runs every
 //! `ferry` under a profiler.
@@ -87,6 +87,16 @@ fn main() -> Result<()> {
     let s3 = S3Server::start();
 
     let (small_n, large_n, larger_n) = if quick { (200, 30, 2) } else { (2_000, 300, 20) };
+    let large_site = || site(0, large_n, larger_n);
+    let large_what = format!("{large_n} × 2.6 MB + {larger_n} × 7 MB");
+    if args.iter().any(|a| a == "--large-only") {
+        let large = compare(&rt, &s3, &ferry_bin, rclone, "large", &large_what, large_site())?;
+        println!();
+        println!("| site | how | wall s | files/s | MB/s | CPU s | machine busy | peak RSS MB | speed vs rclone |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        large.print();
+        return Ok(());
+    }
     let small = compare(&rt, &s3, &ferry_bin, rclone, "small", &format!("{small_n} × 30 KB"), site(small_n, 0, 0))?;
     if args.iter().any(|a| a == "--small-only") {
         println!();
@@ -96,15 +106,7 @@ fn main() -> Result<()> {
         println!("ferry, small site: {}", small.ferry_line);
         return Ok(());
     }
-    let large = compare(
-        &rt,
-        &s3,
-        &ferry_bin,
-        rclone,
-        "large",
-        &format!("{large_n} × 2.6 MB + {larger_n} × 7 MB"),
-        site(0, large_n, larger_n),
-    )?;
+    let large = compare(&rt, &s3, &ferry_bin, rclone, "large", &large_what, large_site())?;
 
     // one ~300 MB file: peak memory of the ferry process
     let big = tempfile::Builder::new().prefix("ferry-bench-big-").tempdir_in(bench_root())?;

@@ -1,7 +1,7 @@
 //! The S3 backend of `object-store` (AWS S3 or any S3-compatible server).
 //!
 //! Files up to `multipart_threshold` go up in one `PutObject`: a small one
-//! (≤ 4 MiB, most X-rays) read once into memory, hashed and sent from
+//! (≤ 1 MiB, an intra-oral X-ray) read once into memory, hashed and sent from
 //! those bytes, a larger one streamed from the file; larger ones in parts of
 //! `part_size`, each read from its offset, so memory stays constant for a
 //! 300 MB CBCT volume. The SHA-256 of the whole file is computed host-side
@@ -43,7 +43,7 @@ const PRECONDITION: &str = "PreconditionFailed";
 /// the same bytes: one blocking task per upload instead of one per chunk
 /// read, and the checksum is of exactly what went up. Larger files stream
 /// from disk. Extra memory: at most the store's concurrency × this.
-const READ_WHOLE: u64 = 4 << 20;
+const READ_WHOLE: u64 = 1 << 20;
 
 /// User metadata key holding the hex SHA-256 of the object.
 pub const SHA_META: &str = "ferry-sha256";
