@@ -89,13 +89,9 @@ async fn images_with_a_sidecar_object_get_their_facts_from_it() {
     // as an older ferry (or `sidecar = "object"`) stored them: no inline
     // sidecar, a `{key}.json` next to the object
     let svc = Service::start().await;
-    let guid = demo_guid(61);
-    let img = svc.stored_for(&guid)[0];
-    let key = svc.key_of(img);
-    assert_eq!(forget_index(&svc, &guid), 1);
+    let (guid, item_id, key, bytes) = unindexed_image(&svc).await;
     let bucket = crate::harness::BUCKET;
-    let bytes = svc.s3.get(bucket, &key).await.unwrap();
-    svc.s3.put(bucket, &key, bytes, &[("ferry-item-id", &img.rel_path)]).await;
+    svc.s3.put(bucket, &key, bytes, &[("ferry-item-id", &item_id)]).await;
     let sidecar = serde_json::json!({"sourceName": "Älter", "metadata": {"modality": "XX", "rows": 7}});
     svc.s3.put(bucket, &format!("{key}.json"), sidecar.to_string().into_bytes(), &[]).await;
     let page = svc.json(&format!("/api/v1/patients/{guid}/images"), Role::Viewer).await;
@@ -111,15 +107,11 @@ async fn a_malformed_inline_sidecar_leaves_the_image_listed_without_its_facts() 
     // the `ferry-sidecar` value is a peer's bytes: broken escapes, bytes
     // that are no UTF-8, JSON of the wrong shape or nested past serde's cap
     let svc = Service::start().await;
-    let guid = demo_guid(61);
-    let img = svc.stored_for(&guid)[0];
-    let key = svc.key_of(img);
-    assert_eq!(forget_index(&svc, &guid), 1);
+    let (guid, item_id, key, bytes) = unindexed_image(&svc).await;
     let bucket = crate::harness::BUCKET;
-    let bytes = svc.s3.get(bucket, &key).await.unwrap();
     let deep = format!("{}{}", "%5B".repeat(300), "%5D".repeat(300));
     for hostile in ["%ZZ%", "%FF%FE%7B", "%7B%22metadata%22%3A5%7D", "null", deep.as_str()] {
-        svc.s3.put(bucket, &key, bytes.clone(), &[("ferry-item-id", &img.rel_path), ("ferry-sidecar", hostile)]).await;
+        svc.s3.put(bucket, &key, bytes.clone(), &[("ferry-item-id", &item_id), ("ferry-sidecar", hostile)]).await;
         let page = svc.json(&format!("/api/v1/patients/{guid}/images"), Role::Viewer).await;
         let images = page["images"].as_array().unwrap();
         assert_eq!(images.len(), 1, "{hostile}: {page:#}");
@@ -127,6 +119,17 @@ async fn a_malformed_inline_sidecar_leaves_the_image_listed_without_its_facts() 
         assert_eq!(images[0]["size"], bytes.len(), "{hostile}");
     }
     svc.stop().await;
+}
+
+/// One stored image of a demo patient whose index rows are gone, so that
+/// the listing reads its facts from the bucket: (guid, item id, key, bytes).
+async fn unindexed_image(svc: &Service) -> (String, String, String, Vec<u8>) {
+    let guid = demo_guid(61);
+    let img = svc.stored_for(&guid)[0];
+    let key = svc.key_of(img);
+    assert_eq!(forget_index(svc, &guid), 1);
+    let bytes = svc.s3.get(crate::harness::BUCKET, &key).await.unwrap();
+    (guid, img.rel_path.clone(), key, bytes)
 }
 
 /// Deletes the patient's rows from the ledger's image index (the ledger
