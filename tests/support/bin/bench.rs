@@ -410,6 +410,9 @@ struct Noop {
     dir: PathBuf,
     /// Bytes of the ledger (`state/`) after both passes.
     ledger: u64,
+    /// Dropped after the figures are printed: deleting a million objects
+    /// takes minutes.
+    _s3: S3Server,
 }
 
 impl Noop {
@@ -512,7 +515,7 @@ fn noop_pass(ferry_bin: &Path, n: u32, rclone: bool) -> Result<Noop> {
     let walk = t.elapsed();
     std::hint::black_box(seen);
     let ledger = dir_size(&work.join("state"))?;
-    Ok(Noop { images: n, first, noop, rclone, walk, dir: work, ledger })
+    Ok(Noop { images: n, first, noop, rclone, walk, dir: work, ledger, _s3: s3 })
 }
 
 /// Bytes of the files under `dir`.
